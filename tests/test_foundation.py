@@ -1,0 +1,87 @@
+"""The trace recorder, the tensor codec, the conformance comparer and the import boundary."""
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from losscore.conformance import compare
+from losscore.trace import Trace, decode_tensor, encode_tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB_MODULES = {"fastapi", "pydantic", "pydantic_settings", "starlette", "jinja2", "plotly", "uvicorn", "app"}
+
+
+def test_losscore_never_imports_the_web_layer():
+    offenders = []
+    for path in sorted((ROOT / "losscore").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in WEB_MODULES]
+    assert offenders == []
+
+
+def test_losscore_import_loads_no_web_module():
+    import subprocess
+    import sys
+
+    code = ("import sys, losscore, losscore.scene as s; s.all_schemes(); "
+            "import losscore.conformance; "
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(WEB_MODULES)!r}); print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_encode_decode_round_trip_keeps_non_finite_and_shape():
+    t = torch.tensor([[1.5, float("nan")], [float("inf"), -float("inf")]])
+    enc = encode_tensor(t)
+    assert enc["shape"] == [2, 2] and enc["data"][1:] == ["nan", "inf", "-inf"]
+    back = decode_tensor(enc)
+    assert back.dtype == torch.float32
+    assert torch.equal(torch.isnan(back), torch.isnan(t))
+    assert back[0, 0].item() == 1.5 and back[1, 0].item() == math.inf
+    empty = decode_tensor(encode_tensor(torch.zeros((0, 4), dtype=torch.int64)))
+    assert empty.shape == (0, 4) and empty.dtype == torch.int64
+
+
+def test_int8_scaled_decoding_is_exact():
+    import base64
+
+    codes = bytes([0x00, 0x7F, 0x80, 0xFF])  # 0, 127, -128, -1
+    obj = {"dtype": "float32", "shape": [2, 2], "encoding": "int8_scaled", "scale": 0.0625,
+           "data_b64": base64.b64encode(codes).decode()}
+    assert decode_tensor(obj).tolist() == [[0.0, 127 / 16], [-8.0, -1 / 16]]
+
+
+def test_trace_copies_tensors_at_record_time_and_scopes_names():
+    trace = Trace()
+    x = torch.zeros(3)
+    with trace.scope("loss"), trace.scope("P3"):
+        trace.record("obj", "Objectness", "tobj per cell", tensors={"tobj": (x, "A H W")})
+    x += 1  # a later in-place write by the algorithm must not change the record
+    stage = trace.get("loss.P3.obj")
+    assert stage["tobj"].tolist() == [0.0, 0.0, 0.0]
+    assert stage.tensors["tobj"].dims == "A H W"
+    assert trace.find("obj") == [stage]
+    d = trace.to_dict()[0]
+    assert d["name"] == "loss.P3.obj" and d["tensors"][0]["shape"] == [3]
+    with pytest.raises(KeyError):
+        trace.get("nope")
+
+
+def test_compare_reports_shape_value_and_int_mismatches():
+    enc = encode_tensor(torch.tensor([1.0, 2.0]))
+    assert compare(torch.tensor([1.0, 2.0]), enc, dict(rtol=1e-5, atol=1e-6)) == []
+    assert compare(torch.tensor([1.0, 2.1]), enc, dict(rtol=1e-5, atol=1e-6)) != []
+    assert compare(torch.tensor([1.0]), enc, dict(rtol=1e-5, atol=1e-6)) != []
+    ienc = encode_tensor(torch.tensor([1, 2]))
+    assert compare(torch.tensor([1, 3]), ienc, dict(rtol=0, atol=0)) != []
+    assert compare(torch.tensor([1.0, 2.0]), ienc, dict(rtol=0, atol=0)) != []
