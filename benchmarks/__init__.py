@@ -1,0 +1,1 @@
+"""Benchmarks (figures, never assertions). ``python -m benchmarks`` runs every ``bench_*`` module."""
