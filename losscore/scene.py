@@ -197,6 +197,9 @@ class SchemeSpec:
     explain: Callable[[Scene, Trace | None], SceneResult]
     upstream: str = ""  # "ultralytics/yolov5@<commit> utils/loss.py"
     doc: str = ""
+    maps: tuple[tuple[str, str], ...] = ()  # (map name, one-line meaning), first is the default view
+    rule_names: tuple[str, ...] = ()  # why a slot became positive; SceneResult.positives["rule"] indexes it
+    anchors_px: tuple[tuple[tuple[float, float], ...], ...] | None = None  # default anchors per level
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:
@@ -214,6 +217,9 @@ class SchemeSpec:
             "upstream": self.upstream,
             "doc": self.doc,
             "params": [p.to_dict() for p in self.params],
+            "maps": dict(self.maps),
+            "rule_names": list(self.rule_names),
+            "anchors_px": None if self.anchors_px is None else [[list(a) for a in lvl] for lvl in self.anchors_px],
         }
 
 
