@@ -205,4 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main so family modules register into the same RUNNERS dict
+    # (under ``python -m`` this file is ``__main__``, a second copy of the module).
+    from losscore.conformance import main as _main
+
+    sys.exit(_main())
