@@ -1,0 +1,19 @@
+"""Request dependencies as ``Annotated`` aliases."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+
+from .settings import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_limiter(request: Request) -> anyio.CapacityLimiter:
+    """How many scene computations run at once in this worker (``LOSSLAB_COMPUTE_SLOTS``)."""
+    return request.app.state.compute_limiter
+
+
+LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]

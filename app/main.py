@@ -1,0 +1,81 @@
+"""The LossLab web app: ``create_app()`` wires settings, middlewares, routers and the warm-up."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from losscore import export
+from losscore.scene import Box, Scene, all_schemes
+
+from .errors import BodyLimitMiddleware, CatchAllMiddleware, SecurityHeadersMiddleware, install_error_handlers
+from .routers import api, health, pages
+from .settings import Settings, get_settings
+
+log = logging.getLogger("losslab")
+
+
+def warmup_scene(name: str, strides: tuple[int, ...]) -> Scene:
+    """A small scene every scheme accepts: 640 px rounded up to the largest stride, two boxes."""
+    side = max(strides) * math.ceil(640 / max(strides))
+    boxes = (Box(0, 52.0, 60.0, 148.0, 260.0), Box(1, 300.0, 310.0, 420.0, 380.0))
+    return Scene(scheme=name, width=side, height=side, nc=2, boxes=boxes, device="cpu")
+
+
+def warm_up() -> dict[str, str]:
+    """Run every scheme once (first-call costs: kernels, caches); returns the schemes that failed."""
+    errors: dict[str, str] = {}
+    for name, spec in all_schemes().items():
+        start = time.perf_counter()
+        try:
+            export.result_to_dict(export.run_scene(warmup_scene(name, spec.strides)), maps=None)
+        except Exception as exc:  # noqa: BLE001 - one broken family must not stop the server
+            log.exception("warm-up of scheme %s failed", name)
+            errors[name] = f"{type(exc).__name__}: {exc}"
+        else:
+            log.info("warmed up %s in %.1f ms", name, (time.perf_counter() - start) * 1e3)
+    return errors
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    torch.set_num_threads(settings.torch_threads)
+    app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_slots)
+    app.state.warmup_errors = await anyio.to_thread.run_sync(warm_up) if settings.warmup else {}
+    yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="LossLab",
+        version=export.library_versions()["losslab"],
+        summary="Label assignment and losses of object detectors, computed by real PyTorch code.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=str(settings.static_dir), check_dir=False), name="static")
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["content-type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(CatchAllMiddleware)  # outermost of ours: nothing escapes as a traceback
+    return app
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""HTTP routers: health, the API (v1) and the page."""

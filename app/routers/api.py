@@ -1,0 +1,82 @@
+"""``/api/v1``: the schemes, a scene explained, a scene exported (docs/api-contract.md)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+import anyio.to_thread
+
+from losscore.scene import BOX_MARGIN_FRAC, MAX_BOXES, MAX_IMAGE_SIDE, MAX_NC, SchemeSpec, all_schemes, get_scheme
+
+from .. import serialize
+from ..dependencies import LimiterDep
+from ..errors import SceneError, scene_error_loc
+from ..schemas import ErrorOut, ExplainOut, ExportOut, SceneIn, SchemesOut, ValidationErrorOut
+
+router = APIRouter(prefix="/api/v1", tags=["api"])
+
+ERRORS = {
+    413: {"model": ErrorOut, "description": "request body larger than 1 MiB"},
+    422: {"model": ValidationErrorOut, "description": "the scene or a query option is invalid; loc names the field"},
+}
+EXPORT_FILENAME = "losslab-trace.json"
+
+
+def _spec(scheme: str) -> SchemeSpec:
+    try:
+        return get_scheme(scheme)
+    except ValueError as exc:
+        raise SceneError(str(exc), scene_error_loc(str(exc))) from exc
+
+
+def parse_maps(spec: SchemeSpec, maps: str | None) -> list[str] | None:
+    """``None`` -> the scheme's first map; ``"all"`` -> every map (None); else the named maps."""
+    if maps is None or maps.strip() == "":
+        return [spec.maps[0][0]] if spec.maps else None
+    if maps.strip() == "all":
+        return None
+    names = [name.strip() for name in maps.split(",") if name.strip()]
+    known = [name for name, _ in spec.maps]
+    unknown = [name for name in names if known and name not in known]
+    if unknown:
+        raise SceneError(f"maps: unknown map(s) {unknown} for scheme {spec.name!r}; known: {known} or 'all'",
+                         ["query", "maps"])
+    return names
+
+
+@router.get("/schemes", response_model=SchemesOut, summary="Every scheme, its parameters and maps")
+async def schemes() -> Response:
+    content = {
+        "schemes": [spec.to_dict() for spec in all_schemes().values()],
+        "limits": {"max_boxes": MAX_BOXES, "max_nc": MAX_NC, "max_image_side": MAX_IMAGE_SIDE,
+                   "box_margin_frac": BOX_MARGIN_FRAC},
+    }
+    return Response(serialize.dumps(content), media_type="application/json")
+
+
+@router.post("/explain", response_model=ExplainOut, responses=ERRORS,
+             summary="Run the scheme's real code on a scene: positives, maps, losses and every stage")
+async def explain(
+    body: SceneIn,
+    limiter: LimiterDep,
+    maps: Annotated[str | None, Query(max_length=1000, pattern=r"^[A-Za-z0-9_.,\s-]*$",
+                                      description="comma-separated map names, or 'all'")] = None,
+    stage_data: Annotated[int, Query(ge=0, le=10_000_000,
+                                     description="include a stage tensor's data when it has at most this many elements")] = 1024,
+) -> Response:
+    spec = _spec(body.scheme)
+    wanted = parse_maps(spec, maps)
+    scene = body.to_scene()
+    # torch work and encoding run in a worker thread, at most LOSSLAB_COMPUTE_SLOTS at once
+    payload = await anyio.to_thread.run_sync(serialize.explain_bytes, scene, wanted, stage_data, limiter=limiter)
+    return Response(payload, media_type="application/json")
+
+
+@router.post("/export", response_model=ExportOut, responses=ERRORS,
+             summary="The full trace of a scene as a downloadable JSON document")
+async def export(body: SceneIn, limiter: LimiterDep) -> Response:
+    _spec(body.scheme)
+    payload = await anyio.to_thread.run_sync(serialize.export_bytes, body.to_scene(), limiter=limiter)
+    return Response(payload, media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{EXPORT_FILENAME}"'})

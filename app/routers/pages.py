@@ -1,0 +1,42 @@
+"""The page: ``GET /`` renders templates/index.html; Plotly.js is served from the installed package."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import plotly
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from ..dependencies import SettingsDep
+
+router = APIRouter(tags=["page"], include_in_schema=False)
+
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>LossLab</title></head>
+<body><h1>LossLab</h1><p>The page is coming. Meanwhile the API is live: see <a href="/docs">/docs</a>
+and <a href="/api/v1/schemes">/api/v1/schemes</a>.</p></body></html>
+"""
+
+
+@lru_cache(maxsize=4)
+def _templates(directory: str) -> Jinja2Templates:
+    return Jinja2Templates(directory=directory)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request, settings: SettingsDep) -> Response:
+    template = Path(settings.templates_dir) / "index.html"
+    if not template.is_file():
+        return HTMLResponse(PLACEHOLDER)
+    return _templates(str(settings.templates_dir)).TemplateResponse(
+        request, "index.html", {"plotly_src": "/vendor/plotly.min.js"})
+
+
+@router.get("/vendor/plotly.min.js")
+async def plotly_js() -> Response:
+    return FileResponse(PLOTLY_JS, media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})

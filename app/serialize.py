@@ -1,0 +1,50 @@
+"""Scene in, JSON bytes out: the synchronous work each request does, run off the event loop.
+
+Everything numeric comes from ``losscore.export`` (which reads ``losscore``'s ``SceneResult`` and
+``Trace``); this module only validates the scene into a ``SceneError`` on failure and encodes with
+orjson (non-finite floats are already the strings ``"nan"``/``"inf"``/``"-inf"``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import orjson
+
+from losscore import export
+from losscore.scene import Scene, validate_scene
+
+from .errors import SceneError, scene_error_loc
+from .schemas import check_pins
+
+ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps(content: Any) -> bytes:
+    return orjson.dumps(content, option=ORJSON_OPTIONS)
+
+
+def run(scene: Scene) -> export.Run:
+    """Validate and compute a scene; a ``ValueError`` from losscore becomes a :class:`SceneError`."""
+    try:
+        scene = validate_scene(scene)
+        check_pins(scene)
+        return export.run_scene(scene)
+    except ValueError as exc:
+        message = str(exc)
+        raise SceneError(message, scene_error_loc(message)) from exc
+
+
+def explain_document(scene: Scene, maps: Iterable[str] | None, stage_data: int | None) -> dict[str, Any]:
+    return export.result_to_dict(run(scene), maps=maps, stage_data=stage_data)
+
+
+def explain_bytes(scene: Scene, maps: Iterable[str] | None, stage_data: int | None) -> bytes:
+    return dumps(explain_document(scene, maps, stage_data))
+
+
+def export_document(scene: Scene) -> dict[str, Any]:
+    return export.build_export(run(scene))
+
+
+def export_bytes(scene: Scene) -> bytes:
+    return dumps(export_document(scene))

@@ -1,0 +1,436 @@
+"""The export document: a scene's full result and trace as plain JSON values, and its replay.
+
+:func:`result_to_dict` turns a :class:`~losscore.scene.SceneResult` into the explain response of
+``docs/api-contract.md`` (positives as rows, maps as base64 little-endian float32, losses as
+floats, stages with their tensors). :func:`build_export` wraps the complete result (every map,
+every stage tensor with all its data) with the scene, the library versions and the upstream pin.
+:func:`verify_export` recomputes the scene of an export with this copy of ``losscore`` and
+compares every recorded tensor, map, positive and loss.
+
+Everything here returns plain Python values (dict, list, str, int, float, bool, None); non-finite
+floats are the strings ``"nan"``, ``"inf"``, ``"-inf"``. No web framework is imported.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, NamedTuple
+
+import torch
+
+from .scene import Box, Pin, Scene, SceneResult, get_scheme, validate_scene
+from .trace import Trace, decode_tensor, encode_tensor
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "DEFAULT_STAGE_DATA",
+    "scene_to_dict",
+    "scene_from_dict",
+    "run_scene",
+    "result_to_dict",
+    "build_export",
+    "verify_export",
+    "Mismatch",
+    "VerifyReport",
+    "library_versions",
+    "plain",
+    "encode_map",
+    "decode_map",
+]
+
+FORMAT = "losslab-trace"
+VERSION = 1
+DEFAULT_STAGE_DATA = 1024  # explain: a stage tensor carries its data when it has at most this many elements
+
+# Replay tolerance for floats (the reference vectors' elementwise tolerance); ints and bools are exact.
+FLOAT_RTOL = 1e-5
+FLOAT_ATOL = 1e-6
+
+
+# -- plain values ---------------------------------------------------------------------------
+def _plain_float(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready Python values; tensors become nested lists, non-finite floats strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return _plain_float(value)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.float16, torch.bfloat16):
+            value = value.float()
+        return plain(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return plain(value.item())
+    return str(value)
+
+
+def _finite_or_none(x: float) -> float | str | None:
+    return _plain_float(x)
+
+
+def encode_map(tensor: torch.Tensor) -> dict[str, Any]:
+    """One map level ``(A, H, W)`` as ``{"shape", "dtype": "float32", "b64"}`` (little-endian, row-major)."""
+    array = tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    return {
+        "shape": list(array.shape),
+        "dtype": "float32",
+        "b64": base64.b64encode(array.astype("<f4", copy=False).tobytes()).decode("ascii"),
+    }
+
+
+def decode_map(obj: Mapping[str, Any]) -> torch.Tensor:
+    """Inverse of :func:`encode_map` (a float32 CPU tensor)."""
+    raw = bytearray(base64.b64decode(obj["b64"]))
+    flat = torch.frombuffer(raw, dtype=torch.float32) if raw else torch.zeros(0, dtype=torch.float32)
+    return flat.reshape(obj["shape"]).clone()
+
+
+def _tensor_stats(t: torch.Tensor) -> dict[str, Any]:
+    if t.numel() == 0:
+        return {"min": None, "max": None, "mean": None}
+    values = t.detach().to(torch.float64)
+    return {
+        "min": _finite_or_none(float(values.min())),
+        "max": _finite_or_none(float(values.max())),
+        "mean": _finite_or_none(float(values.mean())),
+    }
+
+
+def _stage_to_dict(stage, stage_data: int | None) -> dict[str, Any]:
+    tensors = []
+    for key, rec in stage.tensors.items():
+        t = rec.value
+        if stage_data is None or t.numel() <= stage_data:
+            entry = {"name": key, "dims": rec.dims, **encode_tensor(t)}
+        else:
+            entry = {"name": key, "dims": rec.dims, **encode_tensor(t.reshape(-1)[:0])}
+            entry["shape"] = list(t.shape)
+            entry["data"] = None
+        entry.update(_tensor_stats(t))
+        tensors.append(entry)
+    return {
+        "name": stage.name,
+        "title": stage.title,
+        "explain": stage.explain,
+        "code": stage.code,
+        "values": plain(stage.values),
+        "tensors": tensors,
+    }
+
+
+# -- scenes ---------------------------------------------------------------------------------
+def scene_to_dict(scene: Scene) -> dict[str, Any]:
+    """The scene as the request body of ``POST /api/v1/explain`` (docs/api-contract.md)."""
+    return {
+        "scheme": scene.scheme,
+        "image": {"width": scene.width, "height": scene.height},
+        "nc": scene.nc,
+        "boxes": [{"cls": b.cls, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in scene.boxes],
+        "params": plain(dict(scene.params)),
+        "predictions": {
+            "seed": scene.seed,
+            "progress": scene.progress,
+            "pins": [
+                {"level": p.level, "anchor": p.anchor, "gi": p.gi, "gj": p.gj,
+                 "cx": p.cx, "cy": p.cy, "w": p.w, "h": p.h}
+                for p in scene.pins
+            ],
+        },
+        "device": scene.device,
+    }
+
+
+def _field(obj: Mapping[str, Any], key: str, where: str, default: Any = ...) -> Any:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        if default is ...:
+            raise ValueError(f"{where}.{key}: missing" if where else f"{key}: missing")
+        return default
+    return obj[key]
+
+
+def scene_from_dict(body: Mapping[str, Any]) -> Scene:
+    """A :class:`Scene` from a request body (not yet validated: call ``validate_scene``).
+
+    Raises ``ValueError`` naming the field when the structure itself is wrong.
+    """
+    if not isinstance(body, Mapping):
+        raise ValueError(f"scene: expected an object, got {type(body).__name__}")
+    image = _field(body, "image", "")
+    boxes_in = _field(body, "boxes", "", [])
+    if not isinstance(boxes_in, list):
+        raise ValueError("boxes: expected a list")
+    boxes = []
+    for i, b in enumerate(boxes_in):
+        where = f"boxes[{i}]"
+        boxes.append(Box(cls=_field(b, "cls", where), x1=_field(b, "x1", where), y1=_field(b, "y1", where),
+                         x2=_field(b, "x2", where), y2=_field(b, "y2", where)))
+    predictions = body.get("predictions") or {}
+    pins = []
+    for i, p in enumerate(_field(predictions, "pins", "predictions", [])):
+        where = f"predictions.pins[{i}]"
+        pins.append(Pin(**{k: _field(p, k, where) for k in ("level", "anchor", "gi", "gj", "cx", "cy", "w", "h")}))
+    params = body.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError("params: expected an object")
+    return Scene(
+        scheme=_field(body, "scheme", ""),
+        width=_field(image, "width", "image"),
+        height=_field(image, "height", "image"),
+        nc=_field(body, "nc", ""),
+        boxes=tuple(boxes),
+        params=dict(params),
+        seed=_field(predictions, "seed", "predictions", 0),
+        progress=_field(predictions, "progress", "predictions", 0.5),
+        pins=tuple(pins),
+        device=body.get("device", "auto"),
+    )
+
+
+@dataclass
+class Run:
+    """A validated scene, what its scheme returned, and how long the computation took."""
+
+    scene: Scene
+    result: SceneResult
+    compute_ms: float
+    trace: Trace = field(default_factory=Trace)
+
+
+def run_scene(scene: Scene, device: str | None = None) -> Run:
+    """Validate ``scene`` (optionally forcing ``device``), run its scheme with a trace, time it."""
+    if device is not None:
+        scene = dataclasses.replace(scene, device=device)
+    scene = validate_scene(scene)
+    trace = Trace()
+    start = time.perf_counter()
+    result = get_scheme(scene.scheme).explain(scene, trace)
+    if result.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    compute_ms = (time.perf_counter() - start) * 1e3
+    return Run(scene=scene, result=result, compute_ms=compute_ms, trace=result.trace if result.trace is not None else trace)
+
+
+# -- the explain document -------------------------------------------------------------------
+def _positive_rows(result: SceneResult) -> list[dict[str, Any]]:
+    columns = {name: plain(t) for name, t in result.positives.items()}
+    if not columns:
+        return []
+    count = len(next(iter(columns.values())))
+    rows = []
+    for row_index in range(count):
+        row = {name: values[row_index] for name, values in columns.items()}
+        rule = row.get("rule")
+        if isinstance(rule, int) and 0 <= rule < len(result.rule_names):
+            row["rule"] = result.rule_names[rule]
+        rows.append(row)
+    return rows
+
+
+def result_to_dict(
+    run: Run,
+    *,
+    maps: Iterable[str] | None = None,
+    stage_data: int | None = DEFAULT_STAGE_DATA,
+) -> dict[str, Any]:
+    """The ``POST /api/v1/explain`` response for a run.
+
+    ``maps``: names of the maps to include (``None``: all of them). ``stage_data``: a stage tensor
+    carries its flat ``data`` only when it has at most this many elements (``None``: always).
+    """
+    result, scene = run.result, run.scene
+    spec = get_scheme(scene.scheme)
+    wanted = list(result.maps) if maps is None else [m for m in maps if m in result.maps]
+    map_docs = {**dict(spec.maps), **result.map_docs}
+    return {
+        "scheme": scene.scheme,
+        "family": spec.family,
+        "device": result.device,
+        "compute_ms": round(run.compute_ms, 3),
+        "scene": scene_to_dict(scene),
+        "image": {"width": scene.width, "height": scene.height},
+        "levels": [
+            {
+                "name": level.name,
+                "stride": int(level.stride),
+                "grid": [int(level.grid[0]), int(level.grid[1])],
+                "anchors": None if level.anchors_px is None else plain(level.anchors_px),
+            }
+            for level in result.levels
+        ],
+        "rule_names": list(result.rule_names),
+        "positives": _positive_rows(result),
+        "columns": dict(result.column_docs),
+        "maps": {
+            name: {"doc": map_docs.get(name, ""), "levels": [encode_map(t) for t in result.maps[name]]}
+            for name in wanted
+        },
+        "map_names": {name: map_docs.get(name, "") for name in result.maps},
+        "losses": {name: _plain_float(float(value)) for name, value in result.losses.items()},
+        "notes": [str(n) for n in result.notes],
+        "stages": [_stage_to_dict(stage, stage_data) for stage in run.trace],
+    }
+
+
+def library_versions() -> dict[str, str]:
+    try:
+        from importlib.metadata import version
+
+        losslab = version("losslab")
+    except Exception:  # not installed as a distribution (a bare checkout)
+        losslab = "0.1.0"
+    return {"losslab": losslab, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _upstream(upstream: str) -> dict[str, Any]:
+    """``"owner/repo@commit file1 file2"`` -> ``{"repo", "commit", "files", "pin"}``."""
+    head, _, rest = upstream.partition(" ")
+    repo, _, commit = head.partition("@")
+    return {"repo": repo, "commit": commit, "files": rest.split(), "pin": upstream}
+
+
+def build_export(run: Run) -> dict[str, Any]:
+    """The downloadable document: scene, params, versions, upstream pin, full result and stages."""
+    spec = get_scheme(run.scene.scheme)
+    result = result_to_dict(run, maps=None, stage_data=None)
+    stages = result.pop("stages")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "scene": result["scene"],
+        "params": result["scene"]["params"],
+        "library": library_versions(),
+        "upstream": _upstream(spec.upstream),
+        "result": result,
+        "stages": stages,
+    }
+
+
+# -- verification ---------------------------------------------------------------------------
+class Mismatch(NamedTuple):
+    """One item of an export that the recomputation does not reproduce."""
+
+    where: str  # e.g. "stages[3] build_targets.anchor_filter: r_max"
+    problem: str
+
+
+class VerifyReport(NamedTuple):
+    ok: bool
+    checked: int  # how many tensors, maps, losses and tables were compared
+    mismatches: list[Mismatch]
+    device: str
+
+
+def _same_tensor(expected: torch.Tensor, actual: torch.Tensor) -> str | None:
+    if tuple(expected.shape) != tuple(actual.shape):
+        return f"shape {list(expected.shape)} recorded, {list(actual.shape)} recomputed"
+    if expected.dtype != actual.dtype:
+        return f"dtype {expected.dtype} recorded, {actual.dtype} recomputed"
+    actual = actual.detach().cpu()
+    if expected.is_floating_point():
+        if not torch.allclose(expected.double(), actual.double(), rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True):
+            diff = (expected.double() - actual.double()).abs().nan_to_num(nan=float("inf"))
+            return f"values differ (largest difference {float(diff.max()):.3g})"
+        return None
+    if not torch.equal(expected, actual):
+        changed = int((expected != actual).sum())
+        return f"{changed} of {expected.numel()} values differ"
+    return None
+
+
+def _same_value(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, (int, float)) and isinstance(actual, (int, float)) \
+            and not isinstance(expected, bool) and not isinstance(actual, bool):
+        return math.isclose(float(expected), float(actual), rel_tol=FLOAT_RTOL, abs_tol=FLOAT_ATOL)
+    if isinstance(expected, list) and isinstance(actual, list):
+        return len(expected) == len(actual) and all(_same_value(e, a) for e, a in zip(expected, actual))
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return expected.keys() == actual.keys() and all(_same_value(expected[k], actual[k]) for k in expected)
+    return expected == actual
+
+
+def verify_export(doc: Mapping[str, Any], device: str | None = None) -> VerifyReport:
+    """Recompute ``doc["scene"]`` and compare every stage tensor, map, positive and loss.
+
+    ``device`` overrides the scene's device (e.g. verify a CUDA export on the CPU). Raises
+    ``ValueError`` when the document is not a LossLab export or its scene is invalid.
+    """
+    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
+        raise ValueError(f"format: not a {FORMAT} document")
+    if doc.get("version") != VERSION:
+        raise ValueError(f"version: expected {VERSION}, got {doc.get('version')!r}")
+    if device is None and str(doc["scene"].get("device", "auto")).startswith("cuda") \
+            and not torch.cuda.is_available():
+        device = "cpu"
+    run = run_scene(scene_from_dict(doc["scene"]), device=device)
+    fresh = build_export(run)
+    mismatches: list[Mismatch] = []
+    checked = 0
+
+    recorded_stages = doc.get("stages") or []
+    names_then = [s.get("name") for s in recorded_stages]
+    names_now = [s["name"] for s in fresh["stages"]]
+    if names_then != names_now:
+        mismatches.append(Mismatch("stages", f"recorded stages {names_then} but the code now records {names_now}"))
+    for index, (then, now) in enumerate(zip(recorded_stages, run.trace)):
+        label = f"stages[{index}] {now.name}"
+        recorded = {t.get("name"): t for t in then.get("tensors", [])}
+        if set(recorded) != set(now.tensors):
+            mismatches.append(Mismatch(label, f"tensors {sorted(recorded)} recorded, {sorted(now.tensors)} now"))
+        for key, rec in now.tensors.items():
+            if key not in recorded:
+                continue
+            checked += 1
+            try:
+                expected = decode_tensor(recorded[key])
+            except Exception as exc:  # malformed entry in the file
+                mismatches.append(Mismatch(f"{label}: {key}", f"cannot decode the recorded tensor ({exc})"))
+                continue
+            problem = _same_tensor(expected, rec.value)
+            if problem:
+                mismatches.append(Mismatch(f"{label}: {key}", problem))
+        checked += 1
+        if not _same_value(plain(then.get("values", {})), fresh["stages"][index]["values"]):
+            mismatches.append(Mismatch(f"{label}: values", "recorded values differ from the recomputed ones"))
+
+    result_then = doc.get("result") or {}
+    result_now = fresh["result"]
+    maps_then = result_then.get("maps") or {}
+    if set(maps_then) != set(result_now["maps"]):
+        mismatches.append(Mismatch("result.maps", f"maps {sorted(maps_then)} recorded, {sorted(result_now['maps'])} now"))
+    for name, entry in result_now["maps"].items():
+        if name not in maps_then:
+            continue
+        levels_then = maps_then[name].get("levels", [])
+        if len(levels_then) != len(entry["levels"]):
+            mismatches.append(Mismatch(f"result.maps.{name}", "number of levels differs"))
+            continue
+        for level_index, (lt, ln) in enumerate(zip(levels_then, entry["levels"])):
+            checked += 1
+            try:
+                problem = _same_tensor(decode_map(lt), decode_map(ln))
+            except Exception as exc:
+                problem = f"cannot decode the recorded map ({exc})"
+            if problem:
+                mismatches.append(Mismatch(f"result.maps.{name}[{level_index}]", problem))
+    for key in ("losses", "positives", "levels"):
+        checked += 1
+        if not _same_value(plain(result_then.get(key)), result_now[key]):
+            mismatches.append(Mismatch(f"result.{key}", "recorded values differ from the recomputed ones"))
+    return VerifyReport(ok=not mismatches, checked=checked, mismatches=mismatches, device=run.result.device)
