@@ -1,0 +1,235 @@
+"""The HTTP API: every endpoint with real scenes, validation as 422 naming the field, 413, headers."""
+from __future__ import annotations
+
+import base64
+import math
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from losscore.scene import BOX_MARGIN_FRAC, MAX_BOXES, Box, Scene, all_schemes, get_scheme, validate_scene
+from test_api_toyscheme import ensure_toy, toy_body
+
+ensure_toy()
+REAL_SCHEMES = sorted(name for name in all_schemes() if name != "toy")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(Settings(warmup=True))) as test_client:
+        yield test_client
+
+
+def real_body(scheme: str, **overrides) -> dict:
+    """A 640x640 scene with three boxes, one of them thin, for any real scheme."""
+    body = {"scheme": scheme, "image": {"width": 640, "height": 640}, "nc": 4, "device": "cpu",
+            "boxes": [{"cls": 3, "x1": 52, "y1": 60, "x2": 148, "y2": 260},
+                      {"cls": 0, "x1": 300, "y1": 300, "x2": 420, "y2": 380},
+                      {"cls": 1, "x1": 500, "y1": 100, "x2": 520, "y2": 300}]}
+    body.update(overrides)
+    return body
+
+
+def decode_b64_map(level: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(level["b64"]), dtype="<f4").reshape(level["shape"])
+
+
+def assert_422(response, loc: list, fragment: str = ""):
+    assert response.status_code == 422, response.text
+    details = response.json()["detail"]
+    assert any(d["loc"] == loc for d in details), details
+    if fragment:
+        assert any(fragment in d["msg"] for d in details), details
+
+
+# -- health, schemes, page ---------------------------------------------------------------------
+def test_healthz(client):
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["warmup_errors"] == {}
+    assert "toy" in body["schemes"]
+
+
+def test_schemes_lists_params_and_limits(client):
+    body = client.get("/api/v1/schemes").json()
+    toy = next(s for s in body["schemes"] if s["name"] == "toy")
+    assert toy["params"][0]["name"] == "gain" and toy["params"][0]["default"] == 1.0
+    assert toy["strides"] == [32] and list(toy["maps"]) == ["iou", "inf"]
+    assert body["limits"] == {"max_boxes": MAX_BOXES, "max_nc": 1000, "max_image_side": 2048,
+                              "box_margin_frac": BOX_MARGIN_FRAC}
+    assert set(REAL_SCHEMES) <= {s["name"] for s in body["schemes"]}
+
+
+def test_security_headers_and_docs_csp(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+    assert client.get("/api/v1/schemes").headers["x-content-type-options"] == "nosniff"
+    assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "http://x.org"}).headers
+
+
+def test_cors_only_when_configured():
+    with TestClient(create_app(Settings(warmup=False, cors_origins=["http://x.org"]))) as c:
+        r = c.get("/healthz", headers={"Origin": "http://x.org"})
+        assert r.headers["access-control-allow-origin"] == "http://x.org"
+
+
+def test_plotly_served_from_package(client):
+    r = client.get("/vendor/plotly.min.js")
+    assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    assert len(r.content) > 1_000_000 and b"plotly" in r.content[:2000].lower()
+
+
+def test_openapi_documents_the_endpoints(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/healthz", "/api/v1/schemes", "/api/v1/explain", "/api/v1/export"} <= set(paths)
+
+
+# -- explain with the toy scheme (arithmetic in tests/test_api_toyscheme.py) --------------------
+def test_explain_toy_values(client):
+    r = client.post("/api/v1/explain?maps=all", json=toy_body())
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    # one positive at cell (1, 1); IoU of the 32 px cell box with the 32 px target is 256/1792
+    (row,) = body["positives"]
+    assert (row["gi"], row["gj"], row["rule"]) == (1, 1, "centre")
+    assert row["iou"] == pytest.approx(1 / 7, rel=1e-6)
+    assert body["losses"]["total"] == pytest.approx(6 / 7, rel=1e-6)
+    grid = decode_b64_map(body["maps"]["iou"]["levels"][0])
+    assert grid.shape == (1, 3, 4) and grid[0, 1, 1] == pytest.approx(1 / 7, rel=1e-6) and grid.sum() == grid[0, 1, 1]
+    assert np.isinf(decode_b64_map(body["maps"]["inf"]["levels"][0])).all()
+    assert body["scene"]["params"] == {"gain": 1.0}  # completed with the default
+    assert body["levels"] == [{"name": "P5", "stride": 32, "grid": [3, 4], "anchors": None}]
+    stage = next(s for s in body["stages"] if s["name"] == "toy.assign")
+    assert stage["values"]["odd"] == "nan"  # non-finite floats travel as strings
+    assert {t["name"]: t["data"] for t in stage["tensors"]}["gi"] == [1]
+
+
+def test_explain_maps_and_stage_data_options(client):
+    default = client.post("/api/v1/explain", json=toy_body()).json()
+    assert list(default["maps"]) == ["iou"] and set(default["map_names"]) == {"iou", "inf"}
+    only = client.post("/api/v1/explain?maps=inf", json=toy_body()).json()
+    assert list(only["maps"]) == ["inf"]
+    small = client.post("/api/v1/explain?stage_data=5", json=toy_body()).json()
+    iou_map = {t["name"]: t for s in small["stages"] for t in s["tensors"]}["iou_map"]  # 12 elements > 5
+    assert iou_map["data"] is None and iou_map["shape"] == [1, 3, 4]
+    assert iou_map["max"] == pytest.approx(1 / 7, rel=1e-6) and iou_map["min"] == 0.0
+    assert_422(client.post("/api/v1/explain?maps=nope", json=toy_body()), ["query", "maps"], "nope")
+
+
+def test_export_toy_is_attachment_with_versions(client):
+    r = client.post("/api/v1/export", json=toy_body())
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == 'attachment; filename="losslab-trace.json"'
+    doc = r.json()
+    assert doc["format"] == "losslab-trace" and doc["version"] == 1
+    assert doc["library"]["torch"] == torch.__version__
+    assert doc["upstream"] == {"repo": "example/toy", "commit": "0123abc", "files": ["tests/toy.py"],
+                               "pin": "example/toy@0123abc tests/toy.py"}
+    assert set(doc["result"]["maps"]) == {"iou", "inf"}
+    assert all(t["data"] is not None for s in doc["stages"] for t in s["tensors"])
+
+
+# -- validation -------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, loc, fragment", [
+    ({"boxes": [{"cls": 5, "x1": 1, "y1": 1, "x2": 9, "y2": 9}]}, ["body", "boxes", 0, "cls"], "[0, 2]"),
+    ({"boxes": [{"cls": 0, "x1": 20, "y1": 1, "x2": 10, "y2": 9}]}, ["body", "boxes", 0, "x2"], "greater than x1"),
+    ({"boxes": [{"cls": 0, "x1": 1, "y1": 9, "x2": 10, "y2": 9}]}, ["body", "boxes", 0, "y2"], "greater than y1"),
+    # 128 px wide image, margin 0.5 -> x2 may reach 192; 200 is outside
+    ({"boxes": [{"cls": 0, "x1": 100, "y1": 1, "x2": 200, "y2": 9}]}, ["body", "boxes", 0], "margin"),
+    ({"image": {"width": 100, "height": 96}}, ["body", "image", "width"], "multiple of the largest stride 32"),
+    ({"params": {"bogus": 1}}, ["body", "params", "bogus"], "unknown parameter"),
+    ({"params": {"gain": 11}}, ["body", "params", "gain"], "above the maximum"),
+    ({"scheme": "nosuch"}, ["body", "scheme"], "unknown scheme"),
+    ({"predictions": {"pins": [{"level": 0, "anchor": 0, "gi": 4, "gj": 0, "cx": 1, "cy": 1, "w": 2, "h": 2}]}},
+     ["body", "predictions", "pins", 0, "gi"], "4-column grid"),
+    ({"predictions": {"pins": [{"level": 1, "anchor": 0, "gi": 0, "gj": 0, "cx": 1, "cy": 1, "w": 2, "h": 2}]}},
+     ["body", "predictions", "pins", 0, "level"], "not a level"),
+])
+def test_scene_validation_is_422_naming_the_field(client, overrides, loc, fragment):
+    assert_422(client.post("/api/v1/explain", json=toy_body(**overrides)), loc, fragment)
+
+
+def test_request_model_rejections(client):
+    too_many = [{"cls": 0, "x1": 1, "y1": 1, "x2": 9, "y2": 9}] * (MAX_BOXES + 1)
+    assert_422(client.post("/api/v1/explain", json=toy_body(boxes=too_many)), ["body", "boxes"])
+    assert_422(client.post("/api/v1/explain", json=toy_body(extra=1)), ["body", "extra"])
+    assert_422(client.post("/api/v1/explain", json=toy_body(nc=0)), ["body", "nc"])
+    assert_422(client.post("/api/v1/explain", json=toy_body(device="tpu")), ["body", "device"])
+    # NaN and Infinity are not JSON, but Python's parser reads them: still a 422, never a 500
+    raw = '{"scheme": "toy", "nc": 3, "boxes": [{"cls": 0, "x1": NaN, "y1": 1, "x2": Infinity, "y2": 9}]}'
+    r = client.post("/api/v1/explain", content=raw, headers={"content-type": "application/json"})
+    assert_422(r, ["body", "boxes", 0, "x1"])
+    assert client.post("/api/v1/explain", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no GPU")
+def test_cuda_without_gpu_says_so(client):
+    assert_422(client.post("/api/v1/explain", json=toy_body(device="cuda")), ["body", "device"], "no CUDA device")
+
+
+def test_oversized_body_is_413(client):
+    big = b'{"scheme": "toy", "pad": "' + b"x" * (1 << 20) + b'"}'
+    r = client.post("/api/v1/explain", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+    def chunks():  # no content-length: the limit still holds while streaming
+        for _ in range(20):
+            yield b"x" * 65536
+
+    r = client.post("/api/v1/export", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unexpected_error_is_json_500_without_traceback(monkeypatch):
+    import app.serialize as serialize
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(serialize, "explain_bytes", boom)
+    with TestClient(create_app(Settings(warmup=False)), raise_server_exceptions=False) as c:
+        r = c.post("/api/v1/explain", json=toy_body())
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": "internal error (RuntimeError); see the server log"}
+    assert "secret" not in r.text and "Traceback" not in r.text
+
+
+# -- real schemes -----------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_real_scheme_positives_equal_losscore(client, scheme):
+    body = real_body(scheme)
+    response = client.post("/api/v1/explain?maps=all", json=body)
+    assert response.status_code == 200, response.text
+    got = response.json()
+    scene = validate_scene(Scene(scheme, 640, 640, 4, tuple(Box(b["cls"], b["x1"], b["y1"], b["x2"], b["y2"])
+                                                           for b in body["boxes"]), device="cpu"))
+    direct = get_scheme(scheme).explain(scene, None)
+    rows = got["positives"]
+    assert len(rows) == len(direct.positives["gt"])
+    for column in ("gt", "level", "anchor", "gi", "gj"):
+        assert [row[column] for row in rows] == direct.positives[column].tolist(), column
+    assert [row["rule"] for row in rows] == [direct.rule_names[i] for i in direct.positives["rule"].tolist()]
+    for name, value in direct.losses.items():
+        expected = float(value)
+        assert got["losses"][name] == pytest.approx(expected, rel=1e-6, abs=1e-7) if math.isfinite(expected) \
+            else got["losses"][name] in ("nan", "inf", "-inf")
+    for name, levels in direct.maps.items():
+        for level_json, tensor in zip(got["maps"][name]["levels"], levels):
+            np.testing.assert_array_equal(decode_b64_map(level_json), tensor.float().cpu().numpy())
+    assert got["stages"], "a traced explain records stages"
+
+
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_real_scheme_payload_is_small_enough(client, scheme):
+    r = client.post("/api/v1/explain", json=real_body(scheme))
+    assert r.status_code == 200
+    assert len(r.content) <= 300_000, f"{scheme} explain payload {len(r.content)} bytes"
