@@ -625,3 +625,7 @@ def _run_compute_loss(inputs: dict, device: torch.device) -> dict:
     anchors, strides = _head_layers(inputs, device)
     out = compute_loss(inputs["p"], inputs["targets"], anchors, strides)
     return {"loss": out.loss, "loss_items": out.loss_items}
+
+
+# The scheme registers itself on import (it uses the functions above).
+from . import yolov3_scene as _scene  # noqa: E402,F401

@@ -1,0 +1,313 @@
+"""The ``yolov3`` scheme: a learner's scene through the legacy PyTorch-YOLOv3 ``YOLOLayer`` loss.
+
+Three levels P3/8, P4/16, P5/32 with the ``yolov3.cfg`` anchors (the port's model lists them
+stride-32 first; the scene shows P3 first). Each level runs :func:`~losscore.yolov3.yolo_layer_loss`
+on one image (B = 1); the model's loss is the sum of the three level losses, as the legacy
+``Darknet.forward`` adds them.
+
+Which anchor becomes positive (param ``assign``):
+
+* ``port`` — PyTorch-YOLOv3's ``build_targets`` runs per level: every target is positive on
+  *every* level, at the anchor of that level with the highest wh-IoU (3 positives per target).
+* ``darknet`` — darknet's ``yolo_layer.c`` takes the best wh-IoU over all 9 anchors (``l.total``)
+  and the target is positive only on the level whose ``mask`` holds that anchor (1 positive).
+
+The ignore rule is the port's in both modes: an anchor of the target's cell whose wh-IoU exceeds
+``ignore_thresh`` leaves the no-object loss. Darknet itself ignores any prediction whose *decoded
+box* has IoU > ``ignore_thresh`` with some truth; the ``pred_iou_max`` map shows that quantity.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .boxes import bbox_iou
+from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_logits, boxes_to_targets,
+                    register_scheme, resolve_device)
+from .trace import Trace
+from .yolov3 import YOLOV3_ANCHORS_PX, YOLOV3_STRIDES, bbox_wh_iou, legacy_build_targets, yolo_layer_loss
+
+__all__ = ["explain_yolov3", "YOLOV3_SCHEME"]
+
+PERFECT_LOGIT = 8.0  # a perfect head: σ(8) = 0.99966 where the answer is 1, σ(-8) where it is 0
+_FRACTION_EPS = 1e-4  # a cell fraction of exactly 0 or 1 has no finite logit; clamp into (0, 1)
+RULE_NAMES = ("best anchor of this level (port)", "best of all 9 anchors (darknet)")
+_LEVEL_NAMES = ("P3", "P4", "P5")
+_TERMS = ("x", "y", "w", "h", "conf_obj", "conf_noobj", "conf", "cls")
+
+COLUMN_DOCS = {
+    "wh_iou": "width-height IoU of the target with each anchor of this level (centres aligned)",
+    "best_iou": "the highest of those (darknet mode: over all 9 anchors)",
+    "tx": "target x: fraction of the centre inside its cell, in the slot (last write wins on shared slots)",
+    "ty": "target y: fraction of the centre inside its cell",
+    "tw": "target w: log(w / anchor_w) + 1e-16 inside the log",
+    "th": "target h: log(h / anchor_h)",
+    "pred_box_px": "decoded prediction (cx, cy, w, h) px: (σ(tx)+gi)·s, (σ(ty)+gj)·s, exp(tw)·anchor",
+    "target_box_px": "the target (cx, cy, w, h) px as the loss sees it",
+    "iou": "iou_scores: IoU of prediction and target with upstream's +1 pixel convention (lower than a true IoU)",
+    "coord_scale": "scale on the coordinate MSE: darknet's 2 - w·h when lambda_scale, else 1",
+    "two_minus_wh": "2 - w·h with w, h as image fractions (darknet), whether applied or not",
+    "sq_x": "coord_scale·(σ(tx) - tx)² (the loss x term is the mean of these over positives)",
+    "sq_y": "coord_scale·(σ(ty) - ty)²",
+    "sq_w": "coord_scale·(tw_pred - tw)² on the raw output",
+    "sq_h": "coord_scale·(th_pred - th)²",
+    "bce_obj": "BCE(σ(obj), 1) at this slot (mean of these × obj_scale is conf_obj)",
+    "bce_cls": "sum over classes of BCE(σ(cls), tcls) at this slot",
+    "grad_x": "darknet gradient p - y for x: coord_scale·(σ(tx) - tx) (delta = -gradient)",
+    "grad_y": "coord_scale·(σ(ty) - ty)",
+    "grad_w": "coord_scale·(tw_pred - tw)",
+    "grad_h": "coord_scale·(th_pred - th)",
+    "grad_obj": "σ(obj) - 1",
+    "grad_cls_target": "σ(cls) - 1 on the target class",
+    "grad_cls_max_other": "largest σ(cls) - 0 over the other classes",
+}
+
+MAP_DOCS = (
+    ("noobj_mask", "1 where the no-object BCE counts; ignored anchors (wh-IoU > ignore_thresh) and positives are 0"),
+    ("obj_mask", "1 at positive slots (image, anchor, gj, gi)"),
+    ("ignored", "1 where an anchor is neither positive nor negative (above ignore_thresh)"),
+    ("max_wh_iou", "largest wh-IoU of a target in this cell with this anchor (compare with ignore_thresh)"),
+    ("pred_iou_max", "largest IoU of the decoded prediction with any target (darknet's ignore criterion)"),
+    ("obj_bce", "objectness BCE per slot where it counts (positives and non-ignored negatives, unscaled)"),
+    ("grad_obj", "darknet gradient σ(obj) - tconf per slot (0 where ignored)"),
+)
+
+
+def _level_logits(targets_rows: Tensor, anchors: Tensor, H: int, W: int, nc: int,
+                  positive_rows: Tensor | None, device: torch.device) -> Tensor:
+    """Logits ``(1, A, H, W, 5 + nc)`` of a perfect head: decodes exactly to the targets."""
+    A = anchors.size(0)
+    perfect = torch.zeros((1, A, H, W, 5 + nc), dtype=torch.float32, device=device)
+    perfect[..., 4:] = -PERFECT_LOGIT
+    dummy_boxes = torch.zeros((1, A, H, W, 4), device=device)
+    dummy_cls = torch.zeros((1, A, H, W, nc), device=device)
+    built = legacy_build_targets(dummy_boxes, dummy_cls, targets_rows, anchors, positive_rows=positive_rows)
+    mask = built.obj_mask
+    perfect[..., 0][mask] = torch.logit(built.tx[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS))
+    perfect[..., 1][mask] = torch.logit(built.ty[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS))
+    perfect[..., 2][mask] = built.tw[mask]
+    perfect[..., 3][mask] = built.th[mask]
+    perfect[..., 4][mask] = PERFECT_LOGIT
+    perfect[..., 5:][mask] = torch.where(built.tcls[mask] > 0, PERFECT_LOGIT, -PERFECT_LOGIT)
+    return perfect
+
+
+def _apply_pins(logits: Tensor, scene: Scene, level: int, stride: int, anchors_px: Tensor,
+                notes: list[str]) -> None:
+    _, A, H, W, _ = logits.shape
+    for pin in scene.pins:
+        if pin.level != level:
+            continue
+        where = f"pin at level {level} anchor {pin.anchor} cell ({pin.gi}, {pin.gj})"
+        if not (0 <= pin.anchor < A and 0 <= pin.gi < W and 0 <= pin.gj < H):
+            notes.append(f"{where}: no such slot on a {H}×{W} grid with {A} anchors; ignored.")
+            continue
+        if pin.w <= 0 or pin.h <= 0:
+            notes.append(f"{where}: width and height must be positive; ignored.")
+            continue
+        frac_x, frac_y = pin.cx / stride - pin.gi, pin.cy / stride - pin.gj
+        if not (0 < frac_x < 1 and 0 < frac_y < 1):
+            notes.append(f"{where}: the centre must lie strictly inside the cell (σ reaches (0, 1) "
+                         f"only); clamped to the cell.")
+        frac_x = min(max(frac_x, _FRACTION_EPS), 1 - _FRACTION_EPS)
+        frac_y = min(max(frac_y, _FRACTION_EPS), 1 - _FRACTION_EPS)
+        anchor_w, anchor_h = float(anchors_px[pin.anchor, 0]), float(anchors_px[pin.anchor, 1])
+        logits[0, pin.anchor, pin.gj, pin.gi, 0] = math.log(frac_x / (1 - frac_x))
+        logits[0, pin.anchor, pin.gj, pin.gi, 1] = math.log(frac_y / (1 - frac_y))
+        logits[0, pin.anchor, pin.gj, pin.gi, 2] = math.log(pin.w / anchor_w)
+        logits[0, pin.anchor, pin.gj, pin.gi, 3] = math.log(pin.h / anchor_h)
+
+
+def _scatter_max(values: Tensor, flat_index: Tensor, size: int) -> Tensor:
+    out = torch.zeros(size, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, flat_index, values, reduce="amax", include_self=True)
+
+
+def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
+    """Run the legacy YOLOv3 loss on ``scene`` (already validated); see the module docstring."""
+    device = resolve_device(scene.device)
+    targets = boxes_to_targets(scene, device)  # (N, 6)
+    N, nc = targets.size(0), scene.nc
+    ignore_thresh = float(scene.param("ignore_thresh"))
+    obj_scale = float(scene.param("obj_scale"))
+    noobj_scale = float(scene.param("noobj_scale"))
+    lambda_scale = bool(scene.param("lambda_scale"))
+    assign = scene.param("assign")
+    generator = torch.Generator().manual_seed(scene.seed)
+    notes: list[str] = []
+    anchors_all_px = torch.tensor(YOLOV3_ANCHORS_PX, dtype=torch.float32, device=device)  # (L, A, 2)
+    L, A = anchors_all_px.shape[:2]
+    image_wh = torch.tensor([scene.width, scene.height], dtype=torch.float32, device=device)
+
+    if trace is not None:
+        trace.record("scene.targets", "Targets from the drawn boxes",
+                     "rows (image, class, cx, cy, w, h): cx and w divided by the image width, cy and h by "
+                     "the height (the data loader's normalisation)",
+                     code="utils/datasets.py ListDataset (labels)", tensors={"targets": (targets, "N 6")},
+                     values={"assign": assign, "lambda_scale": lambda_scale})
+    owner_level = None
+    if assign == "darknet":
+        targets_wh_px = targets[:, 4:6] * image_wh  # (N, 2)
+        wh_iou_all = bbox_wh_iou(anchors_all_px.view(L * A, 2), targets_wh_px)  # (L*A, N)
+        best_iou_all, best_all = wh_iou_all.max(0)  # (N,)
+        owner_level = torch.div(best_all, A, rounding_mode="floor")  # (N,)
+        if trace is not None:
+            trace.record("assign.best_of_9", "Best of all 9 anchors (darknet)",
+                         "darknet compares the target with every anchor of the model; only the level "
+                         "whose mask holds the best anchor gets a positive",
+                         code="darknet src/yolo_layer.c forward_yolo_layer (best_n over l.total)",
+                         tensors={"wh_iou": (wh_iou_all, "9 N"), "best_anchor": (best_all, "N"),
+                                  "best_iou": (best_iou_all, "N"), "level": (owner_level, "N")})
+        notes.append("assign = darknet: each target is positive only on the level that owns the best "
+                     "of all 9 anchors (yolo_layer.c); the PyTorch-YOLOv3 port instead makes it "
+                     "positive on every level (assign = port).")
+    else:
+        notes.append("assign = port: PyTorch-YOLOv3 runs build_targets per level, so each target is "
+                     "positive on all three levels at that level's best anchor; darknet would keep "
+                     "only the best of all 9 anchors (assign = darknet).")
+    notes.append("ignore rule: anchors of the target's cell with wh-IoU > ignore_thresh leave the "
+                 "no-object loss (the port's rule). Darknet ignores by the IoU of the decoded "
+                 "prediction with any truth instead (map pred_iou_max); truth_thresh = 1 never adds a "
+                 "positive.")
+    if lambda_scale:
+        notes.append("lambda_scale on: coordinate MSE × (2 - w·h) as darknet; the PyTorch-YOLOv3 "
+                     "port has no such scale (turn it off to get the port's numbers exactly).")
+    if N == 0:
+        notes.append("no targets: upstream takes means over empty selections, so the coordinate, "
+                     "objectness-positive and class terms are nan (as upstream).")
+
+    levels: list[LevelInfo] = []
+    columns: dict[str, list[Tensor]] = {}
+    maps: dict[str, list[Tensor]] = {name: [] for name, _ in MAP_DOCS}
+    losses: dict[str, Tensor] = {}
+    for level, stride in enumerate(YOLOV3_STRIDES):
+        name = _LEVEL_NAMES[level]
+        H, W = scene.height // stride, scene.width // stride
+        anchors_px = anchors_all_px[level]  # (A, 2)
+        anchors = anchors_px / stride  # (A, 2) grid units
+        levels.append(LevelInfo(name, stride, (H, W), anchors_px))
+        positive_rows = None if owner_level is None else owner_level == level
+        perfect = _level_logits(targets, anchors, H, W, nc, positive_rows, device)
+        logits = blend_logits(perfect, scene.progress, generator)
+        _apply_pins(logits, scene, level, stride, anchors_px, notes)
+        if trace is not None:
+            with trace.scope(name):
+                result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh,
+                                         obj_scale=obj_scale, noobj_scale=noobj_scale,
+                                         lambda_scale=lambda_scale, positive_rows=positive_rows, trace=trace)
+        else:
+            result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh, obj_scale=obj_scale,
+                                     noobj_scale=noobj_scale, lambda_scale=lambda_scale,
+                                     positive_rows=positive_rows)
+        built, decoded = result.targets, result.decoded
+        for term in _TERMS:
+            losses[f"{term}.{name}"] = result.terms[term].detach()
+        losses[f"total.{name}"] = result.total.detach()
+        if owner_level is None and N and bool(torch.isnan(result.total)):
+            notes.append(f"{name}: a loss term is nan (an empty mean), as upstream.")
+        elif owner_level is not None and N and not bool(positive_rows.any()):
+            notes.append(f"{name}: no target's best anchor is on this level, so the port's means over "
+                         f"no positives are nan here (darknet sums and would add 0).")
+
+        # -- per-positive rows (one per target row positive here) --------------------------------
+        rows = torch.arange(N, device=device) if positive_rows is None else positive_rows.nonzero().flatten()
+        anchor_idx, gj, gi = built.best_anchor[rows], built.gj[rows], built.gi[rows]
+        slot = (torch.zeros_like(rows), anchor_idx, gj, gi)
+        labels = targets[rows, 1].long()
+        P = rows.numel()
+        grid_gain = torch.tensor([W, H, W, H], dtype=torch.float32, device=device)
+        target_boxes = targets[rows, 2:6] * grid_gain  # (P, 4) grid units
+        with torch.no_grad():
+            prob_cls = decoded.cls[slot]  # (P, C)
+            tcls = built.tcls[slot]
+            bce_cls = F.binary_cross_entropy(prob_cls, tcls, reduction="none").sum(-1)
+            other = prob_cls.clone()
+            other[torch.arange(P, device=device), labels] = -1.0
+            col = {
+                "gt": rows, "level": torch.full_like(rows, level), "anchor": anchor_idx, "gi": gi, "gj": gj,
+                "rule": torch.full_like(rows, 0 if owner_level is None else 1),
+                "wh_iou": built.wh_iou[:, rows].t(),
+                "best_iou": (built.wh_iou[:, rows].max(0).values if owner_level is None
+                             else best_iou_all[rows]),
+                "tx": built.tx[slot], "ty": built.ty[slot], "tw": built.tw[slot], "th": built.th[slot],
+                "pred_box_px": decoded.pred_boxes[slot] * stride,
+                "target_box_px": target_boxes * stride,
+                "iou": built.iou_scores[slot],
+                "coord_scale": built.coord_scale[slot],
+                "two_minus_wh": 2 - targets[rows, 4] * targets[rows, 5],
+                "sq_x": built.coord_scale[slot] * (decoded.x[slot] - built.tx[slot]) ** 2,
+                "sq_y": built.coord_scale[slot] * (decoded.y[slot] - built.ty[slot]) ** 2,
+                "sq_w": built.coord_scale[slot] * (decoded.w[slot] - built.tw[slot]) ** 2,
+                "sq_h": built.coord_scale[slot] * (decoded.h[slot] - built.th[slot]) ** 2,
+                "bce_obj": F.binary_cross_entropy(decoded.conf[slot], torch.ones_like(decoded.conf[slot]),
+                                                  reduction="none"),
+                "bce_cls": bce_cls,
+                "grad_x": result.gradients["x"][slot], "grad_y": result.gradients["y"][slot],
+                "grad_w": result.gradients["w"][slot], "grad_h": result.gradients["h"][slot],
+                "grad_obj": result.gradients["obj"][slot],
+                "grad_cls_target": prob_cls[torch.arange(P, device=device), labels] - 1,
+                "grad_cls_max_other": (other.max(-1).values.clamp_min(0) if nc > 1
+                                       else torch.zeros(P, device=device)),
+            }
+        for key, value in col.items():
+            columns.setdefault(key, []).append(value.detach())
+
+        # -- maps (A, H, W) -----------------------------------------------------------------------
+        with torch.no_grad():
+            obj_mask, noobj_mask = built.obj_mask[0], built.noobj_mask[0]
+            maps["obj_mask"].append(obj_mask.float())
+            maps["noobj_mask"].append(noobj_mask.float())
+            maps["ignored"].append(((~obj_mask) & (~noobj_mask)).float())
+            flat = (torch.arange(A, device=device).view(A, 1) * (H * W)
+                    + (built.gj * W + built.gi).view(1, N)).flatten()  # (A*N,)
+            maps["max_wh_iou"].append(_scatter_max(built.wh_iou.flatten(), flat, A * H * W).view(A, H, W)
+                                      if N else torch.zeros((A, H, W), device=device))
+            if N:
+                pred = decoded.pred_boxes[0].reshape(A * H * W, 1, 4)
+                truth = (targets[:, 2:6] * grid_gain).view(1, N, 4)
+                pred_iou = bbox_iou(pred, truth).squeeze(-1).amax(-1).view(A, H, W)
+            else:
+                pred_iou = torch.zeros((A, H, W), device=device)
+            maps["pred_iou_max"].append(pred_iou)
+            counted = obj_mask | noobj_mask
+            obj_bce = F.binary_cross_entropy(decoded.conf[0], built.tconf[0], reduction="none")
+            maps["obj_bce"].append(torch.where(counted, obj_bce, torch.zeros_like(obj_bce)))
+            maps["grad_obj"].append(result.gradients["obj"][0])
+
+    positives = {key: torch.cat(parts) for key, parts in columns.items()}
+    for term in _TERMS + ("total",):
+        losses[term] = sum((losses[f"{term}.{name}"] for name in _LEVEL_NAMES), torch.zeros((), device=device))
+    return SceneResult(
+        scheme="yolov3", levels=levels, positives=positives, rule_names=list(RULE_NAMES), maps=maps,
+        losses=losses, trace=trace, device=str(device), column_docs=dict(COLUMN_DOCS),
+        map_docs=dict(MAP_DOCS), notes=notes, targets=targets)
+
+
+YOLOV3_SCHEME = register_scheme(SchemeSpec(
+    name="yolov3",
+    title="YOLOv3 (PyTorch-YOLOv3 legacy / darknet)",
+    family="yolov3",
+    strides=YOLOV3_STRIDES,
+    params=(
+        ParamSpec("ignore_thresh", 0.5, 0.0, 1.0, 0.01, doc="an anchor of the target's cell with wh-IoU above "
+                  "this is removed from the no-object loss", upstream="YOLOLayer.ignore_thres / [yolo] ignore_thresh"),
+        ParamSpec("obj_scale", 1.0, 0.0, 100.0, 0.1, doc="weight of the positive objectness BCE",
+                  upstream="YOLOLayer.obj_scale"),
+        ParamSpec("noobj_scale", 100.0, 0.0, 1000.0, 0.5, doc="weight of the no-object BCE (100 at the "
+                  "pinned legacy commit, 0.5 on later master)", upstream="YOLOLayer.noobj_scale"),
+        ParamSpec("lambda_scale", True, kind="bool", doc="darknet's 2 - w·h scale on the coordinate loss "
+                  "(off = the port exactly)", upstream="yolo_layer.c delta_yolo_box scale"),
+        ParamSpec("assign", "port", kind="choice", choices=("port", "darknet"),
+                  doc="port: best anchor on every level; darknet: best of all 9 anchors, one level",
+                  upstream="utils/utils.py build_targets vs yolo_layer.c best_n"),
+    ),
+    explain=explain_yolov3,
+    upstream="eriklindernoren/PyTorch-YOLOv3@7dd01ec utils/utils.py + models.py; darknet src/yolo_layer.c",
+    doc=__doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
+    maps=MAP_DOCS,
+    rule_names=RULE_NAMES,
+    anchors_px=YOLOV3_ANCHORS_PX,
+))
