@@ -1,0 +1,117 @@
+"""losscore.export: the export document is faithful JSON and verify catches any change."""
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from losscore import export
+from losscore.scene import Box, Pin, Scene, all_schemes
+from losscore.trace import decode_tensor
+from test_api_toyscheme import ensure_toy
+
+ensure_toy()
+REAL_SCHEMES = sorted(name for name in all_schemes() if name != "toy")
+
+
+def toy_scene(**overrides) -> Scene:
+    fields = dict(scheme="toy", width=128, height=96, nc=3, boxes=(Box(1, 16, 16, 48, 48), Box(0, 70, 20, 120, 90)),
+                  device="cpu")
+    fields.update(overrides)
+    return Scene(**fields)
+
+
+def real_scene(scheme: str) -> Scene:
+    return Scene(scheme, 640, 640, 4, (Box(3, 52, 60, 148, 260), Box(0, 300, 300, 420, 380)), device="cpu")
+
+
+def json_round_trip(doc: dict) -> dict:
+    return orjson.loads(orjson.dumps(doc))
+
+
+@given(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=0, max_size=24))
+@settings(max_examples=50, deadline=None)
+def test_map_encoding_round_trips_bit_exactly(values):
+    tensor = torch.tensor(values, dtype=torch.float32).reshape(1, 1, -1)  # (A=1, H=1, W)
+    back = export.decode_map(json_round_trip(export.encode_map(tensor)))
+    assert back.shape == tensor.shape
+    assert torch.equal(back.view(torch.int32), tensor.view(torch.int32))  # same bits, NaN payload included
+
+
+def test_plain_turns_non_finite_into_strings():
+    assert export.plain({"a": float("nan"), "b": [float("inf"), -math.inf, 1.5], "c": torch.tensor([1, 2])}) == \
+        {"a": "nan", "b": ["inf", "-inf", 1.5], "c": [1, 2]}
+
+
+def test_scene_dict_round_trip():
+    scene = toy_scene(params={"gain": 2.0}, seed=7, progress=0.25,
+                      pins=(Pin(0, 0, 1, 2, 30.0, 40.0, 10.0, 12.0),))
+    assert export.scene_from_dict(json_round_trip(export.scene_to_dict(scene))) == scene
+
+
+def test_scene_from_dict_names_missing_fields():
+    with pytest.raises(ValueError, match=r"^boxes\[0\]\.x2: missing"):
+        export.scene_from_dict({"scheme": "toy", "image": {"width": 32, "height": 32}, "nc": 1,
+                                "boxes": [{"cls": 0, "x1": 1, "y1": 1, "y2": 3}]})
+
+
+def test_export_stage_data_is_the_recorded_tensors():
+    run = export.run_scene(toy_scene())
+    doc = json_round_trip(export.build_export(run))
+    assert [s["name"] for s in doc["stages"]] == run.trace.names()
+    for stage_json, stage in zip(doc["stages"], run.trace):
+        for tensor_json in stage_json["tensors"]:
+            recorded = stage[tensor_json["name"]]
+            decoded = decode_tensor(tensor_json)
+            assert decoded.dtype == recorded.dtype and torch.equal(decoded, recorded)
+    assert doc["params"] == {"gain": 1.0} and doc["scene"]["params"] == {"gain": 1.0}
+
+
+def test_verify_accepts_an_untouched_export():
+    report = export.verify_export(json_round_trip(export.build_export(export.run_scene(toy_scene()))))
+    assert report.ok and report.mismatches == [] and report.checked > 10
+
+
+@pytest.mark.parametrize("tamper, where", [
+    (lambda d: d["stages"][-1]["tensors"][0]["data"].__setitem__(0, 99), "stages["),
+    (lambda d: d["result"]["losses"].__setitem__("total", d["result"]["losses"]["total"] + 1e-3), "result.losses"),
+    (lambda d: d["result"]["positives"][0].__setitem__("gi", 3), "result.positives"),
+    (lambda d: d["stages"].pop(0), "stages"),
+    (lambda d: d["result"]["maps"]["iou"]["levels"][0].__setitem__(
+        "b64", export.encode_map(torch.ones(1, 3, 4))["b64"]), "result.maps.iou[0]"),
+])
+def test_verify_catches_each_kind_of_tampering(tamper, where):
+    doc = json_round_trip(export.build_export(export.run_scene(toy_scene())))
+    tamper(doc)
+    report = export.verify_export(doc)
+    assert not report.ok
+    assert any(m.where.startswith(where) for m in report.mismatches), report.mismatches
+
+
+def test_verify_within_tolerance_but_not_beyond():
+    doc = json_round_trip(export.build_export(export.run_scene(toy_scene())))
+    iou_stage = next(s for s in doc["stages"] if s["name"] == "bbox_iou")
+    iou = next(t for t in iou_stage["tensors"] if t["name"] == "iou")
+    iou["data"][0] *= 1 + 1e-7  # below rtol 1e-5: still the same number for float32 replay
+    assert export.verify_export(doc).ok
+    iou["data"][0] *= 1 + 1e-3
+    assert not export.verify_export(doc).ok
+
+
+def test_verify_rejects_other_documents():
+    with pytest.raises(ValueError, match="format"):
+        export.verify_export({"format": "something"})
+
+
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_real_scheme_export_replays(scheme):
+    doc = json_round_trip(export.build_export(export.run_scene(real_scene(scheme))))
+    assert doc["upstream"]["commit"], "each family pins the upstream commit it matches"
+    report = export.verify_export(doc)
+    assert report.ok, report.mismatches[:5]
+    tensor = next(t for s in doc["stages"] for t in s["tensors"] if t["data"] and t["dtype"] == "float32")
+    tensor["data"][0] = "nan" if tensor["data"][0] != "nan" else 0.0
+    assert not export.verify_export(doc).ok
