@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conformance import group
+from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_logits, boxes_to_targets,
+                    register_scheme, resolve_device)
 from .trace import Trace
 
 __all__ = [
@@ -38,6 +40,9 @@ __all__ = [
     "py_focal_loss_with_prob",
     "FocalLoss",
     "labels_to_one_hot",
+    "centre_in_box_labels",
+    "explain_focal",
+    "FOCAL_SCHEME",
 ]
 
 _CODE = "mmdet 3.3.0 mmdet/models/losses/focal_loss.py"
@@ -279,3 +284,189 @@ def _run_focal_module(inputs: dict, device: torch.device) -> dict:
     loss = module(inputs["pred"], inputs["target"], inputs["weight"], avg_factor=inputs["avg_factor"],
                   reduction_override=inputs["reduction_override"])
     return {"loss": loss}
+
+
+
+# -- the "focal" scheme: a focal-loss playground ----------------------------------------------
+FOCAL_STRIDES = (8, 16, 32)
+_FOCAL_LEVELS = ("P3", "P4", "P5")
+_FOCAL_LOGIT = 8.0  # a perfect head: +8 for the right class, -8 for every other one
+FOCAL_RULES = ("centre in box",)
+FOCAL_COLUMN_DOCS = {
+    "p": "σ(logit) of the cell's target class",
+    "p_t": "p_t of the target-class element (= p, the target is 1 there)",
+    "alpha_factor": "alpha (the element is positive)",
+    "modulating": "(1 - p_t)^gamma of the target-class element",
+    "focal_weight": "alpha_factor · modulating of the target-class element",
+    "bce": "BCE-with-logits of the target-class element",
+    "focal": "bce · focal_weight of the target-class element (unreduced)",
+    "focal_row": "focal loss of the cell summed over all C classes (its negatives included)",
+}
+FOCAL_MAPS = (
+    ("loss", "focal loss per cell, summed over the C classes, before the reduction"),
+    ("p_t", "p_t of one column per cell: the target class at positives, the most probable class at background cells"),
+    ("focal_weight", "alpha_factor · (1 - p_t)^gamma of that same column"),
+    ("alpha_factor", "alpha (positive column) or 1 - alpha (background column) of that column"),
+    ("modulating", "(1 - p_t)^gamma of that column"),
+    ("positive", "1 where the cell centre lies inside a box (the cell is positive for its class)"),
+)
+
+
+def centre_in_box_labels(centres: Tensor, boxes_xyxy: Tensor, box_classes: Tensor, num_classes: int
+                         ) -> tuple[Tensor, Tensor]:
+    """Label each point by the smallest box whose interior holds it.
+
+    Args:
+        centres (Tensor[S, 2]): points (x, y) in pixels. boxes_xyxy (Tensor[N, 4]) pixels.
+        box_classes (Tensor[N]) int64. num_classes: C, the background label.
+
+    Returns:
+        (labels (Tensor[S]) int64 in [0, C], gt (Tensor[S]) int64 box index or -1).
+        Strictly inside: a centre on a box edge is background (as FCOS's min(l, t, r, b) > 0).
+    """
+    S, N = centres.size(0), boxes_xyxy.size(0)
+    if N == 0:
+        return (torch.full((S,), num_classes, dtype=torch.long, device=centres.device),
+                torch.full((S,), -1, dtype=torch.long, device=centres.device))
+    x, y = centres[:, 0:1], centres[:, 1:2]  # (S, 1)
+    inside = ((x > boxes_xyxy[:, 0]) & (x < boxes_xyxy[:, 2])
+              & (y > boxes_xyxy[:, 1]) & (y < boxes_xyxy[:, 3]))  # (S, N)
+    area = (boxes_xyxy[:, 2] - boxes_xyxy[:, 0]) * (boxes_xyxy[:, 3] - boxes_xyxy[:, 1])  # (N,)
+    area_if_inside = torch.where(inside, area.expand(S, N), torch.full_like(inside, float("inf"), dtype=area.dtype))
+    smallest_area, gt = area_if_inside.min(1)  # ties: the lower box index
+    positive = torch.isfinite(smallest_area)
+    labels = torch.where(positive, box_classes[gt], torch.full_like(gt, num_classes))
+    return labels, torch.where(positive, gt, torch.full_like(gt, -1))
+
+
+def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
+    """Focal-loss playground: anchor-free cells labelled by centre-in-box, one FocalLoss call over
+    all levels (RetinaNet sums its levels with one shared avg_factor, which is the same thing)."""
+    device = resolve_device(scene.device)
+    nc = scene.nc
+    gamma, alpha = float(scene.param("gamma")), float(scene.param("alpha"))
+    loss_weight = float(scene.param("loss_weight"))
+    reduction = scene.param("reduction")
+    use_avg_factor = bool(scene.param("use_avg_factor"))
+    generator = torch.Generator().manual_seed(scene.seed)
+    notes: list[str] = []
+    targets = boxes_to_targets(scene, device)
+    boxes_xyxy = torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in scene.boxes], dtype=torch.float32,
+                              device=device).view(-1, 4)
+    box_classes = torch.tensor([b.cls for b in scene.boxes], dtype=torch.long, device=device)
+
+    levels, labels_parts, gt_parts, logits_parts, cells = [], [], [], [], []
+    for stride, name in zip(FOCAL_STRIDES, _FOCAL_LEVELS):
+        H, W = scene.height // stride, scene.width // stride
+        levels.append(LevelInfo(name, stride, (H, W), None))
+        gj, gi = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
+        centres = torch.stack(((gi.flatten() + 0.5) * stride, (gj.flatten() + 0.5) * stride), 1).float()  # (H*W, 2)
+        labels, gt = centre_in_box_labels(centres, boxes_xyxy, box_classes, nc)
+        perfect = torch.full((H * W, nc), -_FOCAL_LOGIT, device=device)
+        rows = (labels < nc).nonzero().flatten()
+        perfect[rows, labels[rows]] = _FOCAL_LOGIT
+        logits_parts.append(blend_logits(perfect, scene.progress, generator))
+        labels_parts.append(labels)
+        gt_parts.append(gt)
+        cells.append((gi.flatten(), gj.flatten(), H, W))
+    logits = torch.cat(logits_parts)  # (S, C), S = sum of H*W over the levels
+    labels = torch.cat(labels_parts)  # (S,)
+    num_pos = int((labels < nc).sum())
+    if scene.pins:
+        notes.append("the focal scheme has no box regression, so pins are ignored.")
+
+    avg_factor = None
+    if use_avg_factor and reduction == "mean":
+        avg_factor = float(max(num_pos, 1))
+        notes.append(f"avg_factor = number of positive cells = {num_pos}" +
+                     (" (0 clamped to 1, as FCOS does)" if num_pos == 0 else "") +
+                     ": the summed loss is divided by it (RetinaNet), not by all S·C elements.")
+    elif use_avg_factor:
+        notes.append("use_avg_factor is ignored with reduction 'sum': upstream raises ValueError for "
+                     "avg_factor with 'sum'.")
+    if trace is not None:
+        trace.record("assign.centre_in_box", "Cells labelled by centre-in-box",
+                     "a cell is positive for class c when its centre lies strictly inside a box of class c "
+                     "(the smallest box wins); every other cell is background (label C)",
+                     code="losslab focal playground (FCOS-style centre sampling)",
+                     tensors={"labels": (labels, "S"), "gt": (torch.cat(gt_parts), "S")},
+                     values={"num_pos": num_pos, "num_cells": int(labels.numel()), "num_classes": nc})
+    module = FocalLoss(use_sigmoid=True, gamma=gamma, alpha=alpha, reduction=reduction, loss_weight=loss_weight)
+    total = module(logits, labels, avg_factor=avg_factor, trace=trace)
+
+    with torch.no_grad():
+        terms = focal_terms(logits, labels_to_one_hot(labels, nc), gamma=gamma, alpha=alpha)
+        positive = labels < nc
+        column = torch.where(positive, labels.clamp(max=nc - 1), terms.prob.argmax(1))  # (S,)
+        picked = lambda t: t.gather(1, column.view(-1, 1)).squeeze(1)  # noqa: E731
+        loss_row = terms.loss.sum(1)  # (S,)
+        element_sum = terms.loss.sum()
+        # The parts of the reported total that come from positive and background cells.
+        scale = total / element_sum if float(element_sum) > 0 else torch.zeros((), device=device)
+        losses = {"total": total.detach(), "pos": (loss_row[positive].sum() * scale).detach(),
+                  "neg": (loss_row[~positive].sum() * scale).detach()}
+        maps: dict[str, list[Tensor]] = {name: [] for name, _ in FOCAL_MAPS}
+        columns: dict[str, list[Tensor]] = {}
+        start = 0
+        for level, (gi, gj, H, W) in enumerate(cells):
+            span = slice(start, start + H * W)
+            start += H * W
+            losses[f"total.{_FOCAL_LEVELS[level]}"] = (loss_row[span].sum() * scale).detach()
+            for name, value in (("loss", loss_row), ("p_t", picked(terms.p_t)),
+                                ("focal_weight", picked(terms.focal_weight)),
+                                ("alpha_factor", picked(terms.alpha_factor)),
+                                ("modulating", picked(terms.modulating)), ("positive", positive.float())):
+                maps[name].append(value[span].view(1, H, W))
+            pos_index = positive[span].nonzero().flatten()
+            sample = pos_index + span.start
+            target_class = labels[sample]
+            col = {
+                "gt": gt_parts[level][pos_index], "level": torch.full_like(pos_index, level),
+                "anchor": torch.zeros_like(pos_index), "gi": gi[pos_index], "gj": gj[pos_index],
+                "rule": torch.zeros_like(pos_index),
+            }
+            for key, source in (("p", terms.prob), ("p_t", terms.p_t), ("alpha_factor", terms.alpha_factor),
+                                ("modulating", terms.modulating), ("focal_weight", terms.focal_weight),
+                                ("bce", terms.bce), ("focal", terms.loss)):
+                col[key] = source[sample, target_class]
+            col["focal_row"] = loss_row[sample]
+            for key, value in col.items():
+                columns.setdefault(key, []).append(value)
+    positives = {key: torch.cat(parts) for key, parts in columns.items()}
+    notes.append("losses pos / neg: the parts of the total from positive cells (all C columns of those "
+                 "cells) and from background cells; they add up to the total.")
+    notes.append("maps p_t / focal_weight / alpha_factor / modulating show one column per cell: the "
+                 "target class at positive cells, the most probable class at background cells.")
+    return SceneResult(
+        scheme="focal", levels=levels, positives=positives, rule_names=list(FOCAL_RULES), maps=maps,
+        losses=losses, trace=trace, device=str(device), column_docs=dict(FOCAL_COLUMN_DOCS),
+        map_docs=dict(FOCAL_MAPS), notes=notes, targets=targets)
+
+
+FOCAL_SCHEME = register_scheme(SchemeSpec(
+    name="focal",
+    title="Focal loss (MMDetection FocalLoss)",
+    family="mmdet",
+    strides=FOCAL_STRIDES,
+    params=(
+        ParamSpec("gamma", 2.0, 0.0, 5.0, 0.1, doc="focusing: (1 - p_t)^gamma fades easy elements",
+                  upstream="FocalLoss.gamma"),
+        ParamSpec("alpha", 0.25, 0.0, 1.0, 0.01, doc="weight of positive elements (negatives get 1 - alpha)",
+                  upstream="FocalLoss.alpha"),
+        ParamSpec("loss_weight", 1.0, 0.0, 10.0, 0.1, doc="multiplies the reduced loss",
+                  upstream="FocalLoss.loss_weight"),
+        ParamSpec("reduction", "mean", kind="choice", choices=("mean", "sum"), doc="mean or sum",
+                  upstream="FocalLoss.reduction"),
+        ParamSpec("use_avg_factor", True, kind="bool", doc="divide the sum by the number of positive "
+                  "cells (RetinaNet) instead of taking the mean of all elements",
+                  upstream="loss_cls(..., avg_factor=num_total_pos)"),
+    ),
+    explain=explain_focal,
+    upstream="mmdetection 3.3.0 mmdet/models/losses/focal_loss.py, utils.py",
+    doc=("Anchor-free cells (A = 1) on strides 8/16/32; a cell is positive for class c when its centre "
+         "lies inside a box of class c (smallest box wins). Classification only: FocalLoss(use_sigmoid) "
+         "over every cell and class, avg_factor = number of positive cells as RetinaNet."),
+    maps=FOCAL_MAPS,
+    rule_names=FOCAL_RULES,
+    anchors_px=None,
+))
