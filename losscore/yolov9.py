@@ -484,8 +484,9 @@ def _run_compute_loss(inputs: dict[str, Any], device: torch.device) -> dict[str,
                           cfg["beta"], inputs["use_dfl"])
     out = loss_fn.breakdown(inputs["p"], inputs["targets"])
     fg = 0 if out.assignment is None else int(out.assignment.fg_mask.sum())
+    score_sum = 0.0 if out.assignment is None else float(out.assignment.score.sum())  # before max(., 1)
     return {"loss": out.total, "loss_items": out.items,
-            "diagnostics": {"fg_count": fg, "target_scores_sum": float(out.target_scores_sum)}}
+            "diagnostics": {"fg_count": fg, "target_scores_sum": score_sum}}
 
 
-# from . import yolov9_scene as _scene  # noqa: E402,F401  registers the "yolov9" scheme
+from . import yolov9_scene as _scene  # noqa: E402,F401  registers the "yolov9" scheme
