@@ -22,16 +22,42 @@ const FORMULAS = {
     text += ` ${pass ? '<' : '≥'} anchor_t = ${fmt(limit)} ${pass ? '✓' : '✗'}`;
     return [text, pass ? 'ok' : 'no'];
   },
-  tbox(row) {
-    const v = row.tbox;
-    if (!Array.isArray(v) || v.length < 4) return null;
-    return [`tbox = (x − gi, y − gj, w, h) in cells = (${v.map(fmt).join(', ')})\n  offset from cell (${row.gi}, ${row.gj}) = (${fmt(v[0])}, ${fmt(v[1])}); decode 2σ(t)−0.5 reaches (−0.5, 1.5)`];
+  offset(row) {
+    const v = row.offset;
+    if (!Array.isArray(v)) return null;
+    const outside = v.some((x) => x < 0 || x > 1);
+    return [`offset = box centre − cell (${row.gi}, ${row.gj}) = (${v.map(fmt).join(', ')}) cells` +
+      (outside ? `  — outside [0, 1]: this is a neighbour cell ("${row.rule}"), reachable because the decode spans (−0.5, 1.5)` : '  — inside [0, 1]: the centre lies in this cell')];
   },
-  iou(row, ctx) {
+  pxy(row) {
+    if (!Array.isArray(row.pxy)) return null;
+    return [`decode xy = 2σ(t_xy) − 0.5 = (${row.pxy.map(fmt).join(', ')})  vs target offset (${(row.offset || row.tbox || []).slice(0, 2).map(fmt).join(', ')})`];
+  },
+  pwh(row) {
+    if (!Array.isArray(row.pwh)) return null;
+    const anch = Array.isArray(row.anch) ? ` with anchor (${row.anch.map(fmt).join(', ')}) cells` : '';
+    const target = Array.isArray(row.tbox) ? `  vs target wh (${row.tbox.slice(2, 4).map(fmt).join(', ')})` : '';
+    return [`decode wh = (2σ(t_wh))²·anchor = (${row.pwh.map(fmt).join(', ')})${anch}${target}; reach (0, 4)·anchor`];
+  },
+  ciou(row) {
+    if (!['iou', 'rho2', 'c2', 'alpha', 'v'].every((k) => k in row)) return [`CIoU = ${fmt(row.ciou)}`];
+    return [`CIoU = IoU − ρ²/c² − α·v = ${fmt(row.iou)} − ${fmt(row.rho2)}/${fmt(row.c2)} − ${fmt(row.alpha)}·${fmt(row.v)} = ${fmt(row.ciou)};  box loss term 1 − CIoU`];
+  },
+  tobj(row, ctx) {
     const gr = ctx.params.gr;
-    return [`IoU(pred, target) = ${fmt(row.iou)}${row.tobj !== undefined ? `;  tobj = (1−gr) + gr·clamp(IoU, 0) = ${fmt(row.tobj)}${gr !== undefined ? ` (gr = ${fmt(gr)})` : ''}` : ''}`];
+    const src = 'ciou' in row ? row.ciou : row.iou;
+    let text = gr !== undefined
+      ? `tobj = (1−gr) + gr·clamp(CIoU, 0) = (1−${fmt(gr)}) + ${fmt(gr)}·clamp(${fmt(src)}, 0) = ${fmt(row.tobj)}`
+      : `tobj = ${fmt(row.tobj)}`;
+    let verdict;
+    if ('tobj_written' in row) {
+      text += row.tobj_written ? '  ✓ this write is the one kept' : '  ✗ overwritten by a later row for the same slot (last write wins)';
+      verdict = row.tobj_written ? 'ok' : 'no';
+    }
+    return [text, verdict];
   },
 };
+const ALSO_SHOWN = { ciou: ['iou', 'rho2', 'c2', 'alpha', 'v'], tobj: ['tobj_written'], offset: [], pxy: [], pwh: ['anch'] };
 
 export function renderCellInfo(root, ctx) {
   // ctx: {result, levelIndex, gi, gj, boxes, params}
@@ -55,7 +81,7 @@ export function renderCellInfo(root, ctx) {
       const out = formula(row, full);
       if (!out) continue;
       shown.add(name);
-      if (name === 'iou') shown.add('tobj');
+      for (const extra of ALSO_SHOWN[name] || []) shown.add(extra);
       const line = el('div', { cls: `formula ${out[1] || ''}`, text: out[0] }, root);
       line.dataset.column = name;
     }
@@ -83,6 +109,7 @@ export function renderCellInfo(root, ctx) {
       line.dataset.map = name;
       const doc = result.maps[name].doc || result.map_names?.[name];
       if (doc) el('span', { cls: 'coldoc', text: `  — ${doc}` }, line);
+      if (name === 'obj_bce' && rows.length) el('div', { cls: 'coldoc', text: 'BCE with a soft target t (here tobj < 1) cannot reach 0: its minimum, at p = t, is the entropy −t·ln t − (1−t)·ln(1−t).' }, root);
     }
   }
 }

@@ -2,7 +2,9 @@
 import { FORMAT_DIGITS } from '../config.js';
 import { plain } from '../api.js';
 
-export function fmt(value, digits = FORMAT_DIGITS) {
+/** A number for the screen, FORMAT_DIGITS significant digits (safe to pass to Array.map). */
+export function fmt(value) {
+  const digits = FORMAT_DIGITS;
   const v = plain(value);
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (typeof v !== 'number') return String(v);

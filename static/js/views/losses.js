@@ -25,25 +25,42 @@ export function renderLosses(barEl, tableEl, result) {
   if (!plotlyReady()) return;
   const levelNames = result.levels.map((l) => l.name);
   const terms = Object.keys(losses).filter((k) => !k.includes('.') && k !== 'total');
+  // x: for each term split by level, "Σ term.Pk" stacked by level, then the term after its gain;
+  // then the total stacked from the terms. All heights are the server's numbers.
+  const x = [];
+  for (const term of terms) {
+    if (levelNames.some((lvl) => `${term}.${lvl}` in losses)) x.push(`Σ ${term}.P*`);
+    x.push(term);
+  }
+  x.push('total');
   const traces = [];
   levelNames.forEach((lvl, i) => {
-    const y = terms.map((term) => (`${term}.${lvl}` in losses ? plain(losses[`${term}.${lvl}`]) : null));
-    if (y.some((v) => v !== null)) traces.push({ type: 'bar', name: lvl, x: terms, y, marker: { color: OKABE_ITO[i % 7] } });
+    const y = x.map((cat) => { const term = cat.startsWith('Σ ') ? cat.slice(2, -3) : null; return term && `${term}.${lvl}` in losses ? plain(losses[`${term}.${lvl}`]) : null; });
+    if (y.some((v) => v !== null)) traces.push({ type: 'bar', name: lvl, x, y, marker: { color: OKABE_ITO[i % 7] } });
   });
-  const whole = terms.map((term) => (levelNames.some((lvl) => `${term}.${lvl}` in losses) ? null : plain(losses[term])));
-  if (whole.some((v) => v !== null)) traces.push({ type: 'bar', name: 'term', x: terms, y: whole, marker: { color: '#999999' } });
-  // the total as its own bar, stacked from the terms as the server reports them
-  terms.forEach((term, i) => traces.push({ type: 'bar', name: `${term} (in total)`, x: ['total'], y: [plain(losses[term])], marker: { color: OKABE_ITO[(i + 4) % 7] }, showlegend: false, hovertemplate: `${term}: %{y}<extra></extra>` }));
+  terms.forEach((term, i) => {
+    const colour = OKABE_ITO[(i + 3) % 7];
+    const y = x.map((cat) => (cat === term || cat === 'total' ? plain(losses[term]) : null));
+    traces.push({ type: 'bar', name: term, x, y, marker: { color: colour, pattern: { shape: ['/', '.', 'x', '-'][i % 4] } } });
+  });
   const layout = { ...LAYOUT, title: { text: `${t('loss.bar')} · total = ${fmt(losses.total)}`, font: { size: 12 } } };
   window.Plotly.react(barEl, traces, layout, CONFIG);
 }
 
 let curveCache = new Map(); // "gamma,alpha" -> points | null (endpoint missing)
 
+let curveEndpoint = null; // Promise<boolean>: does the server offer GET /api/v1/focal_curve?
+
+function hasCurveEndpoint() {
+  curveEndpoint ??= fetch('/openapi.json').then((r) => r.json()).then((o) => Boolean(o.paths?.['/api/v1/focal_curve'])).catch(() => false);
+  return curveEndpoint;
+}
+
 async function fetchCurve(gamma, alpha) {
   const key = `${gamma},${alpha}`;
   if (curveCache.has(key)) return curveCache.get(key);
   let points = null;
+  if (!(await hasCurveEndpoint())) return null;
   try {
     const response = await fetch(`/api/v1/focal_curve?gamma=${encodeURIComponent(gamma)}&alpha=${encodeURIComponent(alpha)}`);
     if (response.ok) points = await response.json();

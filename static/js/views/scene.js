@@ -29,7 +29,7 @@ export class SceneView {
   constructor(wrap, options) {
     this.wrap = wrap;
     this.options = options;
-    this.width = 640; this.height = 640;
+    this.width = 0; this.height = 0; // set by setImage
     this.boxes = [];
     this.selected = -1;
     this.drag = null;
@@ -293,8 +293,10 @@ export class SceneView {
     const ctx = this.heat.getContext('2d');
     const img = ctx.createImageData(W, H);
     for (let k = 0; k < H * W; k++) {
-      const [r, g, b] = viridis((values[k] - lo) / span);
-      img.data.set([r, g, b, Number.isFinite(values[k]) ? 255 : 0], k * 4);
+      const level = (values[k] - lo) / span;
+      const [r, g, b] = viridis(level);
+      // low values fade out so the boxes and cells under them stay readable
+      img.data.set([r, g, b, Number.isFinite(values[k]) ? Math.round(40 + 215 * level) : 0], k * 4);
     }
     ctx.putImageData(img, 0, 0);
     this.heat.hidden = false;
