@@ -176,7 +176,9 @@ class StageOut(_Open):
     tensors: list[StageTensorOut]
 
 
-class ExplainOut(_Open):
+class ResultOut(_Open):
+    """The explain response without its stages (as kept under ``result`` in an export)."""
+
     scheme: str
     family: str
     device: str
@@ -191,6 +193,9 @@ class ExplainOut(_Open):
     map_names: dict[str, str]
     losses: dict[str, FloatOut]
     notes: list[str]
+
+
+class ExplainOut(ResultOut):
     stages: list[StageOut]
 
 
@@ -201,7 +206,7 @@ class ExportOut(_Open):
     params: dict[str, Any]
     library: dict[str, str]
     upstream: dict[str, Any]
-    result: ExplainOut
+    result: ResultOut
     stages: list[StageOut]
 
 

@@ -17,6 +17,7 @@ from ..schemas import ErrorOut, ExplainOut, ExportOut, SceneIn, SchemesOut, Vali
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
 ERRORS = {
+    400: {"model": ErrorOut, "description": "the body could not be read (e.g. not UTF-8)"},
     413: {"model": ErrorOut, "description": "request body larger than 1 MiB"},
     422: {"model": ValidationErrorOut, "description": "the scene or a query option is invalid; loc names the field"},
 }
