@@ -213,7 +213,8 @@ def _overlaps(gt_boxes: Tensor, pred_boxes: Tensor) -> Tensor:
 @torch.no_grad()
 def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor, gt_bboxes: Tensor,
            mask_gt: Tensor, *, num_anchors: int | None = None, topk: int = 10, alpha: float = 1.0,
-           beta: float = 6.0, eps: float = 1e-9, trace: Trace | None = None) -> Assignment:
+           beta: float = 6.0, eps: float = 1e-9, in_box: Tensor | None = None,
+           trace: Trace | None = None) -> Assignment:
     """Task-aligned assignment, sparse over candidate pairs (see the module docstring).
 
     Args:
@@ -223,6 +224,7 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
         gt_bboxes (Tensor[B, M, 4]): xyxy pixels; padding rows are zeros.
         mask_gt (Tensor[B, M, 1]): 1 for real targets.
         topk, alpha, beta, eps: upstream's hyperparameters (``ComputeLoss`` uses 10, 0.5, 6.0).
+        in_box (Tensor[B, M, N], optional): :func:`select_candidates_in_gts`, when already computed.
     """
     B, M, _ = gt_bboxes.shape
     N = anc_points.shape[0] if num_anchors is None else num_anchors
@@ -231,7 +233,8 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
     is_real = mask_gt[..., 0] > 0  # (B, M)
 
     # 1. candidates: anchor centre inside a real box
-    in_box = select_candidates_in_gts(anc_points, gt_bboxes, eps)  # (B, M, N)
+    if in_box is None:
+        in_box = select_candidates_in_gts(anc_points, gt_bboxes, eps)  # (B, M, N)
     pair_batch, pair_gt, pair_anchor = (in_box & is_real.unsqueeze(-1)).nonzero(as_tuple=True)  # (Q,)
 
     # 2. metrics for the candidate pairs only

@@ -29,8 +29,7 @@ from torch import Tensor
 
 from .boxes import bbox_iou, xywh2xyxy
 from .conformance import group
-from .tal import (RULE_NAMES, Assignment, TaskAlignedAssigner, assign, bbox2dist, dist2bbox,
-                  make_anchors)
+from .tal import Assignment, TaskAlignedAssigner, assign, bbox2dist, dist2bbox, make_anchors
 from .trace import Trace
 
 __all__ = [
@@ -141,19 +140,19 @@ def preprocess_targets(targets: Tensor, batch_size: int, image_wh: Tensor) -> Te
 class _HeadLookup:
     """Reads class probabilities and decoded boxes straight from the level maps.
 
-    Box logits are gathered (with gradient) and decoded once for the candidate anchors only;
-    ``slot`` maps (image, anchor) to the row of that anchor in ``distances``.
+    Every channel of the candidate anchors (inside some box) is gathered once, with gradient:
+    box-bin logits are decoded here, class logits serve the assigner's ``s`` and the positives'
+    class loss. ``slot`` maps (image, anchor) to the candidate's row.
     """
 
-    def __init__(self, feats: Sequence[Tensor], level_start: list[int], reg_max: int, anchor_points: Tensor,
-                 stride_tensor: Tensor, batch: Tensor, anchor: Tensor, num_anchors: int) -> None:
-        self.feats, self.level_start, self.reg_max = feats, level_start, reg_max
-        B = feats[0].shape[0]
-        self.slot = torch.full((B, num_anchors), -1, dtype=torch.long, device=anchor.device)
+    def __init__(self, channels: Tensor, reg_max: int, anchor_points: Tensor, stride_tensor: Tensor,
+                 batch: Tensor, anchor: Tensor, batch_size: int, num_anchors: int) -> None:
+        self.slot = torch.full((batch_size, num_anchors), -1, dtype=torch.long, device=anchor.device)
         self.slot[batch, anchor] = torch.arange(anchor.numel(), device=anchor.device)
-        logits = gather_head(feats, level_start, batch, anchor, 0, 4 * reg_max)  # (Qa, 4R)
-        self.box_logits = logits.view(-1, 4, reg_max)  # (Qa, 4, R)
-        proj = torch.arange(reg_max, dtype=logits.dtype, device=logits.device)
+        self.box_logits = channels[:, :4 * reg_max].reshape(-1, 4, reg_max)  # (Qa, 4, R)
+        self.cls_logits = channels[:, 4 * reg_max:]  # (Qa, C)
+        self._cls_detached = self.cls_logits.detach()
+        proj = torch.arange(reg_max, dtype=channels.dtype, device=channels.device)
         self.probs = self.box_logits.softmax(-1)  # (Qa, 4, R)
         self.distances = self.probs.matmul(proj)  # (Qa, 4) expected bin = distance in cells
         self.boxes_grid = dist2bbox(self.distances, anchor_points[anchor], xywh=False)  # (Qa, 4)
@@ -163,37 +162,97 @@ class _HeadLookup:
         return self.slot[batch, anchor]
 
     def scores(self, batch: Tensor, anchor: Tensor, cls: Tensor) -> Tensor:
-        return gather_head(self.feats, self.level_start, batch, anchor, 4 * self.reg_max, 1,
-                           cls=cls).detach().sigmoid()
+        return self._cls_detached[self.rows(batch, anchor), cls].sigmoid()
 
     def boxes(self, batch: Tensor, anchor: Tensor) -> Tensor:
         return self.boxes_px[self.rows(batch, anchor)]
 
 
-def gather_head(feats: Sequence[Tensor], level_start: list[int], batch: Tensor, anchor: Tensor,
-                channel_start: int, channel_count: int, cls: Tensor | None = None) -> Tensor:
-    """Channels of the level maps at (image, global anchor) pairs, with gradient.
+def gather_head(feats: Sequence[Tensor], level_start: list[int], batch: Tensor, anchor: Tensor) -> Tensor:
+    """Every channel of the level maps at (image, global anchor) pairs: ``(Q, no)``, with gradient.
 
-    Returns ``(Q, channel_count)``, or ``(Q,)`` when ``cls`` gives one channel per pair
-    (``channel_start + cls``).
+    The pairs must be ordered by anchor index (so each level's pairs are one run of rows).
     """
-    Q = anchor.shape[0]
-    shape = (Q,) if cls is not None else (Q, channel_count)
-    out = feats[0].new_zeros(shape)
+    parts = []
     for level, feat in enumerate(feats):
+        flat = _level_flat_index(feat, level_start[level], batch, anchor)
+        parts.append(feat.reshape(-1)[flat])
+    return torch.cat(parts)
+
+
+def _level_flat_index(feat: Tensor, level_start: int, batch: Tensor, anchor: Tensor) -> Tensor:
+    """Flat indices ``(q, no)`` into the level's contiguous (B, no, H*W) map of the pairs on it.
+
+    ``anchor`` is sorted, so the pairs on this level are the run ``[lo, hi)`` of rows.
+    """
+    no, cells = feat.shape[1], feat.shape[-2] * feat.shape[-1]
+    bounds = torch.tensor([level_start, level_start + cells], device=anchor.device)
+    lo, hi = torch.searchsorted(anchor, bounds).tolist()
+    base = batch[lo:hi] * (no * cells) + (anchor[lo:hi] - level_start)  # (q,) offset of channel 0
+    return base.unsqueeze(1) + torch.arange(no, device=anchor.device) * cells  # (q, no)
+
+
+class _LevelSoftplusGather(torch.autograd.Function):
+    """One level: ``sum softplus(class logits)`` (BCE against 0) and the channels at ``flat``.
+
+    The backward writes one gradient tensor for the level: ``sigmoid(x)`` on the class channels,
+    0 on the box channels, plus the gathered rows' gradients, instead of autograd's separate
+    full-size zero-filled gradients for the slice and the gather.
+    """
+
+    @staticmethod
+    def forward(ctx, feat: Tensor, flat: Tensor, box_channels: int) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(feat, flat)
+        ctx.box_channels = box_channels
+        background = F.softplus(feat[:, box_channels:]).sum()
+        return background, feat.reshape(-1)[flat]
+
+    @staticmethod
+    def backward(ctx, grad_background: Tensor, grad_gathered: Tensor):
+        feat, flat = ctx.saved_tensors
+        box = ctx.box_channels
+        grad = torch.empty_like(feat, memory_format=torch.contiguous_format)
+        grad[:, :box] = 0
+        torch.mul(torch.sigmoid(feat[:, box:]), grad_background, out=grad[:, box:])
+        if grad_gathered is not None and flat.numel():
+            grad.view(-1).index_add_(0, flat.reshape(-1), grad_gathered.reshape(-1))
+        return grad, None, None
+
+
+def _head_channels_and_background(feats: Sequence[Tensor], level_start: list[int], batch: Tensor, anchor: Tensor,
+                                  box_channels: int, fl_gamma: float) -> tuple[Tensor, Tensor]:
+    """``(channels (Q, no) at the pairs, class loss with target 0 summed over every anchor)``."""
+    if fl_gamma > 0:  # focal background: plain autograd
+        background = sum(_background_class_loss(f[:, box_channels:], fl_gamma) for f in feats)
+        return gather_head(feats, level_start, batch, anchor), background
+    parts = []
+    background = feats[0].new_zeros(())
+    for level, feat in enumerate(feats):
+        flat = _level_flat_index(feat, level_start[level], batch, anchor)
+        level_background, values = _LevelSoftplusGather.apply(feat.contiguous(), flat, box_channels)
+        background = background + level_background
+        parts.append(values)
+    return torch.cat(parts), background
+
+
+def _candidates_by_level(feats: Sequence[Tensor], strides: Sequence[int], gt_bboxes: Tensor,
+                         eps: float = 1e-9) -> Tensor:
+    """:func:`select_candidates_in_gts` on the anchor grids, one column and one row test per level.
+
+    The x test of an anchor depends only on its column centre and the y test only on its row, so
+    ``(B, M, W)`` and ``(B, M, H)`` comparisons (the same float operations as upstream's) give the
+    ``(B, M, N)`` mask with a single ``&`` per level.
+    """
+    x1, y1, x2, y2 = (c.unsqueeze(-1) for c in gt_bboxes.unbind(-1))  # (B, M, 1) each
+    masks = []
+    for feat, stride in zip(feats, strides):
         H, W = feat.shape[-2:]
-        lo = level_start[level]
-        rows = ((anchor >= lo) & (anchor < lo + H * W)).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            continue
-        cell = anchor[rows] - lo
-        gy, gx = cell // W, cell % W
-        if cls is not None:
-            values = feat[batch[rows], channel_start + cls[rows], gy, gx]  # (q,)
-        else:
-            values = feat[batch[rows], channel_start:channel_start + channel_count, gy, gx]  # (q, c)
-        out = out.index_put((rows,), values)
-    return out
+        col_px = (torch.arange(W, dtype=feat.dtype, device=feat.device) + 0.5) * stride  # (W,)
+        row_px = (torch.arange(H, dtype=feat.dtype, device=feat.device) + 0.5) * stride  # (H,)
+        col_ok = ((col_px - x1) > eps) & ((x2 - col_px) > eps)  # (B, M, W)
+        row_ok = ((row_px - y1) > eps) & ((y2 - row_px) > eps)  # (B, M, H)
+        masks.append((row_ok.unsqueeze(-1) & col_ok.unsqueeze(-2)).flatten(-2))  # (B, M, H*W)
+    return torch.cat(masks, -1)
 
 
 def _bce_focal(logits: Tensor, target: Tensor | float, pos_weight: float, fl_gamma: float) -> Tensor:
@@ -298,13 +357,12 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
             tensors={"gt_labels": (gt_labels, "B M 1"), "gt_bboxes": (gt_bboxes, "B M 4"),
                      "mask_gt": (mask_gt, "B M 1")})
 
-    if gt.shape[1]:
-        from .tal import select_candidates_in_gts
-        in_box = select_candidates_in_gts(anchors_px, gt_bboxes)  # (B, M, N)
-        cand_batch, cand_anchor = (in_box & (mask_gt > 0)).any(1).nonzero(as_tuple=True)  # (Qa,)
-    else:
-        cand_batch = cand_anchor = torch.zeros(0, dtype=torch.long, device=device)
-    head = _HeadLookup(feats, level_start, R, anchor_points, stride_tensor, cand_batch, cand_anchor, N)
+    in_box = _candidates_by_level(feats, strides, gt_bboxes)  # (B, M, N)
+    # candidate anchors, ordered by anchor (then image) so each level is one run of rows
+    cand_anchor, cand_batch = (in_box & (mask_gt > 0)).any(1).T.nonzero(as_tuple=True)  # (Qa,)
+    channels, background = _head_channels_and_background(feats, level_start, cand_batch, cand_anchor, 4 * R,
+                                                         fl_gamma)  # (Qa, 4R + C), 0-dim
+    head = _HeadLookup(channels, R, anchor_points, stride_tensor, cand_batch, cand_anchor, B, N)
     if trace is not None:
         trace.record(
             "decode", "Decode boxes from bin distributions",
@@ -317,7 +375,7 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
 
     if gt.shape[1]:
         result = assign(head, anchors_px, gt_labels, gt_bboxes, mask_gt, num_anchors=N, topk=topk,
-                        alpha=alpha, beta=beta, eps=1e-9, trace=trace)
+                        alpha=alpha, beta=beta, eps=1e-9, in_box=in_box, trace=trace)
         fg_batch, fg_anchor, fg_score = result.batch, result.anchor, result.score
         fg_box_px, fg_label = result.box, result.label
     else:  # upstream's early return: nothing is foreground
@@ -329,8 +387,8 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     target_scores_sum = fg_score.sum().clamp(min=1)
 
     # class loss: BCE(x, 0) over every anchor and class, corrected at the positives' own class
-    background = sum(_background_class_loss(f[:, 4 * R:], fl_gamma) for f in feats)
-    cls_logit = gather_head(feats, level_start, fg_batch, fg_anchor, 4 * R, 1, cls=fg_label)  # (P,)
+    rows = head.rows(fg_batch, fg_anchor)  # (P,) candidate row of each positive
+    cls_logit = head.cls_logits[rows, fg_label]  # (P,)
     correction = _bce_focal(cls_logit, fg_score, cls_pw, fl_gamma) - _bce_focal(cls_logit, 0.0, cls_pw, fl_gamma)
     loss_cls = (background + correction.sum()) / target_scores_sum
     if trace is not None:
@@ -346,7 +404,6 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
                     "target_scores_sum": float(target_scores_sum), "cls_pw": cls_pw, "fl_gamma": fl_gamma})
 
     # box and DFL losses on the positives
-    rows = head.rows(fg_batch, fg_anchor)
     weight = fg_score.unsqueeze(-1)  # (P, 1)
     pred_box_grid = head.boxes_grid[rows]
     target_box_grid = fg_box_px.to(dtype) / stride_tensor[fg_anchor]
