@@ -129,8 +129,11 @@ def test_gradients_p_minus_y_match_autograd(device):
 
 
 def test_layer_loss_gradcheck():
-    prediction, target, anchors = _layer_inputs("cpu", torch.float64)
-    prediction.requires_grad_(True)
+    # one image, 2x2 grid, 2 classes: 3*2*2*7 = 84 inputs keeps the numerical Jacobian cheap
+    gen = torch.Generator().manual_seed(1)
+    prediction = torch.randn((1, 3, 2, 2, 7), generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[0, 1, 0.30, 0.40, 0.50, 0.25], [0, 0, 0.80, 0.70, 0.30, 0.60]], dtype=torch.float64)
+    anchors = torch.tensor([[0.5, 0.5], [1.0, 0.75], [1.5, 1.5]], dtype=torch.float64)
 
     def total(pred):
         return yolo_layer_loss(pred, target, anchors, lambda_scale=True, noobj_scale=1.0).total
