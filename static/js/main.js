@@ -325,6 +325,9 @@ function bindControls() {
       const data = JSON.parse(await file.text());
       const scene = data.format === 'losslab-trace' ? data.scene : data;
       app.state = fromScene(scene, app.state);
+      // an export lists every parameter; keep only those that differ from the upstream defaults
+      const spec = schemeSpec();
+      for (const p of spec?.params || []) if (app.state.params[p.name] === p.default) delete app.state.params[p.name];
       app.selected = -1;
       syncControls(); update();
       setStatus(t('status.imported'));

@@ -109,7 +109,8 @@ class PageErrors(list):
 
 
 @pytest.fixture()
-def page(browser_context, server_url):
+def lab(browser_context, server_url):
+    """A fresh page of the session's context, with .errors and .base (the server URL)."""
     page = browser_context.new_page()
     errors = PageErrors()
     page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)

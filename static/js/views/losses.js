@@ -100,10 +100,10 @@ export async function renderFocal(plotEl, noteEl, result) {
     const xs = [], ys = [];
     result.maps[ptName].levels.forEach((lvl, L) => {
       const p = decodeLevel(lvl).data, f = decodeLevel(result.maps[flName].levels[L]).data;
-      const stride = Math.max(1, Math.floor(p.length / 2000)); // at most ~2000 points per level
+      const stride = Math.max(1, Math.floor(p.length / 700)); // at most ~700 points per level (SVG scatter: scattergl needs eval, which the CSP forbids)
       for (let k = 0; k < p.length; k += stride) { xs.push(p[k]); ys.push(f[k]); }
     });
-    traces.push({ type: 'scattergl', mode: 'markers', name: `cells (${ptName}, ${flName})`, x: xs, y: ys, marker: { size: 4, color: OKABE_ITO[5] } });
+    traces.push({ type: 'scatter', mode: 'markers', name: `cells (${ptName}, ${flName})`, x: xs, y: ys, marker: { size: 4, color: OKABE_ITO[5] } });
   }
   const layout = { ...LAYOUT, barmode: undefined, title: { text: `${t('focal.title')} · ${gammaName}=${fmt(gamma)}`, font: { size: 12 } }, xaxis: { title: { text: 'p_t' }, range: [0, 1] }, yaxis: { title: { text: 'loss' } } };
   window.Plotly.react(plotEl, traces, layout, CONFIG);
