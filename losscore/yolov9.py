@@ -137,101 +137,126 @@ def preprocess_targets(targets: Tensor, batch_size: int, image_wh: Tensor) -> Te
     return out
 
 
-class _HeadLookup:
-    """Reads class probabilities and decoded boxes straight from the level maps.
+def _decode(box_logits: Tensor, anchor_points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Bin logits ``(Q, 4, R)`` -> softmax ``(Q, 4, R)``, expected distances ``(Q, 4)``, xyxy boxes ``(Q, 4)``."""
+    R = box_logits.shape[-1]
+    probs = box_logits.softmax(-1)
+    distances = probs.matmul(torch.arange(R, dtype=box_logits.dtype, device=box_logits.device))
+    return probs, distances, dist2bbox(distances, anchor_points, xywh=False)
 
-    Every channel of the candidate anchors (inside some box) is gathered once, with gradient:
-    box-bin logits are decoded here, class logits serve the assigner's ``s`` and the positives'
-    class loss. ``slot`` maps (image, anchor) to the candidate's row.
+
+class _HeadLookup:
+    """What the assigner reads from the level maps, for the candidate anchors only (no gradient).
+
+    The candidates' channels are read once; box-bin logits are decoded, class logits give ``s``.
+    ``slot`` maps (image, anchor) to the candidate's row.
     """
 
-    def __init__(self, channels: Tensor, reg_max: int, anchor_points: Tensor, stride_tensor: Tensor,
-                 batch: Tensor, anchor: Tensor, batch_size: int, num_anchors: int) -> None:
-        self.slot = torch.full((batch_size, num_anchors), -1, dtype=torch.long, device=anchor.device)
+    def __init__(self, feats: Sequence[Tensor], candidates: "CandidateAnchors", reg_max: int,
+                 anchor_points: Tensor, stride_tensor: Tensor, num_anchors: int) -> None:
+        batch, anchor = candidates.batch, candidates.anchor
+        B = feats[0].shape[0]
+        self.slot = torch.full((B, num_anchors), -1, dtype=torch.long, device=anchor.device)
         self.slot[batch, anchor] = torch.arange(anchor.numel(), device=anchor.device)
-        self.box_logits = channels[:, :4 * reg_max].reshape(-1, 4, reg_max)  # (Qa, 4, R)
-        self.cls_logits = channels[:, 4 * reg_max:]  # (Qa, C)
-        self._cls_detached = self.cls_logits.detach()
-        proj = torch.arange(reg_max, dtype=channels.dtype, device=channels.device)
-        self.probs = self.box_logits.softmax(-1)  # (Qa, 4, R)
-        self.distances = self.probs.matmul(proj)  # (Qa, 4) expected bin = distance in cells
-        self.boxes_grid = dist2bbox(self.distances, anchor_points[anchor], xywh=False)  # (Qa, 4)
-        self.boxes_px = self.boxes_grid.detach() * stride_tensor[anchor]
+        with torch.no_grad():
+            channels = torch.cat([_gather_cells(feat, cells, counts)
+                                  for feat, (cells, counts) in zip(feats, candidates.per_level)], 1)  # (no, Qa)
+            box_logits = channels[:4 * reg_max].T.reshape(-1, 4, reg_max)  # (Qa, 4, R)
+            self.cls_logits_t = channels[4 * reg_max:]  # (C, Qa)
+            self.probs, self.distances, boxes_grid = _decode(box_logits, anchor_points[anchor])
+            self.boxes_px = boxes_grid * stride_tensor[anchor]  # (Qa, 4)
 
     def rows(self, batch: Tensor, anchor: Tensor) -> Tensor:
         return self.slot[batch, anchor]
 
     def scores(self, batch: Tensor, anchor: Tensor, cls: Tensor) -> Tensor:
-        return self._cls_detached[self.rows(batch, anchor), cls].sigmoid()
+        return self.cls_logits_t[cls, self.rows(batch, anchor)].sigmoid()
 
     def boxes(self, batch: Tensor, anchor: Tensor) -> Tensor:
         return self.boxes_px[self.rows(batch, anchor)]
 
 
-def gather_head(feats: Sequence[Tensor], level_start: list[int], batch: Tensor, anchor: Tensor) -> Tensor:
-    """Every channel of the level maps at (image, global anchor) pairs: ``(Q, no)``, with gradient.
-
-    The pairs must be ordered by anchor index (so each level's pairs are one run of rows).
-    """
-    parts = []
-    for level, feat in enumerate(feats):
-        flat = _level_flat_index(feat, level_start[level], batch, anchor)
-        parts.append(feat.reshape(-1)[flat])
-    return torch.cat(parts)
+def _gather_cells(feat: Tensor, cells: Tensor, counts: Sequence[int]) -> Tensor:
+    """Every channel of one level at cells grouped by image: ``(no, q)``."""
+    B, no = feat.shape[:2]
+    flat = feat.reshape(B, no, -1)  # (B, no, H*W)
+    parts = [flat[b].index_select(1, image_cells) for b, image_cells in enumerate(cells.split(list(counts)))]
+    return torch.cat(parts, 1) if parts else feat.new_zeros((no, 0))
 
 
-def _level_flat_index(feat: Tensor, level_start: int, batch: Tensor, anchor: Tensor) -> Tensor:
-    """Flat indices ``(q, no)`` into the level's contiguous (B, no, H*W) map of the pairs on it.
+class _LevelGather(torch.autograd.Function):
+    """One level: every channel at the positive cells, and optionally ``sum softplus(class logits)``.
 
-    ``anchor`` is sorted, so the pairs on this level are the run ``[lo, hi)`` of rows.
-    """
-    no, cells = feat.shape[1], feat.shape[-2] * feat.shape[-1]
-    bounds = torch.tensor([level_start, level_start + cells], device=anchor.device)
-    lo, hi = torch.searchsorted(anchor, bounds).tolist()
-    base = batch[lo:hi] * (no * cells) + (anchor[lo:hi] - level_start)  # (q,) offset of channel 0
-    return base.unsqueeze(1) + torch.arange(no, device=anchor.device) * cells  # (q, no)
-
-
-class _LevelSoftplusGather(torch.autograd.Function):
-    """One level: ``sum softplus(class logits)`` (BCE against 0) and the channels at ``flat``.
-
-    The backward writes one gradient tensor for the level: ``sigmoid(x)`` on the class channels,
-    0 on the box channels, plus the gathered rows' gradients, instead of autograd's separate
-    full-size zero-filled gradients for the slice and the gather.
+    ``cells`` are the positives' cell indices on this level, grouped by image (``counts`` per
+    image). The backward writes one gradient tensor for the level, ``sigmoid(x)`` on the class
+    channels when the softplus sum was asked for (BCE against 0), plus the gathered cells'
+    gradients, instead of autograd's separate full-size zero-filled gradients.
     """
 
     @staticmethod
-    def forward(ctx, feat: Tensor, flat: Tensor, box_channels: int) -> tuple[Tensor, Tensor]:
-        ctx.save_for_backward(feat, flat)
-        ctx.box_channels = box_channels
-        background = F.softplus(feat[:, box_channels:]).sum()
-        return background, feat.reshape(-1)[flat]
+    def forward(ctx, feat: Tensor, cells: Tensor, counts: tuple[int, ...], box_channels: int,
+                with_background: bool) -> tuple[Tensor, Tensor]:
+        B, no = feat.shape[:2]
+        ctx.save_for_backward(feat, cells)
+        ctx.counts, ctx.box_channels, ctx.with_background = counts, box_channels, with_background
+        values = _gather_cells(feat, cells, counts).T  # (q, no)
+        background = F.softplus(feat[:, box_channels:]).sum() if with_background else feat.new_zeros(())
+        return background, values
 
     @staticmethod
-    def backward(ctx, grad_background: Tensor, grad_gathered: Tensor):
-        feat, flat = ctx.saved_tensors
+    def backward(ctx, grad_background: Tensor, grad_values: Tensor):
+        feat, cells = ctx.saved_tensors
+        B, no = feat.shape[:2]
         box = ctx.box_channels
-        grad = torch.empty_like(feat, memory_format=torch.contiguous_format)
-        grad[:, :box] = 0
-        torch.mul(torch.sigmoid(feat[:, box:]), grad_background, out=grad[:, box:])
-        if grad_gathered is not None and flat.numel():
-            grad.view(-1).index_add_(0, flat.reshape(-1), grad_gathered.reshape(-1))
-        return grad, None, None
+        grad = torch.empty_like(feat)
+        if ctx.with_background:
+            grad[:, :box] = 0
+            torch.mul(torch.sigmoid(feat[:, box:]), grad_background, out=grad[:, box:])
+        else:
+            grad.zero_()
+        if grad_values is not None and cells.numel():
+            grad_flat = grad.view(B, no, -1)
+            counts = list(ctx.counts)
+            for b, (image_cells, image_grad) in enumerate(zip(cells.split(counts), grad_values.split(counts))):
+                grad_flat[b].index_add_(1, image_cells, image_grad.T)
+        return grad, None, None, None, None
 
 
-def _head_channels_and_background(feats: Sequence[Tensor], level_start: list[int], batch: Tensor, anchor: Tensor,
-                                  box_channels: int, fl_gamma: float) -> tuple[Tensor, Tensor]:
-    """``(channels (Q, no) at the pairs, class loss with target 0 summed over every anchor)``."""
-    if fl_gamma > 0:  # focal background: plain autograd
-        background = sum(_background_class_loss(f[:, box_channels:], fl_gamma) for f in feats)
-        return gather_head(feats, level_start, batch, anchor), background
+class CandidateAnchors(NamedTuple):
+    """A set of (image, anchor) ordered by level, then image, then anchor."""
+
+    batch: Tensor  # (Qa,)
+    anchor: Tensor  # (Qa,) global anchor index
+    per_level: list[tuple[Tensor, tuple[int, ...]]]  # (cells on the level, count per image)
+
+
+def _candidate_anchors(is_candidate: Tensor, sizes: Sequence[int]) -> CandidateAnchors:
+    """Split the (B, N) candidate mask into per-level, per-image runs."""
+    B = is_candidate.shape[0]
+    batches, anchors, per_level = [], [], []
+    start = 0
+    for cells in sizes:
+        batch, cell = is_candidate[:, start:start + cells].nonzero(as_tuple=True)  # image-major
+        counts = tuple(torch.bincount(batch, minlength=B).tolist())
+        per_level.append((cell, counts))
+        batches.append(batch)
+        anchors.append(cell + start)
+        start += cells
+    return CandidateAnchors(torch.cat(batches), torch.cat(anchors), per_level)
+
+
+def _head_channels_and_background(feats: Sequence[Tensor], candidates: CandidateAnchors, box_channels: int,
+                                  fl_gamma: float) -> tuple[Tensor, Tensor]:
+    """``(channels (P, no) at the given anchors, class loss with target 0 summed over every anchor)``, with gradient."""
     parts = []
     background = feats[0].new_zeros(())
-    for level, feat in enumerate(feats):
-        flat = _level_flat_index(feat, level_start[level], batch, anchor)
-        level_background, values = _LevelSoftplusGather.apply(feat.contiguous(), flat, box_channels)
+    for feat, (cells, counts) in zip(feats, candidates.per_level):
+        level_background, values = _LevelGather.apply(feat.contiguous(), cells, counts, box_channels,
+                                                      fl_gamma == 0)
         background = background + level_background
         parts.append(values)
+    if fl_gamma > 0:  # focal background: plain autograd
+        background = sum(_background_class_loss(f[:, box_channels:], fl_gamma) for f in feats)
     return torch.cat(parts), background
 
 
@@ -324,7 +349,6 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     if feats[0].shape[1] != 4 * R + C:
         raise ValueError(f"feats: expected {4 * R + C} channels (4*reg_max + nc), got {feats[0].shape[1]}")
     sizes = [f.shape[-2] * f.shape[-1] for f in feats]
-    level_start = [sum(sizes[:i]) for i in range(len(sizes))]
     N = sum(sizes)
     if trace is not None:
         trace.record(
@@ -358,11 +382,9 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
                      "mask_gt": (mask_gt, "B M 1")})
 
     in_box = _candidates_by_level(feats, strides, gt_bboxes)  # (B, M, N)
-    # candidate anchors, ordered by anchor (then image) so each level is one run of rows
-    cand_anchor, cand_batch = (in_box & (mask_gt > 0)).any(1).T.nonzero(as_tuple=True)  # (Qa,)
-    channels, background = _head_channels_and_background(feats, level_start, cand_batch, cand_anchor, 4 * R,
-                                                         fl_gamma)  # (Qa, 4R + C), 0-dim
-    head = _HeadLookup(channels, R, anchor_points, stride_tensor, cand_batch, cand_anchor, B, N)
+    candidates = _candidate_anchors((in_box & (mask_gt > 0)).any(1), sizes)  # level, image, anchor order
+    cand_batch, cand_anchor = candidates.batch, candidates.anchor
+    head = _HeadLookup(feats, candidates, R, anchor_points, stride_tensor, N)
     if trace is not None:
         trace.record(
             "decode", "Decode boxes from bin distributions",
@@ -386,9 +408,13 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     fg_score = fg_score.to(dtype)
     target_scores_sum = fg_score.sum().clamp(min=1)
 
-    # class loss: BCE(x, 0) over every anchor and class, corrected at the positives' own class
-    rows = head.rows(fg_batch, fg_anchor)  # (P,) candidate row of each positive
-    cls_logit = head.cls_logits[rows, fg_label]  # (P,)
+    # the positives' channels, with gradient, and the class loss against 0 over every anchor
+    fg_mask = torch.zeros((B, N), dtype=torch.bool, device=device) if result is None else result.fg_mask
+    positives = _candidate_anchors(fg_mask, sizes)  # level, image, anchor order
+    channels, background = _head_channels_and_background(feats, positives, 4 * R, fl_gamma)  # (P, no), 0-dim
+    back_to_fg_order = (positives.batch * N + positives.anchor).argsort()  # -> (image, anchor) order
+    channels = channels[back_to_fg_order]
+    cls_logit = channels[:, 4 * R:].gather(1, fg_label.unsqueeze(1)).squeeze(1)  # (P,)
     correction = _bce_focal(cls_logit, fg_score, cls_pw, fl_gamma) - _bce_focal(cls_logit, 0.0, cls_pw, fl_gamma)
     loss_cls = (background + correction.sum()) / target_scores_sum
     if trace is not None:
@@ -405,10 +431,10 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
 
     # box and DFL losses on the positives
     weight = fg_score.unsqueeze(-1)  # (P, 1)
-    pred_box_grid = head.boxes_grid[rows]
+    box_logits = channels[:, :4 * R].reshape(-1, 4, R)  # (P, 4, R)
+    probs, distances, pred_box_grid = _decode(box_logits, anchor_points[fg_anchor])
     target_box_grid = fg_box_px.to(dtype) / stride_tensor[fg_anchor]
     ciou = bbox_iou(pred_box_grid, target_box_grid, xywh=False, CIoU=True, variant="yolov9")  # (P, 1)
-    box_logits = head.box_logits[rows]  # (P, 4, R)
     target_ltrb = bbox2dist(anchor_points[fg_anchor], target_box_grid, R - 1)  # (P, 4)
     dfl_per_positive = df_loss(box_logits.reshape(-1, R), target_ltrb)  # (P, 1)
     zero = torch.zeros((), dtype=dtype, device=device)
@@ -426,7 +452,7 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
             "floor(d)+1-d and d-floor(d) (3.3 -> bins 3, 4 with 0.7, 0.3); loss = weighted "
             "cross-entropy at both bins, mean over sides, times the target score",
             code="utils/loss_tal.py BboxLoss._df_loss",
-            tensors={"probs": (head.probs[rows], "P 4 R"), "expected": (head.distances[rows], "P 4"),
+            tensors={"probs": (probs, "P 4 R"), "expected": (distances, "P 4"),
                      "target_ltrb": (target_ltrb, "P 4"), "bin_left": (bin_left, "P 4"),
                      "bin_right": (bin_left + 1, "P 4"),
                      "weight_left": ((bin_left + 1).to(dtype) - target_ltrb, "P 4"),
@@ -451,7 +477,7 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
             values={"box_gain": BOX_GAIN, "cls_gain": CLS_GAIN, "dfl_gain": DFL_GAIN, "batch_size": B})
     return LossBreakdown(total, items.detach(), loss_box, loss_cls, loss_dfl, target_scores_sum, result,
                          anchor_points, stride_tensor, gt, pred_box_grid, target_box_grid, ciou.squeeze(-1),
-                         head.probs[rows], head.distances[rows], target_ltrb, dfl_per_positive.squeeze(-1),
+                         probs, distances, target_ltrb, dfl_per_positive.squeeze(-1),
                          cls_logit)
 
 
