@@ -39,6 +39,7 @@ __all__ = [
     "py_sigmoid_focal_loss",
     "py_focal_loss_with_prob",
     "FocalLoss",
+    "FocalEvaluation",
     "labels_to_one_hot",
     "centre_in_box_labels",
     "explain_focal",
@@ -246,6 +247,12 @@ class FocalLoss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 avg_factor: float | None = None, reduction_override: str | None = None,
                 trace: Trace | None = None) -> Tensor:
+        return self.evaluate(pred, target, weight, avg_factor, reduction_override, trace).loss
+
+    def evaluate(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                 avg_factor: float | None = None, reduction_override: str | None = None,
+                 trace: Trace | None = None) -> "FocalEvaluation":
+        """:meth:`forward` that also returns the per-element :class:`FocalTerms` it computed."""
         if reduction_override not in (None, "none", "mean", "sum"):
             raise ValueError(f"reduction_override: expected None, 'none', 'mean' or 'sum', got {reduction_override!r}")
         reduction = reduction_override if reduction_override else self.reduction
@@ -259,7 +266,12 @@ class FocalLoss(nn.Module):
             record_focal_terms(trace, terms, target.type_as(pred), shaped_weight, out, gamma=self.gamma,
                                alpha=self.alpha, reduction=reduction, avg_factor=avg_factor,
                                activated=self.activated, loss_weight=self.loss_weight)
-        return out
+        return FocalEvaluation(out, terms)
+
+
+class FocalEvaluation(NamedTuple):
+    loss: Tensor  # what FocalLoss.forward returns (reduced, × loss_weight)
+    terms: FocalTerms  # every factor per element (N, C), before the element weight and the reduction
 
 
 # -- conformance runners ----------------------------------------------------------------------
@@ -392,10 +404,9 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
                      tensors={"labels": (labels, "S"), "gt": (torch.cat(gt_parts), "S")},
                      values={"num_pos": num_pos, "num_cells": int(labels.numel()), "num_classes": nc})
     module = FocalLoss(use_sigmoid=True, gamma=gamma, alpha=alpha, reduction=reduction, loss_weight=loss_weight)
-    total = module(logits, labels, avg_factor=avg_factor, trace=trace)
+    total, terms = module.evaluate(logits, labels, avg_factor=avg_factor, trace=trace)
 
     with torch.no_grad():
-        terms = focal_terms(logits, labels_to_one_hot(labels, nc), gamma=gamma, alpha=alpha)
         positive = labels < nc
         column = torch.where(positive, labels.clamp(max=nc - 1), terms.prob.argmax(1))  # (S,)
         picked = lambda t: t.gather(1, column.view(-1, 1)).squeeze(1)  # noqa: E731

@@ -42,6 +42,7 @@ __all__ = [
     "LegacyTargets",
     "legacy_build_targets",
     "LayerLoss",
+    "SigmoidOnIndex",
     "decode_layer",
     "yolo_layer_loss",
     "HeadTargets",
@@ -134,7 +135,7 @@ class LegacyTargets(NamedTuple):
 
 def legacy_build_targets(
     pred_boxes: Tensor,
-    pred_cls: Tensor,
+    pred_cls: Tensor | SigmoidOnIndex,
     target: Tensor,
     anchors: Tensor,
     ignore_thres: float = 0.5,
@@ -147,7 +148,8 @@ def legacy_build_targets(
 
     Args:
         pred_boxes (Tensor[B, A, H, W, 4]): decoded predictions ``(cx, cy, w, h)`` in grid units.
-        pred_cls (Tensor[B, A, H, W, C]): class probabilities.
+        pred_cls (Tensor[B, A, H, W, C]): class probabilities (only read at the positive slots;
+            a :class:`SigmoidOnIndex` of the logits does as well).
         target (Tensor[N, 6]): ``(image, class, cx, cy, w, h)`` normalised rows.
         anchors (Tensor[A, 2]): anchors in grid units (pixels / stride).
         ignore_thres: an anchor of the target's cell whose wh-IoU with the target is above this
@@ -270,16 +272,42 @@ def legacy_build_targets(
 
 
 # -- legacy YOLOLayer loss --------------------------------------------------------------------
+class SigmoidOnIndex:
+    """``sigmoid(logits)`` computed only for the elements that are indexed.
+
+    The legacy loss reads class probabilities at positive slots only; ``sigmoid`` is elementwise,
+    so ``SigmoidOnIndex(z)[idx]`` has the bits of ``torch.sigmoid(z)[idx]`` without touching the
+    other ``B·A·H·W·C`` elements (upstream computes them all for its detection output).
+    """
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
+
+    def __getitem__(self, index) -> Tensor:
+        return torch.sigmoid(self.logits[index])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.logits.shape
+
+    def size(self, dim: int | None = None):
+        return self.logits.shape if dim is None else self.logits.size(dim)
+
+    def dense(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+
 class DecodedLayer(NamedTuple):
-    """Activations of one level: ``x``..``conf`` ``(B, A, H, W)``, ``cls`` ``(B, A, H, W, C)``,
-    ``pred_boxes`` ``(B, A, H, W, 4)`` in grid units (detached, as upstream's ``.data``)."""
+    """Activations of one level: ``x``..``conf`` ``(B, A, H, W)``, ``cls`` ``(B, A, H, W, C)``
+    probabilities evaluated on indexing (:class:`SigmoidOnIndex`), ``pred_boxes`` ``(B, A, H, W, 4)``
+    in grid units (detached, as upstream's ``.data``)."""
 
     x: Tensor
     y: Tensor
     w: Tensor
     h: Tensor
     conf: Tensor
-    cls: Tensor
+    cls: SigmoidOnIndex
     pred_boxes: Tensor
 
 
@@ -294,7 +322,7 @@ def decode_layer(prediction: Tensor, anchors: Tensor) -> DecodedLayer:
     w = prediction[..., 2]
     h = prediction[..., 3]
     conf = torch.sigmoid(prediction[..., 4])
-    cls = torch.sigmoid(prediction[..., 5:])
+    cls = SigmoidOnIndex(prediction[..., 5:])
     grid_x = torch.arange(W, device=prediction.device, dtype=prediction.dtype).view(1, 1, 1, W)
     grid_y = torch.arange(H, device=prediction.device, dtype=prediction.dtype).view(1, 1, H, 1)
     anchor_w = anchors[:, 0].view(1, A, 1, 1)
@@ -308,7 +336,8 @@ def decode_layer(prediction: Tensor, anchors: Tensor) -> DecodedLayer:
 class LayerLoss(NamedTuple):
     """One level's loss: ``total`` (0-dim), ``terms`` (x, y, w, h, conf_obj, conf_noobj, conf,
     cls: 0-dim each), ``metrics`` (upstream's dict of Python numbers), the targets, the decoded
-    activations and the darknet gradients ``p - y`` (each ``(B, A, H, W)``, cls ``(B, A, H, W, C)``)."""
+    activations and the darknet gradients ``p - y`` (each ``(B, A, H, W)``; ``cls`` is ``(P, C)`` in
+    ``obj_mask`` order)."""
 
     total: Tensor
     terms: dict[str, Tensor]
@@ -387,7 +416,7 @@ def yolo_layer_loss(
         scale = targets.coord_scale
         grad_obj = torch.where(obj_mask | noobj_mask, decoded.conf - targets.tconf,
                                torch.zeros_like(decoded.conf))
-        grad_cls = (decoded.cls - targets.tcls) * obj_mask.unsqueeze(-1)
+        grad_cls = decoded.cls[obj_mask] - targets.tcls[obj_mask]  # (P, C), positives only
         gradients = {
             "x": scale * (decoded.x - targets.tx) * obj_mask, "y": scale * (decoded.y - targets.ty) * obj_mask,
             "w": scale * (decoded.w - targets.tw) * obj_mask, "h": scale * (decoded.h - targets.th) * obj_mask,
@@ -420,7 +449,7 @@ def yolo_layer_loss(
             tensors={"grad_obj": (gradients["obj"], "B A H W"), "grad_x": (gradients["x"][obj_mask], "P"),
                      "grad_y": (gradients["y"][obj_mask], "P"), "grad_w": (gradients["w"][obj_mask], "P"),
                      "grad_h": (gradients["h"][obj_mask], "P"),
-                     "grad_cls": (gradients["cls"][obj_mask], "P C")})
+                     "grad_cls": (gradients["cls"], "P C")})
         trace.record("yolo_layer.metrics", "Layer metrics",
                      "upstream's metrics dict: recall50/75 count positives whose matched prediction "
                      "has IoU above .5/.75, σ(obj) > .5 and the right class",

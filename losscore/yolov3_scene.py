@@ -83,7 +83,7 @@ def _level_logits(targets_rows: Tensor, anchors: Tensor, H: int, W: int, nc: int
     perfect = torch.zeros((1, A, H, W, 5 + nc), dtype=torch.float32, device=device)
     perfect[..., 4:] = -PERFECT_LOGIT
     dummy_boxes = torch.zeros((1, A, H, W, 4), device=device)
-    dummy_cls = torch.zeros((1, A, H, W, nc), device=device)
+    dummy_cls = torch.zeros((1, 1, 1, 1, nc), device=device).expand(1, A, H, W, nc)  # only read at slots
     built = legacy_build_targets(dummy_boxes, dummy_cls, targets_rows, anchors, positive_rows=positive_rows)
     mask = built.obj_mask
     perfect[..., 0][mask] = torch.logit(built.tx[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS))
