@@ -7,8 +7,10 @@ every stage tensor with all its data) with the scene, the library versions and t
 :func:`verify_export` recomputes the scene of an export with this copy of ``losscore`` and
 compares every recorded tensor, map, positive and loss.
 
-Everything here returns plain Python values (dict, list, str, int, float, bool, None); non-finite
-floats are the strings ``"nan"``, ``"inf"``, ``"-inf"``. No web framework is imported.
+Everything here returns plain Python values (dict, list, str, int, float, bool, None) and, for
+float32 data whose values are all finite, float32 numpy arrays (written by orjson with
+``OPT_SERIALIZE_NUMPY`` in their shortest exact digits: smaller and faster than Python floats);
+non-finite floats are the strings ``"nan"``, ``"inf"``, ``"-inf"``. No web framework is imported.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ import base64
 import dataclasses
 import math
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple
 
+import numpy as np
 import torch
 
 from .scene import Box, Pin, Scene, SceneResult, get_scheme, validate_scene
@@ -74,7 +78,9 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return plain(value.tolist())
+    if hasattr(value, "item"):
         return plain(value.item())
     return str(value)
 
@@ -100,29 +106,51 @@ def decode_map(obj: Mapping[str, Any]) -> torch.Tensor:
     return flat.reshape(obj["shape"]).clone()
 
 
-def _tensor_stats(t: torch.Tensor) -> dict[str, Any]:
-    if t.numel() == 0:
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+                torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.uint8: "uint8",
+                torch.int8: "int8", torch.bool: "bool"}  # the names of losscore.trace.encode_tensor
+
+
+def _numpy(tensor: torch.Tensor):
+    t = tensor.detach().cpu()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t.reshape(-1).numpy()
+
+
+def _flat_values(array) -> Any:
+    """float32 all finite -> the array itself; other floats -> list, non-finite as strings; ints -> list."""
+    if array.dtype.kind == "f":
+        if array.dtype.itemsize == 4 and bool(np.isfinite(array).all()):
+            return array
+        return [_plain_float(x) for x in array.tolist()]
+    return array.tolist()
+
+
+def compact(tensor: torch.Tensor) -> Any:
+    """Flat values of ``tensor`` for orjson: a float32 numpy array when every value is finite
+    (orjson writes the shortest float32 digits, which read back to the same float32), else a list
+    with non-finite values as strings; integers and booleans as lists."""
+    return _flat_values(_numpy(tensor))
+
+
+def _tensor_stats(array) -> dict[str, Any]:
+    if array.size == 0:
         return {"min": None, "max": None, "mean": None}
-    values = t.detach().to(torch.float64)
-    return {
-        "min": _finite_or_none(float(values.min())),
-        "max": _finite_or_none(float(values.max())),
-        "mean": _finite_or_none(float(values.mean())),
-    }
+    with np.errstate(all="ignore"):
+        return {"min": _plain_float(float(array.min())), "max": _plain_float(float(array.max())),
+                "mean": _plain_float(float(array.mean(dtype=np.float64)))}
 
 
 def _stage_to_dict(stage, stage_data: int | None) -> dict[str, Any]:
     tensors = []
     for key, rec in stage.tensors.items():
         t = rec.value
-        if stage_data is None or t.numel() <= stage_data:
-            entry = {"name": key, "dims": rec.dims, **encode_tensor(t)}
-        else:
-            entry = {"name": key, "dims": rec.dims, **encode_tensor(t.reshape(-1)[:0])}
-            entry["shape"] = list(t.shape)
-            entry["data"] = None
-        entry.update(_tensor_stats(t))
-        tensors.append(entry)
+        array = _numpy(t)
+        dtype = _DTYPE_NAMES.get(t.dtype) or encode_tensor(t.reshape(-1)[:0])["dtype"]
+        keep = stage_data is None or array.size <= stage_data
+        tensors.append({"name": key, "dims": rec.dims, "dtype": dtype, "shape": list(t.shape),
+                        "data": _flat_values(array) if keep else None, **_tensor_stats(array)})
     return {
         "name": stage.name,
         "title": stage.title,
@@ -229,18 +257,20 @@ def run_scene(scene: Scene, device: str | None = None) -> Run:
 
 # -- the explain document -------------------------------------------------------------------
 def _positive_rows(result: SceneResult) -> list[dict[str, Any]]:
-    columns = {name: plain(t) for name, t in result.positives.items()}
+    columns: dict[str, Any] = {}
+    for name, tensor in result.positives.items():
+        values = compact(tensor)  # flat
+        if tensor.dim() > 1:  # (P, k) -> one list of k per row
+            width = int(tensor[0].numel()) if len(tensor) else 0
+            values = [values[i * width:(i + 1) * width] for i in range(len(tensor))]
+        columns[name] = values
+    if "rule" in columns:
+        columns["rule"] = [result.rule_names[i] if isinstance(i, int) and 0 <= i < len(result.rule_names) else i
+                           for i in columns["rule"]]
     if not columns:
         return []
-    count = len(next(iter(columns.values())))
-    rows = []
-    for row_index in range(count):
-        row = {name: values[row_index] for name, values in columns.items()}
-        rule = row.get("rule")
-        if isinstance(rule, int) and 0 <= rule < len(result.rule_names):
-            row["rule"] = result.rule_names[rule]
-        rows.append(row)
-    return rows
+    names = list(columns)
+    return [dict(zip(names, row)) for row in zip(*(columns[n] for n in names))]
 
 
 def result_to_dict(
@@ -299,10 +329,16 @@ def library_versions() -> dict[str, str]:
 
 
 def _upstream(upstream: str) -> dict[str, Any]:
-    """``"owner/repo@commit file1 file2"`` -> ``{"repo", "commit", "files", "pin"}``."""
-    head, _, rest = upstream.partition(" ")
-    repo, _, commit = head.partition("@")
-    return {"repo": repo, "commit": commit, "files": rest.split(), "pin": upstream}
+    """``"owner/repo@commit file1, file2"`` (or ``"repo 3.3.0 files"``, a release pin) ->
+    ``{"repo", "commit", "files", "pin"}``; ``pin`` is the family's string as written."""
+    words = [w for w in re.split(r"[\s,;+]+", upstream) if w]
+    if not words:
+        return {"repo": "", "commit": "", "files": [], "pin": upstream}
+    repo, _, commit = words[0].partition("@")
+    rest = words[1:]
+    if not commit and rest and re.fullmatch(r"v?\d+(\.\d+)*|[0-9a-f]{7,40}", rest[0]):
+        commit, rest = rest[0], rest[1:]
+    return {"repo": repo, "commit": commit, "files": rest, "pin": upstream}
 
 
 def build_export(run: Run) -> dict[str, Any]:
@@ -431,6 +467,6 @@ def verify_export(doc: Mapping[str, Any], device: str | None = None) -> VerifyRe
                 mismatches.append(Mismatch(f"result.maps.{name}[{level_index}]", problem))
     for key in ("losses", "positives", "levels"):
         checked += 1
-        if not _same_value(plain(result_then.get(key)), result_now[key]):
+        if not _same_value(plain(result_then.get(key)), plain(result_now[key])):
             mismatches.append(Mismatch(f"result.{key}", "recorded values differ from the recomputed ones"))
     return VerifyReport(ok=not mismatches, checked=checked, mismatches=mismatches, device=run.result.device)

@@ -29,7 +29,7 @@ def real_scene(scheme: str) -> Scene:
 
 
 def json_round_trip(doc: dict) -> dict:
-    return orjson.loads(orjson.dumps(doc))
+    return orjson.loads(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 @given(st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=0, max_size=24))

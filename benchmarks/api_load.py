@@ -1,0 +1,145 @@
+"""Load benchmark of the HTTP API: ``python -m benchmarks.api_load`` (``make bench-api``).
+
+Starts ``losslab serve`` on 127.0.0.1 (a free port) with 1 and then 2 workers, and for the
+interactive YOLOv5 scene (640x640, 20 boxes) and the TAL scene (yolov9, same boxes) sends
+``POST /api/v1/explain`` from 1 and 32 concurrent clients (bounded request count and time).
+Prints p50/p95 latency, throughput, errors and the response payload size.
+
+Targets on a 2-core machine: p50 <= 15 ms (YOLOv5) and <= 40 ms (TAL) at 1 client,
+>= 150 req/s with 2 workers at 32 clients, zero errors, payload <= 300 KB.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scene(scheme: str, boxes: int = 20, seed: int = 0) -> dict:
+    """A 640x640 scene with ``boxes`` boxes of mixed sizes (fixed seed: the same scene every run)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(boxes):
+        w, h = rng.uniform(12, 300), rng.uniform(12, 300)
+        cx, cy = rng.uniform(w / 2, 640 - w / 2), rng.uniform(h / 2, 640 - h / 2)
+        out.append({"cls": rng.randrange(80), "x1": round(cx - w / 2, 1), "y1": round(cy - h / 2, 1),
+                    "x2": round(cx + w / 2, 1), "y2": round(cy + h / 2, 1)})
+    return {"scheme": scheme, "image": {"width": 640, "height": 640}, "nc": 80, "boxes": out, "device": "cpu"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``losslab serve`` in a subprocess, up once /healthz answers."""
+
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads = workers, threads
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Server":
+        env = {**os.environ, "LOSSLAB_TORCH_THREADS": str(self.threads)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(self.workers), "--log-level", "warning"], cwd=ROOT, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"losslab serve exited with {self.process.returncode}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    time.sleep(2.0 if self.workers > 1 else 0.2)  # let every worker finish its warm-up
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("losslab serve did not answer /healthz within 120 s")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def load(url: str, body: dict, clients: int, requests: int, max_seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    payload = 0
+    sent = 0
+    stop_at = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        for _ in range(min(clients, 4)):  # warm connections and caches
+            await client.post("/api/v1/explain", json=body)
+
+        async def one_client() -> None:
+            nonlocal errors, payload, sent
+            while sent < requests and time.perf_counter() < stop_at:
+                sent += 1
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/api/v1/explain", json=body)
+                    ok = response.status_code == 200
+                    payload = max(payload, len(response.content))
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append((time.perf_counter() - start) * 1e3)
+                errors += not ok
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "n": len(latencies),
+        "p50": statistics.median(latencies),
+        "p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+        "rps": len(latencies) / elapsed,
+        "errors": errors,
+        "payload": payload,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.api_load")
+    parser.add_argument("--workers", default="1,2", help="worker counts to try, e.g. 1,2")
+    parser.add_argument("--clients", default="1,32", help="concurrent clients, e.g. 1,32")
+    parser.add_argument("--schemes", default="yolov5,yolov9")
+    parser.add_argument("--requests", type=int, default=300, help="most requests per measurement")
+    parser.add_argument("--seconds", type=float, default=10.0, help="most seconds per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (LOSSLAB_TORCH_THREADS)")
+    args = parser.parse_args()
+    print(f"losslab API load: POST /api/v1/explain, 640x640, 20 boxes, torch threads/worker {args.threads}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"  {'workers':>7} {'scheme':>8} {'clients':>7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'req/s':>8} {'errors':>6} {'payload KB':>10}")
+    for workers in (int(w) for w in args.workers.split(",")):
+        with Server(workers, args.threads) as server:
+            for scheme in args.schemes.split(","):
+                body = scene(scheme)
+                for clients in (int(c) for c in args.clients.split(",")):
+                    stats = asyncio.run(load(server.url, body, clients, args.requests, args.seconds))
+                    print(f"  {workers:>7} {scheme:>8} {clients:>7} {stats['n']:>5} {stats['p50']:>8.1f} "
+                          f"{stats['p95']:>8.1f} {stats['rps']:>8.1f} {stats['errors']:>6} "
+                          f"{stats['payload'] / 1e3:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
