@@ -195,7 +195,6 @@ def legacy_build_targets(
             "of the centre (gi column, gj row)",
             code=_CODE_LEGACY, tensors={"target_boxes": (target_boxes, "N 4"), "gi": (gi, "N"),
                                         "gj": (gj, "N")}, values={"grid": [H, W]})
-            
         trace.record(
             "build_targets.wh_iou", "Width-height IoU with each anchor",
             "IoU of the target and each anchor of this level placed on the same centre (sizes only); "

@@ -268,3 +268,18 @@ def test_trace_does_not_change_a_bit(params):
         assert f"P3.{stage}" in names
     ignore = trace.get("P3.build_targets.ignore")
     assert ignore.values["ignore_thres"] == 0.5
+
+
+def test_unreachable_pin_is_clamped_with_a_note():
+    from losscore.yolov3_scene import _apply_pins
+
+    logits = torch.zeros((1, 3, 60, 80, 10))
+    anchors_px = torch.tensor([[10.0, 13.0], [16.0, 30.0], [33.0, 23.0]])
+    # centre x 60 px is in cell 7 (56..64), not cell 5: σ cannot leave (0, 1), so it is clamped
+    far = Pin(level=0, anchor=0, gi=5, gj=7, cx=60.0, cy=58.0, w=10.0, h=13.0)
+    missing = Pin(level=0, anchor=3, gi=5, gj=7, cx=44.0, cy=58.0, w=10.0, h=13.0)
+    notes: list[str] = []
+    _apply_pins(logits, _scene(pins=(far, missing)), 0, 8, anchors_px, notes)
+    assert len(notes) == 2 and "clamped" in notes[0] and "no such slot" in notes[1]
+    assert torch.sigmoid(logits[0, 0, 7, 5, 0]).item() == pytest.approx(1 - 1e-4, abs=1e-6)
+    assert logits[0, 0, 7, 5, 2].item() == pytest.approx(0.0, abs=1e-6)  # log(10 / 10)
