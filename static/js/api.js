@@ -108,7 +108,9 @@ export class Coalescer {
       this.queued = null;
       this.inFlight = true;
       try {
+        job.sentAt = performance.now();
         const result = await this.send(job.payload);
+        job.receivedAt = performance.now();
         if (job.seq > this.deliveredSeq) { this.deliveredSeq = job.seq; this.onResult(result, job); }
       } catch (error) {
         if (job.seq > this.deliveredSeq && !this.queued) this.onError(error, job);

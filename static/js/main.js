@@ -29,7 +29,7 @@ const app = {
 };
 
 // Instrumentation for the e2e tests and benchmarks/page_latency.py.
-const probe = { latencies: [], renders: 0, renderedSeq: 0, submittedSeq: 0, errors: 0 };
+const probe = { latencies: [], renderTimes: [], renderMs: [], roundTripMs: [], computeMs: [], renders: 0, renderedSeq: 0, submittedSeq: 0, errors: 0 };
 window.__losslab = probe;
 
 // ---- hash ------------------------------------------------------------------------------------
@@ -86,17 +86,27 @@ function onResult(result, job) {
   $('scene-error').textContent = '';
   $('scheme-error').textContent = '';
   setStatus('');
+  const t0 = performance.now();
   renderFast(job.seq);
+  probe.renderMs.push(performance.now() - t0);
+  if (job.meta.dragging) {
+    probe.roundTripMs.push(job.receivedAt - job.sentAt);
+    probe.computeMs.push(result.compute_ms);
+  }
   if (job.meta.pointerTime !== null && job.meta.pointerTime !== undefined) {
-    const latency = performance.now() - job.meta.pointerTime;
-    probe.latencies.push(latency);
-    performance.mark(`losslab-render-${job.seq}`);
+    // pointer event -> the frame that shows the grid for it (measured at the next animation frame)
+    requestAnimationFrame(() => {
+      probe.latencies.push(performance.now() - job.meta.pointerTime);
+      probe.renderTimes.push(performance.now());
+      performance.mark(`losslab-render-${job.seq}`);
+    });
   }
   probe.renders += 1;
   probe.renderedSeq = job.seq;
-  // the heavy views wait until the pointer rests
+  // the heavy views (table, plots, stepper) wait until the pointer rests: the drag's last
+  // request is sent with dragging = false
   clearTimeout(app.slowTimer);
-  app.slowTimer = setTimeout(renderSlow, job.meta.dragging ? 200 : 0);
+  if (!job.meta.dragging) app.slowTimer = setTimeout(renderSlow, 0);
 }
 
 function onError(error, job, prefix) {

@@ -63,11 +63,12 @@ export class SceneView {
   }
 
   toImage(event) {
-    const rect = this.svg.getBoundingClientRect();
+    // during a drag the rectangle is cached: reading it forces a layout of the whole page
+    const rect = this.drag?.rect ?? this.svg.getBoundingClientRect();
     return { x: ((event.clientX - rect.left) / rect.width) * this.width, y: ((event.clientY - rect.top) / rect.height) * this.height };
   }
 
-  pxPerScreen() { return this.width / Math.max(1, this.svg.getBoundingClientRect().width); }
+  pxPerScreen() { return this.width / Math.max(1, (this.drag?.rect ?? this.svg.getBoundingClientRect()).width); }
 
   // ---- boxes ---------------------------------------------------------------------------------
   renderBoxes(boxes, selected) {
@@ -111,19 +112,20 @@ export class SceneView {
     const svg = this.svg;
     svg.addEventListener('pointerdown', (e) => {
       if (e.button !== 0) return;
+      const rect = svg.getBoundingClientRect();
       const p = this.toImage(e);
       const g = e.target.closest?.('g.gtbox');
       svg.setPointerCapture(e.pointerId);
       if (g) {
         const index = Number(g.dataset.index);
         const part = e.target.dataset.part || 'body';
-        this.drag = { mode: part === 'body' ? 'move' : part, index, start: p, orig: { ...this.boxes[index] } };
+        this.drag = { mode: part === 'body' ? 'move' : part, index, start: p, orig: { ...this.boxes[index] }, rect };
         if (index !== this.selected) this.options.onSelect?.(index);
       } else {
         const cls = this.options.currentClass?.() ?? 0;
         this.boxes.push({ cls, x1: p.x, y1: p.y, x2: p.x, y2: p.y });
         const index = this.boxes.length - 1;
-        this.drag = { mode: 'se', index, start: p, orig: { ...this.boxes[index] }, created: true };
+        this.drag = { mode: 'se', index, start: p, orig: { ...this.boxes[index] }, created: true, rect };
         this.options.onSelect?.(index, { silent: true });
       }
       e.preventDefault();

@@ -1,0 +1,123 @@
+"""Drag latency of the page: pointer move -> grid updated, in a real Chromium against the real server.
+
+    .venv/bin/python -m benchmarks.page_latency [--moves 150] [--interval-ms 16] [--url http://...]
+
+Loads a 640x640 YOLOv5 scene with the page's 20-box "crowded" preset, drags one box across the
+image with pointer events every ``--interval-ms``, and reads the page's own instrumentation
+(``window.__losslab``): for every rendered result of the drag, the time from the pointer event that
+produced its request to the animation frame after the grid, cells and counts were redrawn.
+Prints p50/p95 latency and updates per second. Figures only; nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def start_server() -> tuple[str, subprocess.Popen]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                return url, process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not become healthy")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run(url: str, moves: int, interval_ms: float) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(f"{url}/#scheme=yolov5&heat=tobj")
+        page.wait_for_selector("body[data-ready='1']")
+        page.get_by_test_id("preset-select").select_option("crowded")
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=gt-box]').length === 20")
+        page.wait_for_function("() => window.__losslab.renderedSeq === window.__losslab.submittedSeq")
+        page.wait_for_timeout(500)
+        count = page.get_by_test_id("positive-count").inner_text()
+        scene = page.get_by_test_id("scene").bounding_box()
+        box = page.get_by_test_id("gt-box").first.locator("rect.gt").bounding_box()
+        page.evaluate("() => { const p = window.__losslab; p.latencies = []; p.renderTimes = []; p.renderMs = []; p.roundTripMs = []; p.computeMs = []; }")
+        x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        span_x = scene["x"] + scene["width"] * 0.8 - x0
+        span_y = scene["y"] + scene["height"] * 0.2 - y0
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        t0 = time.perf_counter()
+        for k in range(1, moves + 1):
+            page.mouse.move(x0 + span_x * k / moves, y0 + span_y * k / moves)
+            page.wait_for_timeout(interval_ms)
+        drag_s = time.perf_counter() - t0
+        page.mouse.up()
+        page.wait_for_function("() => window.__losslab.renderedSeq === window.__losslab.submittedSeq")
+        page.wait_for_timeout(300)
+        probe = page.evaluate("() => { const p = window.__losslab; return {lat: p.latencies, times: p.renderTimes, "
+                              "render: p.renderMs, trip: p.roundTripMs, compute: p.computeMs}; }")
+        browser.close()
+    latencies = probe["lat"]
+    times = probe["times"]
+    if len(times) < 2:
+        print("  too few updates to measure")
+        return
+    window_s = (times[-1] - times[0]) / 1e3
+    print(f"  scene: 640x640 yolov5, 20 boxes ({count} positives), {moves} pointer moves every {interval_ms:g} ms "
+          f"over {drag_s:.2f} s")
+    print(f"  pointer move -> grid updated: p50 {statistics.median(latencies):7.1f} ms   "
+          f"p95 {percentile(latencies, 0.95):7.1f} ms   max {max(latencies):7.1f} ms   (n = {len(latencies)})")
+    print(f"  updates during the drag: {len(times)} in {window_s:.2f} s = {(len(times) - 1) / window_s:5.1f} /s"
+          f"   (targets: p95 <= 100 ms, >= 20 /s)")
+    print(f"  where the time goes (medians): server compute {statistics.median(probe['compute']):6.1f} ms, "
+          f"request round trip incl. compute + JSON {statistics.median(probe['trip']):6.1f} ms, "
+          f"page redraw {statistics.median(probe['render']):5.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.page_latency")
+    parser.add_argument("--moves", type=int, default=150)
+    parser.add_argument("--interval-ms", type=float, default=16.0, help="time between pointer moves (60 Hz: 16)")
+    parser.add_argument("--url", default="", help="use a running server instead of starting one")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"Chromium not found at {CHROMIUM}")
+    process = None
+    url = args.url
+    if not url:
+        url, process = start_server()
+    try:
+        print(f"== page latency ({url})")
+        run(url, args.moves, args.interval_ms)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
