@@ -10,7 +10,9 @@ export const boxColour = (index) => OKABE_ITO[index % (OKABE_ITO.length - 1)];
 // Marks drawn in a positive cell for the rule that made it positive (shape, not colour, carries it).
 export const RULE_MARKS = { centre: '●', center: '●', left: '←', up: '↑', right: '→', down: '↓',
   best_anchor: '★', topk: 'K', inside: '□', ignore: '∅' };
-export const ruleMark = (name) => RULE_MARKS[name] ?? (name ? name[0].toUpperCase() : '?');
+const FALLBACK_MARKS = ['◆', '▲', '■', '★', '✚', '◇', '△', '□'];
+/** The glyph for a rule: a known name's arrow/dot, else a shape chosen by its index in rule_names. */
+export const ruleMark = (name, index = -1) => RULE_MARKS[name] ?? (index >= 0 ? FALLBACK_MARKS[index % FALLBACK_MARKS.length] : '?');
 
 // Viridis control points (perceptually uniform, colour-blind safe) for heat layers.
 export const VIRIDIS = [

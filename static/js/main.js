@@ -3,7 +3,7 @@
 import { deserialize, serialize, toScene, fromScene, defaults } from './state.js';
 import { getSchemes, explain, exportTrace, Coalescer, ApiError } from './api.js';
 import { setLanguage, t } from './i18n.js';
-import { HASH_THROTTLE_MS, STAGE_DATA_LIMIT, boxColour } from './config.js';
+import { HASH_THROTTLE_MS, STAGE_DATA_LIMIT, ruleMark } from './config.js';
 import { SceneView, viridis } from './views/scene.js';
 import { renderCellInfo } from './views/cellinfo.js';
 import { renderCounts, renderPositivesTable, renderNotes } from './views/tables.js';
@@ -189,10 +189,7 @@ function renderLegend() {
   const r = app.result;
   if (!r) return;
   root.append('rules: ');
-  for (const name of r.rule_names) {
-    const mark = name in { centre: 1, center: 1 } ? '●' : { left: '←', up: '↑', right: '→', down: '↓' }[name] ?? name[0]?.toUpperCase();
-    el('span', { text: `${mark} ${name}` }, root);
-  }
+  r.rule_names.forEach((name, i) => el('span', { text: `${ruleMark(name, i)} ${name}` }, root));
   el('span', { text: '· line: cell corner → box centre (the offset) · dashed: anchors to scale around the selected box' }, root);
 }
 

@@ -43,6 +43,12 @@ const FORMULAS = {
     if (!['iou', 'rho2', 'c2', 'alpha', 'v'].every((k) => k in row)) return [`CIoU = ${fmt(row.ciou)}`];
     return [`CIoU = IoU − ρ²/c² − α·v = ${fmt(row.iou)} − ${fmt(row.rho2)}/${fmt(row.c2)} − ${fmt(row.alpha)}·${fmt(row.v)} = ${fmt(row.ciou)};  box loss term 1 − CIoU`];
   },
+  align_metric(row, ctx) {
+    const { alpha, beta } = ctx.params;
+    if (!('s' in row && 'u' in row) || alpha === undefined || beta === undefined) return null;
+    return [`t = s^α · u^β = ${fmt(row.s)}^${fmt(alpha)} · ${fmt(row.u)}^${fmt(beta)} = ${fmt(row.align_metric)}` +
+      ('topk_rank' in row ? `;  rank ${row.topk_rank} among this box's candidates (top-k = ${fmt(ctx.params.topk)})` : '')];
+  },
   tobj(row, ctx) {
     const gr = ctx.params.gr;
     const src = 'ciou' in row ? row.ciou : row.iou;
@@ -57,7 +63,7 @@ const FORMULAS = {
     return [text, verdict];
   },
 };
-const ALSO_SHOWN = { ciou: ['iou', 'rho2', 'c2', 'alpha', 'v'], tobj: ['tobj_written'], offset: [], pxy: [], pwh: ['anch'] };
+const ALSO_SHOWN = { align_metric: ['s', 'u', 'topk_rank'], ciou: ['iou', 'rho2', 'c2', 'alpha', 'v'], tobj: ['tobj_written'], offset: [], pxy: [], pwh: ['anch'] };
 
 export function renderCellInfo(root, ctx) {
   // ctx: {result, levelIndex, gi, gj, boxes, params}

@@ -24,7 +24,8 @@ export function renderLosses(barEl, tableEl, result) {
   }
   if (!plotlyReady()) return;
   const levelNames = result.levels.map((l) => l.name);
-  const terms = Object.keys(losses).filter((k) => !k.includes('.') && k !== 'total');
+  // raw (before gains) and bookkeeping entries stay in the table; the chart shows the terms
+  const terms = Object.keys(losses).filter((k) => !k.includes('.') && k !== 'total' && !/_raw$|_sum$/.test(k));
   // x: for each term split by level, "Σ term.Pk" stacked by level, then the term after its gain;
   // then the total stacked from the terms. All heights are the server's numbers.
   const x = [];
@@ -38,9 +39,14 @@ export function renderLosses(barEl, tableEl, result) {
     const y = x.map((cat) => { const term = cat.startsWith('Σ ') ? cat.slice(2, -3) : null; return term && `${term}.${lvl}` in losses ? plain(losses[`${term}.${lvl}`]) : null; });
     if (y.some((v) => v !== null)) traces.push({ type: 'bar', name: lvl, x, y, marker: { color: OKABE_ITO[i % 7] } });
   });
+  // the total bar is stacked from the terms only when they add up to it (as the server reports them)
+  const sum = terms.reduce((acc, term) => acc + plain(losses[term]), 0);
+  const total = plain(losses.total);
+  const stacksToTotal = Math.abs(sum - total) <= 1e-4 * Math.max(1, Math.abs(total));
+  if (!stacksToTotal) traces.push({ type: 'bar', name: 'total', x: ['total'], y: [total], marker: { color: '#000000' } });
   terms.forEach((term, i) => {
     const colour = OKABE_ITO[(i + 3) % 7];
-    const y = x.map((cat) => (cat === term || cat === 'total' ? plain(losses[term]) : null));
+    const y = x.map((cat) => (cat === term || (cat === 'total' && stacksToTotal) ? plain(losses[term]) : null));
     traces.push({ type: 'bar', name: term, x, y, marker: { color: colour, pattern: { shape: ['/', '.', 'x', '-'][i % 4] } } });
   });
   const layout = { ...LAYOUT, title: { text: `${t('loss.bar')} · total = ${fmt(losses.total)}`, font: { size: 12 } } };

@@ -247,7 +247,7 @@ export class SceneView {
       const cell = svgEl('rect', { class: 'poscell', 'data-testid': 'pos-cell', x, y: r.gj * s, width: strip, height: s, fill: colour, stroke: colour }, frag);
       Object.assign(cell.dataset, { gt: r.gt, level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, rule: r.rule });
       const mark = svgEl('text', { class: 'rulemark', x: x + strip / 2, y: r.gj * s + s / 2, fill: '#000' }, frag);
-      mark.textContent = ruleMark(r.rule);
+      mark.textContent = ruleMark(r.rule, result.rule_names.indexOf(r.rule));
       mark.style.fontSize = `${Math.max(6, Math.min(14, strip * 0.9))}px`;
       const box = boxes[r.gt];
       if (box) { // offset: from the cell's top-left corner (the decode's origin) to the box centre
@@ -267,7 +267,7 @@ export class SceneView {
     }
     if (preds) {
       for (const r of rows) {
-        const p = predictedBox(r);
+        const p = predictedBox(r, result.columns);
         if (!p) continue;
         svgEl('rect', { class: 'predbox', 'data-testid': 'pred-box', x: p[0], y: p[1], width: p[2] - p[0], height: p[3] - p[1], stroke: boxColour(r.gt) }, over);
       }
@@ -306,11 +306,17 @@ export class SceneView {
   }
 }
 
-/** A predicted box in pixels from a positives row, if the scheme sent one (xyxy px). */
-export function predictedBox(row) {
-  for (const key of ['pbox_xyxy_px', 'pred_xyxy_px', 'pred_box_px', 'pbox_px']) {
+/**
+ * A predicted box (x1, y1, x2, y2) px from a positives row, if the scheme sent one. The column's
+ * doc says its format: "(cx, cy, w, h)" is turned into corners (a change of format, not a decode).
+ */
+export function predictedBox(row, columns = {}) {
+  for (const key of ['pred_box_px', 'pbox_xyxy_px', 'pred_xyxy_px', 'pbox_px']) {
     const v = row[key];
-    if (Array.isArray(v) && v.length === 4) return v.map(Number);
+    if (!Array.isArray(v) || v.length !== 4) continue;
+    const [a, b, c, d] = v.map(Number);
+    if (/cx, cy, w, h/.test(columns[key] || '')) return [a - c / 2, b - d / 2, a + c / 2, b + d / 2];
+    return [a, b, c, d];
   }
   return null;
 }
