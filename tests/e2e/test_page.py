@@ -235,3 +235,14 @@ def test_stale_answers_never_overwrite_newer_ones(lab):
         return { sent, delivered };
     }""")
     assert delivered == {"sent": [1, 3], "delivered": [1, 3]}
+
+
+def test_centre_cell_says_why_each_neighbour_rule_did_or_did_not_fire(lab):
+    open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
+    wait_settled(lab)
+    lab.mouse.move(*to_screen(lab, 101, 203))
+    line = lab.locator("[data-neighbours='0,1']").inner_text()
+    # centre (100, 203) on P3 is (12.5, 25.375) cells: frac x = 0.5 is not < g = 0.5, so left does
+    # not fire; frac y = 0.375 < 0.5 and y > 1, so up fires (LEARNERS.md: at y = 204 it would not)
+    assert "left: not fired — frac 0.5" in line
+    assert "up: fired" in line

@@ -100,6 +100,7 @@ export function renderCellInfo(root, ctx) {
       if (doc) el('span', { cls: 'coldoc', text: `  — ${doc}` }, line);
     }
   }
+  renderNeighbourReasons(root, result, level, rows);
   const names = Object.keys(result.maps || {});
   if (names.length) {
     el('h4', { text: t('cell.maps') }, root);
@@ -118,4 +119,34 @@ export function renderCellInfo(root, ctx) {
       if (name === 'obj_bce' && rows.length) el('div', { cls: 'coldoc', text: 'BCE with a soft target t (here tobj < 1) cannot reach 0: its minimum, at p = t, is the entropy −t·ln t − (1−t)·ln(1−t).' }, root);
     }
   }
+}
+
+/**
+ * For each (box, anchor) whose centre cell this is: which neighbour rules fired and, for those
+ * that did not, the server's reason (from the "<level>.neighbours" stage, when the scheme has one).
+ */
+function renderNeighbourReasons(root, result, level, rows) {
+  const stage = result.stages?.find((st) => st.name.endsWith(`${level.name}.neighbours`));
+  if (!stage) return;
+  const tensor = (name) => stage.tensors.find((x) => x.name === name);
+  const [target, anchor, fired, reason, frac, fracMirrored] = ['target', 'anchor', 'fired', 'reason', 'fraction', 'fraction_mirrored'].map(tensor);
+  if (![target, anchor, fired, reason].every((x) => x && x.data)) return;
+  const directions = stage.values?.directions || ['left', 'up', 'right', 'down'];
+  const reasons = stage.values?.reasons || [];
+  const centreRows = rows.filter((r) => r.rule === 'centre');
+  if (!centreRows.length) return;
+  el('h4', { text: `Neighbour rules for boxes centred in this cell (g = ${fmt(stage.values?.g)})` }, root);
+  for (const r of centreRows) {
+    const k = target.data.findIndex((t, i) => t === r.gt && anchor.data[i] === r.anchor);
+    if (k < 0) continue;
+    const D = directions.length;
+    const parts = directions.map((dir, d) => {
+      const f = d < 2 ? frac?.data?.[k * 2 + d] : fracMirrored?.data?.[k * 2 + d - 2];
+      const fractionText = f === undefined ? '' : ` frac ${fmt(f)}`;
+      return fired.data[k * D + d] ? `${dir}: fired (${fractionText.trim()})` : `${dir}: not fired —${fractionText}, ${reasons[reason.data[k * D + d]] ?? 'rule not met'}`;
+    });
+    const line = el('div', { cls: 'formula', text: `gt #${r.gt} anchor ${r.anchor}: ${parts.join('; ')}` }, root);
+    line.dataset.neighbours = `${r.gt},${r.anchor}`;
+  }
+  el('div', { cls: 'coldoc', text: '(right and down test the mirrored coordinate: grid size − x)' }, root);
 }
