@@ -233,3 +233,10 @@ def test_real_scheme_payload_is_small_enough(client, scheme):
     r = client.post("/api/v1/explain", json=real_body(scheme))
     assert r.status_code == 200
     assert len(r.content) <= 300_000, f"{scheme} explain payload {len(r.content)} bytes"
+
+
+def test_page_placeholder_until_the_template_exists(tmp_path):
+    with TestClient(create_app(Settings(warmup=False, templates_dir=tmp_path, static_dir=tmp_path))) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "coming" in page.text and "<script" not in page.text
+        assert c.get("/static/nothing.js").status_code == 404
