@@ -325,13 +325,11 @@ def _trace_level_assignment(trace: Trace, level: int, scaled: Tensor, level_anch
         )
         kept, centre, mirrored = state["kept"], state["centre"], state["mirrored"]
         fraction, mirrored_fraction = centre % 1, mirrored % 1
-        fired = torch.stack((state["left_up"][0], state["left_up"][1],
-                             state["right_down"][0], state["right_down"][1]), 1)  # (K, 4)
-        reasons = torch.stack((
-            _neighbour_reasons(fraction[:, 0], centre[:, 0], g), _neighbour_reasons(fraction[:, 1], centre[:, 1], g),
-            _neighbour_reasons(mirrored_fraction[:, 0], mirrored[:, 0], g),
-            _neighbour_reasons(mirrored_fraction[:, 1], mirrored[:, 1], g)), 1)  # (K, 4)
-        reasons = torch.where(fired, torch.zeros_like(reasons), reasons)
+        # directions left, up, right, down: (K, 4) fraction and distance to that border
+        direction_fraction = torch.cat((fraction, mirrored_fraction), 1)
+        direction_distance = torch.cat((centre, mirrored), 1)
+        fired = torch.cat((state["left_up"].T, state["right_down"].T), 1)  # (K, 4)
+        reasons = _neighbour_reasons(direction_fraction, direction_distance, g).masked_fill(fired, 0)  # (K, 4)
         trace.record(
             "neighbours", "Neighbour-cell tests",
             f"per kept pair: left fires when frac(x) < g = {g:g} and x > 1, up when frac(y) < g and "
