@@ -426,8 +426,8 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
             "but not called" + (f"; focal loss gamma {fl_gamma}, alpha 0.25" if fl_gamma > 0 else ""),
             code=f"{LOSS_CODE} (cls loss, BCEcls)",
             tensors={"cls_logit": (cls_logit, "P"), "target_score": (fg_score, "P")},
-            values={"background_sum": float(background), "positive_correction": float(correction.sum()),
-                    "target_scores_sum": float(target_scores_sum), "cls_pw": cls_pw, "fl_gamma": fl_gamma})
+            values={"background_sum": background.item(), "positive_correction": correction.sum().item(),
+                    "target_scores_sum": target_scores_sum.item(), "cls_pw": cls_pw, "fl_gamma": fl_gamma})
 
     # box and DFL losses on the positives
     weight = fg_score.unsqueeze(-1)  # (P, 1)
