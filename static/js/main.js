@@ -65,9 +65,19 @@ const cmpRequests = new Coalescer(
   { onResult: (result) => { app.cmpResult = result; renderCompare(); }, onError: (error, job) => onError(error, job, 'cmp-') },
 );
 
+/** Zoom around the selected (else first) box; not called during a drag so the view holds still. */
+function applyZoom() {
+  const focus = app.state.boxes[app.selected] ?? app.state.boxes[0];
+  const cx = focus ? (focus.x1 + focus.x2) / 2 : app.state.width / 2;
+  const cy = focus ? (focus.y1 + focus.y2) / 2 : app.state.height / 2;
+  sceneView.setZoom(app.state.zoom, cx, cy);
+  cmpView.setZoom(app.state.zoom, cx, cy);
+}
+
 function update({ dragging = false, pointerTime = null } = {}) {
   writeHash(!dragging);
   sceneView.setImage(app.state.width, app.state.height);
+  if (!dragging) applyZoom();
   sceneView.renderBoxes(app.state.boxes, app.selected);
   const scene = toScene(app.state);
   const maps = neededMaps(dragging, app.state.heat);
@@ -259,6 +269,7 @@ function syncControls() {
   $('img-w').value = app.state.width; $('img-h').value = app.state.height;
   $('nc').value = app.state.nc; $('cls-picker').value = app.state.cls; $('cls-picker').max = app.state.nc - 1;
   $('show-preds').checked = app.state.preds;
+  $('zoom-select').value = String(app.state.zoom);
   $('compare-on').checked = app.state.compare;
   $('compare-controls').hidden = !app.state.compare;
   $('cmp-col').hidden = !app.state.compare;
@@ -289,6 +300,7 @@ function bindControls() {
   $('level-select').addEventListener('change', (e) => { app.state.level = Number(e.target.value); app.state.anchor = -1; writeHash(true); renderFast(probe.renderedSeq); });
   $('anchor-select').addEventListener('change', (e) => { app.state.anchor = Number(e.target.value); writeHash(true); renderFast(probe.renderedSeq); });
   $('heat-select').addEventListener('change', (e) => { app.state.heat = e.target.value; writeHash(true); renderFast(probe.renderedSeq); });
+  $('zoom-select').addEventListener('change', (e) => { app.state.zoom = Number(e.target.value); writeHash(true); applyZoom(); renderFast(probe.renderedSeq); });
   $('show-preds').addEventListener('change', (e) => { app.state.preds = e.target.checked; writeHash(true); renderFast(probe.renderedSeq); });
   $('compare-on').addEventListener('change', (e) => { app.state.compare = e.target.checked; if (app.state.compare && !app.state.cmpScheme) app.state.cmpScheme = app.state.scheme; syncControls(); update(); });
   $('stage-select').addEventListener('change', (e) => { app.state.stage = e.target.value; writeHash(true); renderStage($('stage-detail'), app.result, app.state.stage, fetchExport); });
@@ -360,7 +372,7 @@ const sceneView = new SceneView($('scene-wrap'), {
   onSelect: (index, { silent } = {}) => {
     app.selected = index;
     if (index >= 0 && app.state.boxes[index]) { app.state.cls = app.state.boxes[index].cls; $('cls-picker').value = app.state.cls; }
-    if (!silent) sceneView.renderBoxes(app.state.boxes, index);
+    if (!silent) { sceneView.renderBoxes(app.state.boxes, index); applyZoom(); }
   },
   onBoxes: (boxes, { dragging, pointerTime }) => {
     app.state.boxes = boxes.map((b) => ({ ...b }));

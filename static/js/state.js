@@ -20,6 +20,7 @@ export const SCHEMA = {
   level:      { kind: 'int', default: 0, doc: 'level shown (index into levels)' },
   anchor:     { kind: 'int', default: -1, doc: 'anchor shown, -1 all' },
   heat:       { kind: 'string', default: '', doc: 'heat-layer map name, empty = none' },
+  zoom:       { kind: 'int', default: 1, doc: 'magnification around the selected box' },
   preds:      { kind: 'bool', default: false, doc: 'draw predicted boxes' },
   cls:        { kind: 'int', default: 0, doc: 'class for newly drawn boxes' },
   stage:      { kind: 'string', default: '', doc: 'trace stage shown in the stepper' },

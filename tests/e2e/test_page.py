@@ -46,9 +46,11 @@ def api_rows(result: dict) -> list[tuple]:
     return rows[:MAX_TABLE_ROWS]
 
 
-def to_screen(lab, x: float, y: float, width: int = 640, height: int = 640) -> tuple[float, float]:
+def to_screen(lab, x: float, y: float) -> tuple[float, float]:
+    """Image pixels -> screen pixels through the scene's bounding box and its viewBox (zoom crop)."""
     box = lab.get_by_test_id("scene").bounding_box()
-    return box["x"] + x * box["width"] / width, box["y"] + y * box["height"] / height
+    vx, vy, vw, vh = (float(v) for v in lab.get_by_test_id("scene").get_attribute("viewBox").split())
+    return box["x"] + (x - vx) * box["width"] / vw, box["y"] + (y - vy) * box["height"] / vh
 
 
 def wait_settled(lab):
@@ -246,3 +248,19 @@ def test_centre_cell_says_why_each_neighbour_rule_did_or_did_not_fire(lab):
     # not fire; frac y = 0.375 < 0.5 and y > 1, so up fires (LEARNERS.md: at y = 204 it would not)
     assert "left: not fired — frac 0.5" in line
     assert "up: fired" in line
+
+
+def test_zoomed_view_maps_the_pointer_to_the_same_cells(lab):
+    open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}&zoom=4")
+    # 4x around the box centre (100, 203): a 640/4 = 160 px crop from (100 - 80, 203 - 80)
+    assert lab.get_by_test_id("scene").get_attribute("viewBox") == "20 123 160 160"
+    lab.mouse.move(*to_screen(lab, 101, 203))
+    assert "gi=12, gj=25" in lab.get_by_test_id("cell-info").inner_text()
+    # drag the box 8 image px right: at 4x that is 8 * 4 * (display px per image px) screen px
+    lab.mouse.move(*to_screen(lab, 100, 220))
+    lab.mouse.down()
+    lab.mouse.move(*to_screen(lab, 108, 220), steps=4)
+    lab.mouse.up()
+    wait_settled(lab)
+    box = page_state(lab)["boxes"][0]
+    assert abs(box["x1"] - 83) <= 0.5 and abs(box["y1"] - 163) <= 0.5

@@ -37,7 +37,12 @@ export class SceneView {
     this.heat = document.createElement('canvas'); this.heat.className = 'heat'; this.heat.hidden = true;
     this.svg = svgEl('svg', { role: 'application', tabindex: 0, 'data-testid': options.testid || 'scene', preserveAspectRatio: 'none' });
     this.svg.setAttribute('aria-label', 'image area: draw and edit ground-truth boxes');
-    wrap.append(this.bg, this.heat, this.svg);
+    // zoom: the svg shows a crop through its viewBox (strokes stay thin); the raster layers
+    // (picture, heat) sit in an inner box moved by the same crop as a CSS transform
+    this.inner = document.createElement('div'); this.inner.className = 'scene-inner';
+    this.inner.append(this.bg, this.heat);
+    wrap.append(this.inner, this.svg);
+    this.view = { x0: 0, y0: 0, zoom: 1 };
     this.gridLayer = svgEl('g', { 'data-testid': `${options.testid || 'scene'}-grid` }, this.svg);
     this.gridPath = svgEl('path', { class: 'gridline' }, this.gridLayer);
     this.cellLayer = svgEl('g', {}, this.gridLayer);
@@ -54,7 +59,21 @@ export class SceneView {
     if (width === this.width && height === this.height) return;
     this.width = width; this.height = height;
     this.svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+    this.view = { x0: 0, y0: 0, zoom: 1 };
     this.wrap.style.aspectRatio = `${width} / ${height}`;
+  }
+
+  /** Magnify `zoom` times around image point (cx, cy), kept inside the image. */
+  setZoom(zoom, cx, cy) {
+    const z = Math.max(1, zoom || 1);
+    const w = this.width / z, h = this.height / z;
+    const x0 = Math.min(this.width - w, Math.max(0, cx - w / 2)), y0 = Math.min(this.height - h, Math.max(0, cy - h / 2));
+    this.view = { x0, y0, zoom: z };
+    this.svg.setAttribute('viewBox', `${x0} ${y0} ${w} ${h}`);
+    this.inner.style.transform = z === 1 ? '' : `scale(${z}) translate(${(-x0 / this.width) * 100}%, ${(-y0 / this.height) * 100}%)`;
+    this.svg.style.setProperty('--label-size', `${12 / z}px`);
+    this.svg.style.setProperty('--label-halo', `${3 / z}px`);
+    if (this.boxes.length) this.renderBoxes(this.boxes, this.selected);
   }
 
   setBackground(url) {
@@ -65,10 +84,12 @@ export class SceneView {
   toImage(event) {
     // during a drag the rectangle is cached: reading it forces a layout of the whole page
     const rect = this.drag?.rect ?? this.svg.getBoundingClientRect();
-    return { x: ((event.clientX - rect.left) / rect.width) * this.width, y: ((event.clientY - rect.top) / rect.height) * this.height };
+    const { x0, y0, zoom } = this.view;
+    return { x: x0 + ((event.clientX - rect.left) / rect.width) * (this.width / zoom),
+             y: y0 + ((event.clientY - rect.top) / rect.height) * (this.height / zoom) };
   }
 
-  pxPerScreen() { return this.width / Math.max(1, (this.drag?.rect ?? this.svg.getBoundingClientRect()).width); }
+  pxPerScreen() { return this.width / this.view.zoom / Math.max(1, (this.drag?.rect ?? this.svg.getBoundingClientRect()).width); }
 
   // ---- boxes ---------------------------------------------------------------------------------
   renderBoxes(boxes, selected) {
@@ -84,7 +105,8 @@ export class SceneView {
       el.rect.setAttribute('width', b.x2 - b.x1); el.rect.setAttribute('height', b.y2 - b.y1);
       el.rect.setAttribute('stroke', colour); el.rect.setAttribute('fill', colour);
       el.rect.classList.toggle('selected', i === selected);
-      el.label.setAttribute('x', b.x1 + 2); el.label.setAttribute('y', b.y1 - 3 < 10 ? b.y1 + 12 : b.y1 - 3);
+      const u = 1 / this.view.zoom; // one screen-ish pixel in image units
+      el.label.setAttribute('x', b.x1 + 2 * u); el.label.setAttribute('y', b.y1 - 3 * u < this.view.y0 + 10 * u ? b.y1 + 12 * u : b.y1 - 3 * u);
       el.label.setAttribute('fill', colour);
       el.label.textContent = `#${i} cls ${b.cls}`;
       el.g.dataset.index = i; el.g.dataset.cls = b.cls;
