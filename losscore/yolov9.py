@@ -148,38 +148,49 @@ def _decode(box_logits: Tensor, anchor_points: Tensor) -> tuple[Tensor, Tensor, 
 class _HeadLookup:
     """What the assigner reads from the level maps, for the candidate anchors only (no gradient).
 
-    The candidates' channels are read once; box-bin logits are decoded, class logits give ``s``.
-    ``slot`` maps (image, anchor) to the candidate's row.
+    The candidates' box-bin logits are read once and decoded; a class logit is read only for the
+    (anchor, class) pairs the assigner asks about. ``slot`` maps (image, anchor) to the candidate's row.
     """
 
     def __init__(self, feats: Sequence[Tensor], candidates: "CandidateAnchors", reg_max: int,
-                 anchor_points: Tensor, stride_tensor: Tensor, num_anchors: int) -> None:
+                 anchor_points: Tensor, stride_tensor: Tensor, sizes: Sequence[int]) -> None:
         batch, anchor = candidates.batch, candidates.anchor
         B = feats[0].shape[0]
-        self.slot = torch.full((B, num_anchors), -1, dtype=torch.long, device=anchor.device)
+        self.feats, self.sizes, self.box_channels = feats, list(sizes), 4 * reg_max
+        self.slot = torch.full((B, sum(sizes)), -1, dtype=torch.long, device=anchor.device)
         self.slot[batch, anchor] = torch.arange(anchor.numel(), device=anchor.device)
         with torch.no_grad():
-            channels = torch.cat([_gather_cells(feat, cells, counts)
-                                  for feat, (cells, counts) in zip(feats, candidates.per_level)], 1)  # (no, Qa)
-            box_logits = channels[:4 * reg_max].T.reshape(-1, 4, reg_max)  # (Qa, 4, R)
-            self.cls_logits_t = channels[4 * reg_max:]  # (C, Qa)
+            box_t = torch.cat([_gather_cells(feat, cells, counts, channels=4 * reg_max)
+                               for feat, (cells, counts) in zip(feats, candidates.per_level)], 1)  # (4R, Qa)
+            box_logits = box_t.T.reshape(-1, 4, reg_max)  # (Qa, 4, R)
             self.probs, self.distances, boxes_grid = _decode(box_logits, anchor_points[anchor])
             self.boxes_px = boxes_grid * stride_tensor[anchor]  # (Qa, 4)
 
     def rows(self, batch: Tensor, anchor: Tensor) -> Tensor:
         return self.slot[batch, anchor]
 
+    @torch.no_grad()
     def scores(self, batch: Tensor, anchor: Tensor, cls: Tensor) -> Tensor:
-        return self.cls_logits_t[cls, self.rows(batch, anchor)].sigmoid()
+        logits = self.feats[0].new_empty(anchor.shape, dtype=self.feats[0].dtype)
+        start = 0
+        for feat, cells in zip(self.feats, self.sizes):
+            on_level = ((anchor >= start) & (anchor < start + cells)).nonzero().squeeze(1)
+            no = feat.shape[1]
+            # flat index into the contiguous (B, no, H*W) map
+            flat = (batch[on_level] * no + self.box_channels + cls[on_level]) * cells + (anchor[on_level] - start)
+            logits[on_level] = feat.reshape(-1)[flat]
+            start += cells
+        return logits.sigmoid()
 
     def boxes(self, batch: Tensor, anchor: Tensor) -> Tensor:
         return self.boxes_px[self.rows(batch, anchor)]
 
 
-def _gather_cells(feat: Tensor, cells: Tensor, counts: Sequence[int]) -> Tensor:
-    """Every channel of one level at cells grouped by image: ``(no, q)``."""
+def _gather_cells(feat: Tensor, cells: Tensor, counts: Sequence[int], channels: int | None = None) -> Tensor:
+    """The first ``channels`` (default all) channels of one level at cells grouped by image: ``(no, q)``."""
     B, no = feat.shape[:2]
-    flat = feat.reshape(B, no, -1)  # (B, no, H*W)
+    no = no if channels is None else channels
+    flat = feat.reshape(B, feat.shape[1], -1)[:, :no]  # (B, no, H*W)
     parts = [flat[b].index_select(1, image_cells) for b, image_cells in enumerate(cells.split(list(counts)))]
     return torch.cat(parts, 1) if parts else feat.new_zeros((no, 0))
 
@@ -384,7 +395,7 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     in_box = _candidates_by_level(feats, strides, gt_bboxes)  # (B, M, N)
     candidates = _candidate_anchors((in_box & (mask_gt > 0)).any(1), sizes)  # level, image, anchor order
     cand_batch, cand_anchor = candidates.batch, candidates.anchor
-    head = _HeadLookup(feats, candidates, R, anchor_points, stride_tensor, N)
+    head = _HeadLookup([f.contiguous() for f in feats], candidates, R, anchor_points, stride_tensor, sizes)
     if trace is not None:
         trace.record(
             "decode", "Decode boxes from bin distributions",
