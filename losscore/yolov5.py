@@ -283,7 +283,8 @@ def build_targets(
         anchor = rows[:, 6].long()
         target = rows[:, 7].long()
         image, cls = image_class.long().T
-        cell = (gxy_minus_offset := centre_xy - offsets).long()  # (P, 2) truncation, as upstream
+        gxy_minus_offset = centre_xy - offsets  # (P, 2) a point inside the chosen cell
+        cell = gxy_minus_offset.long()  # (P, 2) truncation toward zero, as upstream
         gi, gj = cell.T  # views of ``cell``: clamping them clamps ``cell`` too (upstream's clamp_)
         gj.clamp_(0, grid_h - 1)
         gi.clamp_(0, grid_w - 1)

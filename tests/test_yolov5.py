@@ -357,3 +357,32 @@ def test_box_gradient_treats_ciou_alpha_as_constant():
     ciou_live = iou - (((x2 - x1) ** 2 + (y2 - y1) ** 2) / (cw**2 + ch**2 + 1e-7) + v * alpha_live)
     (live,) = torch.autograd.grad((1 - ciou_live).mean() * 0.05 * 2, leaf)
     assert not torch.allclose(grad, live, rtol=1e-7, atol=1e-10)
+
+
+def test_autobalance_updates_balance_like_upstream():
+    p, targets = _scene_inputs()
+    compute = ComputeLoss(3, anchors_grid=ANCHORS_GRID, strides=STRIDES, autobalance=True)
+    trace = Trace()
+    compute(p, targets, trace=trace)
+    raw = [trace.get(f"loss.{name}.level_losses")["obj"].item() for name in ("P3", "P4", "P5")]
+    updated = [w * 0.9999 + 0.0001 / obj for w, obj in zip([4.0, 1.0, 0.4], raw)]
+    expected = [w / updated[1] for w in updated]  # normalised by the stride-16 level
+    assert compute.balance == pytest.approx(expected, rel=1e-6)
+    assert compute.balance[1] == 1.0
+
+
+def test_sort_obj_iou_lets_the_highest_iou_win():
+    p, targets = _scene_inputs()
+    # a second, shifted copy of box 2 that lands on the same P3 cells with a different IoU
+    extra = torch.tensor([target_px(72, 42, 36, 26, 96, 64, 1, 0)])
+    targets = torch.cat((targets, extra))
+    trace = Trace()
+    ComputeLoss(3, anchors_grid=ANCHORS_GRID, strides=STRIDES, sort_obj_iou=True)(p, targets, trace=trace)
+    stage = trace.get("loss.P3.objectness_target")
+    slot, value, written = stage["slot"], stage["tobj_value"], stage["written"]
+    assert torch.equal(value, value.sort().values)  # written in ascending IoU order
+    assert (slot.unique(return_counts=True)[1] > 1).any()  # the scene does contain shared slots
+    for s in slot.unique().tolist():
+        hits = slot == s
+        assert stage["tobj"].reshape(-1)[s] == value[hits].max()
+        assert written[hits].sum() == 1
