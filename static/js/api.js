@@ -39,10 +39,12 @@ export async function getSchemes() {
   return parse(await fetch(`${API_BASE}/schemes`));
 }
 
-export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, signal } = {}) {
+export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, light = false, signal } = {}) {
   const query = new URLSearchParams();
   if (maps.length) query.set('maps', maps.join(','));
   query.set('stage_data', String(stageData));
+  // while dragging: no trace (docs/api-contract.md, "Requested by the page"; ignored until offered)
+  if (light) query.set('stages', '0');
   const response = await fetch(`${API_BASE}/explain?${query}`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(scene), signal,
   });

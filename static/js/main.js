@@ -57,7 +57,7 @@ function neededMaps(dragging, heat) {
 }
 
 const mainRequests = new Coalescer(
-  ({ scene, maps, stageData }) => explain(scene, { maps, stageData }),
+  ({ scene, maps, stageData }) => explain(scene, { maps, stageData, light: stageData === 0 }),
   { onResult: (result, job) => onResult(result, job), onError: (error, job) => onError(error, job, '') },
 );
 const cmpRequests = new Coalescer(
