@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+import statistics
+import time
 from typing import Sequence
 
 import torch
@@ -152,30 +154,46 @@ def peak_mib(variant: str, batch: int, per_image: int) -> float:
     return value
 
 
+def _median_cpu_ms(fn, repeat: int, warmup: int = 1) -> float:
+    """Median process CPU time of ``fn()`` in ms (robust to other processes sharing the cores)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        times.append((time.process_time() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def main(threads: int = 1, quick: bool = False) -> None:
     torch.set_num_threads(threads)
     repeat = 5 if quick else 20
+    print("  (median wall ms, and median process CPU ms in brackets; goal: at most half of upstream)")
     for label, batch, per_image in (("interactive", 1, 20), ("training", 16, 8)):
         feats, targets = make_inputs(batch, per_image)
         grad_feats = [f.detach().clone().requires_grad_(True) for f in feats]
         reps = repeat if batch == 1 else max(3, repeat // 4)
         ours = compute_loss(feats, targets, nc=80)
         ref = dense_reference_loss(feats, targets, nc=80)
-        print(f"  {label}: B={batch}, {per_image} targets/image, items ours {ours.items.tolist()} "
-              f"dense {ref[1].tolist()}")
-        fwd = median_ms(lambda: compute_loss(feats, targets, nc=80), repeat=reps, warmup=2)
-        row(f"{label} fwd, ours, trace off", fwd, f"upstream {UPSTREAM_MS[label + ' fwd']:.0f} ms "
-            f"-> {UPSTREAM_MS[label + ' fwd'] / fwd:.1f}x")
-        row(f"{label} fwd, ours, trace on", median_ms(lambda: compute_loss(feats, targets, nc=80, trace=Trace()),
-                                                     repeat=reps, warmup=1))
-        row(f"{label} fwd, dense reference", median_ms(lambda: dense_reference_loss(feats, targets, nc=80),
-                                                      repeat=reps, warmup=1))
-        both = median_ms(lambda: compute_loss(grad_feats, targets, nc=80).total.backward(), repeat=reps, warmup=2)
-        goal = UPSTREAM_MS.get(label + " fwd+bwd")
-        row(f"{label} fwd+bwd, ours, trace off", both,
-            f"upstream {goal:.0f} ms -> {goal / both:.1f}x" if goal else "")
-        row(f"{label} fwd+bwd, dense reference",
-            median_ms(lambda: dense_reference_loss(grad_feats, targets, nc=80)[0].backward(), repeat=reps, warmup=1))
+        print(f"  {label}: B={batch}, {per_image} targets/image, 80 classes, 640x640; loss items ours "
+              f"{[round(v, 5) for v in ours.items.tolist()]}, dense {[round(v, 5) for v in ref[1].tolist()]}")
+        cases = {
+            "fwd, ours, trace off": lambda: compute_loss(feats, targets, nc=80),
+            "fwd, ours, trace on": lambda: compute_loss(feats, targets, nc=80, trace=Trace()),
+            "fwd, dense reference": lambda: dense_reference_loss(feats, targets, nc=80),
+            "fwd+bwd, ours, trace off": lambda: compute_loss(grad_feats, targets, nc=80).total.backward(),
+            "fwd+bwd, ours, trace on": lambda: compute_loss(grad_feats, targets, nc=80,
+                                                            trace=Trace()).total.backward(),
+            "fwd+bwd, dense reference": lambda: dense_reference_loss(grad_feats, targets, nc=80)[0].backward(),
+        }
+        for name, fn in cases.items():
+            dense = "dense" in name
+            wall = median_ms(fn, repeat=max(2, reps // 3) if dense else reps, warmup=1)
+            cpu = _median_cpu_ms(fn, repeat=max(2, reps // 3) if dense else reps)
+            upstream = UPSTREAM_MS.get(f"{label} {name.split(',')[0]}")
+            note = f"upstream {upstream:.0f} ms -> {upstream / wall:.1f}x" if upstream and "ours" in name else ""
+            row(f"{label} {name}", wall, f"[{cpu:8.3f} ms cpu]  {note}")
         print(f"  {label} peak RSS growth fwd+bwd: ours {peak_mib('ours', batch, per_image):.1f} MiB, "
               f"dense reference {peak_mib('dense', batch, per_image):.1f} MiB")
 

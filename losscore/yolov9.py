@@ -17,7 +17,7 @@ Speed: upstream concatenates and permutes the whole head output, decodes every a
 scores every (target, anchor) pair. Here the class loss is ``softplus`` over the raw level maps
 (BCE with target 0) plus a correction at the positives' own class entries, and box logits are
 decoded only for anchors that lie inside a box; the outputs agree with upstream (see
-``tests/test_yolov9_dense.py`` for the dense reference it is checked against).
+``tests/test_yolov9.py``, which checks it against the dense reference in ``benchmarks/bench_yolov9.py``).
 """
 from __future__ import annotations
 
