@@ -298,13 +298,13 @@ def build_targets(
         if trace is not None:
             with trace.scope("build_targets"), trace.scope(names[level]):
                 _trace_level_assignment(trace, level, scaled, level_anchors, (grid_h, grid_w), anchor_t, g,
-                                        filter_state, out, gxy_minus_offset)
+                                        filter_state, out, offsets, gxy_minus_offset)
     return out
 
 
 def _trace_level_assignment(trace: Trace, level: int, scaled: Tensor, level_anchors: Tensor,
                             grid: tuple[int, int], anchor_t: float, g: float, state: dict | None,
-                            out: AssignedTargets, gxy_minus_offset: Tensor) -> None:
+                            out: AssignedTargets, offsets: Tensor, gxy_minus_offset: Tensor) -> None:
     grid_h, grid_w = grid
     trace.record(
         "scale", "Targets × gain",
@@ -351,7 +351,8 @@ def _trace_level_assignment(trace: Trace, level: int, scaled: Tensor, level_anch
         "in-image centres), wh in grid units",
         code="ComputeLoss.build_targets: gij = (gxy - offsets).long(); tbox = cat((gxy - gij, gwh))",
         tensors={"target": (out.target[-1], "P"), "image": (index.image, "P"), "anchor": (index.anchor, "P"),
-                 "rule": (out.rule[-1], "P"), "gxy_minus_offset": (gxy_minus_offset, "P 2"),
+                 "rule": (out.rule[-1], "P"), "rule_offset": (offsets, "P 2"),
+                 "gxy_minus_offset": (gxy_minus_offset, "P 2"),
                  "gi": (index.gi, "P"), "gj": (index.gj, "P"), "tbox": (out.tbox[-1], "P 4"),
                  "anch": (out.anch[-1], "P 2"), "tcls": (out.tcls[-1], "P")},
         values={"level": level, "rules": list(RULE_NAMES), "positives": int(index.gi.shape[0])},
