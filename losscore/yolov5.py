@@ -93,7 +93,7 @@ class BCEBlurWithLogitsLoss(nn.Module):
 class FocalFactors(NamedTuple):
     """Per-element factors of a focal loss, each shaped like the prediction."""
 
-    p_t: Tensor  # probability given to the true label (hard labels); QFocal leaves it None
+    p_t: Tensor | None  # probability given to the true label; None for QFocalLoss
     alpha_factor: Tensor  # alpha for positives, 1 - alpha for negatives
     modulating_factor: Tensor  # (1 - p_t)^gamma, or |y - σ(x)|^gamma for QFocal
 
@@ -592,7 +592,8 @@ class ComputeLoss:
                    "lobj": (level_obj, "")}
         if isinstance(bce_obj, FocalLoss):
             factors = bce_obj.factors(obj_logit, tobj)
-            tensors["p_t"] = (factors.p_t, "B A H W")
+            if factors.p_t is not None:  # QFocalLoss has no p_t
+                tensors["p_t"] = (factors.p_t, "B A H W")
             tensors["alpha_factor"] = (factors.alpha_factor, "B A H W")
             tensors["modulating_factor"] = (factors.modulating_factor, "B A H W")
         trace.record(
