@@ -231,6 +231,8 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         "VarifocalLoss is defined in loss_tal.py but ComputeLoss does not call it; label_smoothing is read and unused.",
         "Only anchors whose centre lies inside a box can be positive; a high-overlap anchor can still lose the top-k "
         "when its class score s is low, since t = s^alpha * u^beta.",
+        "The perfect head (progress 1) predicts the class at every anchor inside a box, but only the top-k become "
+        "positives: the other in-box anchors pay class BCE against a target of 0, so cls stays large.",
     ]
     if result is not None and bool((result.rule > 0).any()):
         won = int((result.rule > 0).sum())
