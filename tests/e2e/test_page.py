@@ -264,3 +264,20 @@ def test_zoomed_view_maps_the_pointer_to_the_same_cells(lab):
     wait_settled(lab)
     box = page_state(lab)["boxes"][0]
     assert abs(box["x1"] - 83) <= 0.5 and abs(box["y1"] - 163) <= 0.5
+
+
+def test_stage_with_a_large_tensor_is_filled_from_the_export(lab):
+    open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
+    wait_settled(lab)
+    scene = page_state(lab)
+    result = api_post(lab.base, "/api/v1/explain", scene)  # default stage_data=1024
+    stage, tensor = next((s, t) for s in result["stages"] for t in s["tensors"] if t["data"] is None)
+    lab.get_by_test_id("stage-select").select_option(stage["name"])
+    shown = lab.locator(f"[data-testid=stage-tensor][data-name='{tensor['name']}'] pre")
+    lab.wait_for_function("el => !el.textContent.startsWith('fetching') && el.textContent.length > 0", arg=shown.element_handle())
+    export = api_post(lab.base, "/api/v1/export", scene)
+    full = next(t for s in export["stages"] if s["name"] == stage["name"] for t in s["tensors"] if t["name"] == tensor["name"])
+    first_row = shown.text_content().splitlines()[0].split()
+    assert len(first_row) == (full["shape"][-1] if full["shape"] else 1)
+    assert [float(v) for v in first_row] == pytest.approx([float(v) for v in full["data"][:len(first_row)]], rel=1e-3)
+    assert lab.errors == []
