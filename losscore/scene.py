@@ -12,7 +12,10 @@ targets, ``P`` positives, ``C`` classes, ``R`` DFL bins.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -361,14 +364,89 @@ def boxes_to_targets(scene: Scene, device: torch.device) -> torch.Tensor:
     return rows.to(device)
 
 
+_NOISE_CACHE: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]" = OrderedDict()
+_NOISE_CACHE_SIZE = 12
+_NOISE_LOCK = threading.Lock()
+
+
+def _cached_noise(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
+                  generator: torch.Generator, scale: float, background: torch.Tensor | None):
+    """``(1 - progress) * noise`` and, with a background, its blend with it; cached by generator state.
+
+    On a hit the generator is moved to the state after the draw, as if it had drawn again.
+    """
+    state = generator.get_state()
+    bg_key = None if background is None else (tuple(background.shape), tuple(background.reshape(-1).tolist()))
+    key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), tuple(shape), dtype,
+           str(device), float(scale), float(progress), bg_key)
+    with _NOISE_LOCK:
+        hit = _NOISE_CACHE.get(key)
+        if hit is not None:
+            _NOISE_CACHE.move_to_end(key)
+    if hit is None:
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
+        noise = noise.to(device=device, dtype=dtype)
+        scaled = (1.0 - progress) * noise
+        base = None if background is None else scaled + progress * background.expand(shape)
+        hit = (generator.get_state(), scaled, base)
+        with _NOISE_LOCK:
+            _NOISE_CACHE[key] = hit
+            while len(_NOISE_CACHE) > _NOISE_CACHE_SIZE:
+                _NOISE_CACHE.popitem(last=False)
+    else:
+        generator.set_state(hit[0])
+    return hit[1], hit[2]
+
+
 def blend_logits(
-    perfect: torch.Tensor, progress: float, generator: torch.Generator, scale: float = 2.0
+    perfect: torch.Tensor,
+    progress: float,
+    generator: torch.Generator,
+    scale: float = 2.0,
+    background: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """``(1 - progress) * random + progress * perfect``: an untrained head at 0, a perfect one at 1.
 
     The random part is a standard normal times ``scale``, drawn on the CPU from ``generator`` (so the
     same seed gives the same scene on every device), then moved to ``perfect``'s device.
+
+    Dragging a box re-runs a scene with the same seed, so the draw is cached, keyed by the
+    generator's exact state. ``background``, when given, is the value ``perfect`` holds everywhere
+    except at the few slots a family writes (a scalar or any tensor that broadcasts to ``perfect``):
+    its blend is cached too and only the differing slots are blended per call. The result has the
+    same bits as the plain formula either way.
     """
-    noise = torch.randn(perfect.shape, generator=generator, dtype=torch.float32) * scale
-    noise = noise.to(device=perfect.device, dtype=perfect.dtype)
-    return (1.0 - progress) * noise + progress * perfect
+    if background is not None:
+        background = torch.as_tensor(background, dtype=perfect.dtype, device=perfect.device)
+    scaled, base = _cached_noise(tuple(perfect.shape), perfect.dtype, perfect.device, progress,
+                                 generator, scale, background)
+    if base is None:
+        return scaled + progress * perfect
+    out = base.clone()
+    differs = perfect != background  # the slots the family wrote (NaN counts as written)
+    out[differs] = scaled[differs] + progress * perfect[differs]
+    return out
+
+
+def blend_sparse(
+    shape: tuple[int, ...],
+    background: torch.Tensor | float,
+    index: torch.Tensor,
+    values: torch.Tensor,
+    progress: float,
+    generator: torch.Generator,
+    scale: float = 2.0,
+) -> torch.Tensor:
+    """:func:`blend_logits` of a perfect head given as a background plus a few written elements.
+
+    The perfect head is ``background`` (broadcast to ``shape``) with ``values`` written at the flat
+    row-major positions ``index`` (unique). Same bits as ``blend_logits`` of that dense head, but
+    only one pass over the full tensor (the copy of the cached background blend).
+    """
+    background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
+    scaled, base = _cached_noise(tuple(shape), values.dtype, values.device, progress, generator, scale,
+                                 background)
+    out = base.clone()
+    flat_out, flat_scaled = out.view(-1), scaled.reshape(-1)
+    flat_out[index] = flat_scaled[index] + progress * values
+    return out

@@ -8,14 +8,14 @@ computation.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import NamedTuple
+
 
 import torch
 from torch import Tensor
 
 from .boxes import ciou_alpha_paper
-from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_logits, boxes_to_targets,
+from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_sparse, boxes_to_targets,
                     register_scheme, resolve_device)
 from .trace import Trace
 from .yolov5 import RULE_NAMES, UPSTREAM, ComputeLoss, last_write_mask
@@ -106,22 +106,49 @@ def invert_decode(offset_xy: Tensor, size_wh: Tensor, anchor_wh: Tensor) -> Tens
     return torch.cat((_logit(xy_prob), _logit(wh_prob)), -1)
 
 
-def perfect_logits(shapes: list[tuple[int, ...]], assigned, device: torch.device) -> list[Tensor]:
-    """The perfect head per level (1, A, H, W, 5 + C): exact boxes and high objectness at positives."""
-    heads = []
+def perfect_background(nc: int, device: torch.device) -> Tensor:
+    """(5 + C,) what the perfect head holds away from positives: box logits 0, obj and classes low."""
+    background = torch.zeros(5 + nc, device=device)
+    background[4:] = -CONFIDENT_LOGIT
+    return background
+
+
+class PerfectWrites(NamedTuple):
+    """Where a perfect head differs from :func:`perfect_background`: flat indices and values."""
+
+    index: Tensor  # (K,) row-major positions in the (1, A, H, W, 5 + C) head, unique
+    values: Tensor  # (K,)
+
+
+def perfect_writes(shapes: list[tuple[int, ...]], assigned, device: torch.device) -> list[PerfectWrites]:
+    """Per level, the logits a perfect head writes at positive slots: the exact box, high objectness
+    and a high logit for the target's class (the last row to reach a slot wins, as in ``tobj``)."""
+    writes = []
     for level, shape in enumerate(shapes):
-        head = torch.zeros(shape, device=device)
-        head[..., 4:] = -CONFIDENT_LOGIT
+        _, num_anchors, grid_h, grid_w, channels = shape
         image, anchor, gj, gi = assigned.indices[level]
-        if image.numel():
-            _, num_anchors, grid_h, grid_w, _ = shape
-            slot = ((image * num_anchors + anchor) * grid_h + gj) * grid_w + gi
-            last = last_write_mask(slot)  # the same rows that win the objectness write
-            tbox, anch = assigned.tbox[level][last], assigned.anch[level][last]
-            at = (image[last], anchor[last], gj[last], gi[last])
-            head[at + (slice(0, 4),)] = invert_decode(tbox[:, :2], tbox[:, 2:], anch)
-            head[at + (4,)] = CONFIDENT_LOGIT
-            head[at + (5 + assigned.tcls[level][last],)] = CONFIDENT_LOGIT
+        if not image.numel():
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            writes.append(PerfectWrites(empty, torch.zeros(0, device=device)))
+            continue
+        slot = ((image * num_anchors + anchor) * grid_h + gj) * grid_w + gi  # (n,)
+        last = last_write_mask(slot)  # the same rows that win the objectness write
+        slot, tbox, anch = slot[last], assigned.tbox[level][last], assigned.anch[level][last]
+        box_logits = invert_decode(tbox[:, :2], tbox[:, 2:], anch)  # (P, 4)
+        confident = torch.full_like(box_logits[:, :1], CONFIDENT_LOGIT)
+        values = torch.cat((box_logits, confident, confident), 1)  # (P, 6): x y w h obj class
+        channel = torch.arange(5, device=device).expand(len(slot), 5)
+        channel = torch.cat((channel, 5 + assigned.tcls[level][last, None]), 1)  # (P, 6)
+        writes.append(PerfectWrites((slot[:, None] * channels + channel).reshape(-1), values.reshape(-1)))
+    return writes
+
+
+def perfect_logits(shapes: list[tuple[int, ...]], assigned, device: torch.device) -> list[Tensor]:
+    """The perfect head per level (1, A, H, W, 5 + C), dense: the background plus the writes."""
+    heads = []
+    for shape, (index, values) in zip(shapes, perfect_writes(shapes, assigned, device)):
+        head = perfect_background(shape[-1] - 5, device).expand(shape).clone()
+        head.view(-1)[index] = values
         heads.append(head)
     return heads
 
@@ -172,9 +199,10 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     notes: list[str] = []
     with torch.no_grad():
         assigned = compute.build_targets(shapes, targets)
-        perfect = perfect_logits(shapes, assigned, device)
         generator = torch.Generator().manual_seed(scene.seed)
-        preds = [blend_logits(head, scene.progress, generator) for head in perfect]
+        background = perfect_background(scene.nc, device)
+        preds = [blend_sparse(shape, background, index, values, scene.progress, generator)
+                 for shape, (index, values) in zip(shapes, perfect_writes(shapes, assigned, device))]
         _apply_pins(scene, preds, compute.anchors, grids, notes)
         loss, items = compute(preds, targets, trace=recorder)
     levels = [LevelInfo(name, stride, grid, torch.tensor(anchors, device=device))

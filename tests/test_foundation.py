@@ -85,3 +85,29 @@ def test_compare_reports_shape_value_and_int_mismatches():
     ienc = encode_tensor(torch.tensor([1, 2]))
     assert compare(torch.tensor([1, 3]), ienc, dict(rtol=0, atol=0)) != []
     assert compare(torch.tensor([1.0, 2.0]), ienc, dict(rtol=0, atol=0)) != []
+
+
+def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
+    from losscore.scene import blend_logits, blend_sparse
+
+    shape = (1, 3, 4, 5, 7)
+    perfect = torch.full(shape, -6.0)
+    perfect[..., :4] = 0.0
+    perfect[0, 1, 2, 3] = torch.arange(7.0)  # one written slot
+    background = torch.tensor([0.0] * 4 + [-6.0] * 3)
+    index = perfect.view(-1).ne(background.expand(shape).reshape(-1)).nonzero().flatten()
+    for progress in (0.0, 0.3, 1.0):
+        plain = torch.Generator().manual_seed(7)
+        want = [(1 - progress) * (torch.randn(shape, generator=plain) * 2.0) + progress * perfect
+                for _ in range(2)]
+        for _ in range(2):  # the second pass is served from the cache
+            dense_gen, sparse_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+            dense = [blend_logits(perfect, progress, dense_gen, background=background) for _ in range(2)]
+            sparse = [blend_sparse(shape, background, index, perfect.view(-1)[index], progress, sparse_gen)
+                      for _ in range(2)]
+            assert all(torch.equal(w, d) and torch.equal(w, s) for w, d, s in zip(want, dense, sparse))
+            assert torch.equal(dense_gen.get_state(), plain.get_state())
+            assert torch.equal(sparse_gen.get_state(), plain.get_state())
+        dense[0].add_(1.0)  # callers may write into the result; the cache must not see it
+        again = blend_logits(perfect, progress, torch.Generator().manual_seed(7), background=background)
+        assert torch.equal(again, want[0])
