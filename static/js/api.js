@@ -65,7 +65,13 @@ export async function exportTrace(scene) {
 
 /** base64 little-endian float32 -> Float32Array. */
 export function decodeFloat32(b64) {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  let bytes;
+  if (typeof Uint8Array.fromBase64 === 'function') bytes = Uint8Array.fromBase64(b64);
+  else {
+    const text = atob(b64);
+    bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  }
   return new Float32Array(bytes.buffer, 0, bytes.byteLength >> 2);
 }
 

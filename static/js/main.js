@@ -78,7 +78,8 @@ function update({ dragging = false, pointerTime = null } = {}) {
   writeHash(!dragging);
   sceneView.setImage(app.state.width, app.state.height);
   if (!dragging) applyZoom();
-  sceneView.renderBoxes(app.state.boxes, app.selected);
+  // while dragging, the scene view has already redrawn the dragged box itself
+  if (!dragging) sceneView.renderBoxes(app.state.boxes, app.selected);
   const scene = toScene(app.state);
   const maps = neededMaps(dragging, app.state.heat);
   const seq = mainRequests.submit({ scene, maps, stageData: dragging ? 0 : STAGE_DATA_LIMIT }, { pointerTime, dragging });
@@ -97,7 +98,7 @@ function onResult(result, job) {
   $('scheme-error').textContent = '';
   setStatus('');
   const t0 = performance.now();
-  renderFast(job.seq);
+  renderFast(job.seq, { dragging: job.meta.dragging });
   probe.renderMs.push(performance.now() - t0);
   if (job.meta.dragging) {
     probe.roundTripMs.push(job.receivedAt - job.sentAt);
@@ -143,7 +144,7 @@ function levelIndex(result = app.result) {
   return Math.max(0, Math.min(app.state.level, (result?.levels.length || 1) - 1));
 }
 
-function renderFast(seq) {
+function renderFast(seq, { dragging = false } = {}) {
   const r = app.result;
   if (!r) return;
   syncViewSelects(r);
@@ -152,6 +153,7 @@ function renderFast(seq) {
   $('loss-total').textContent = fmt(r.losses.total);
   $('compute-ms').textContent = `${r.family} · ${r.device} · ${fmt(r.compute_ms)} ms`;
   renderCounts($('counts'), r);
+  if (dragging) return; // legend and inspector follow when the pointer rests
   renderHeatLegend();
   renderCell();
 }

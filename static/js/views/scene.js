@@ -14,6 +14,13 @@ function svgEl(tag, attrs = {}, parent = null) {
   return el;
 }
 
+// 256-entry RGB lookup of viridis, built once (the heat layer indexes it per cell)
+const VIRIDIS_LUT = (() => {
+  const lut = new Uint8ClampedArray(256 * 3);
+  for (let i = 0; i < 256; i++) lut.set(viridis(i / 255), i * 3);
+  return lut;
+})();
+
 export function viridis(t) {
   const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
   const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
@@ -92,13 +99,15 @@ export class SceneView {
   pxPerScreen() { return this.width / this.view.zoom / Math.max(1, (this.drag?.rect ?? this.svg.getBoundingClientRect()).width); }
 
   // ---- boxes ---------------------------------------------------------------------------------
-  renderBoxes(boxes, selected) {
+  /** Draw the boxes; `only` (an index) redraws just that box, e.g. the one being dragged. */
+  renderBoxes(boxes, selected, only = -1) {
     this.boxes = boxes.map((b) => ({ ...b }));
     this.selected = selected;
     while (this.boxEls.length < boxes.length) this.boxEls.push(this.makeBoxEl(this.boxEls.length));
     while (this.boxEls.length > boxes.length) this.boxEls.pop().g.remove();
     const h = HANDLE_PX * this.pxPerScreen();
     boxes.forEach((b, i) => {
+      if (only >= 0 && i !== only) return;
       const el = this.boxEls[i];
       const colour = boxColour(i);
       el.rect.setAttribute('x', b.x1); el.rect.setAttribute('y', b.y1);
@@ -170,7 +179,7 @@ export class SceneView {
       this.boxes[d.index] = b;
       d.moved = true;
       const valid = b.x2 - b.x1 >= MIN_BOX_PX && b.y2 - b.y1 >= MIN_BOX_PX;
-      this.renderBoxes(this.boxes, d.index);
+      this.renderBoxes(this.boxes, d.index, d.index);
       if (valid) this.options.onBoxes?.(this.boxes.filter((x) => x.x2 - x.x1 >= MIN_BOX_PX && x.y2 - x.y1 >= MIN_BOX_PX || x === b),
         { dragging: true, pointerTime: e.timeStamp });
     });
@@ -316,11 +325,13 @@ export class SceneView {
     this.heat.width = W; this.heat.height = H;
     const ctx = this.heat.getContext('2d');
     const img = ctx.createImageData(W, H);
+    const px = img.data;
     for (let k = 0; k < H * W; k++) {
-      const level = (values[k] - lo) / span;
-      const [r, g, b] = viridis(level);
-      // low values fade out so the boxes and cells under them stay readable
-      img.data.set([r, g, b, Number.isFinite(values[k]) ? Math.round(40 + 215 * level) : 0], k * 4);
+      const v = values[k];
+      if (!Number.isFinite(v)) continue; // transparent
+      const index = Math.max(0, Math.min(255, Math.round(((v - lo) / span) * 255)));
+      px[k * 4] = VIRIDIS_LUT[index * 3]; px[k * 4 + 1] = VIRIDIS_LUT[index * 3 + 1]; px[k * 4 + 2] = VIRIDIS_LUT[index * 3 + 2];
+      px[k * 4 + 3] = 40 + (215 * index) / 255; // low values fade out so what lies under them stays readable
     }
     ctx.putImageData(img, 0, 0);
     this.heat.hidden = false;
