@@ -377,7 +377,7 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
         perfect = torch.full((H * W, nc), -_FOCAL_LOGIT, device=device)
         rows = (labels < nc).nonzero().flatten()
         perfect[rows, labels[rows]] = _FOCAL_LOGIT
-        logits_parts.append(blend_logits(perfect, scene.progress, generator, background=-_FOCAL_LOGIT))
+        logits_parts.append(blend_logits(perfect, scene.progress, generator))
         labels_parts.append(labels)
         gt_parts.append(gt)
         cells.append((gi.flatten(), gj.flatten(), H, W))

@@ -234,8 +234,15 @@ def register_scheme(spec: SchemeSpec) -> SchemeSpec:
     return spec
 
 
+_BUILTINS_LOADED = False
+
+
 def _load_builtin_schemes() -> None:
-    # Each family module registers its scheme on import.
+    """Import every family module once; each registers its scheme on import."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
     import importlib
 
     for module in ("yolov5", "yolov3", "yolov9", "mmdet"):
@@ -247,16 +254,14 @@ def _load_builtin_schemes() -> None:
 
 
 def get_scheme(name: str) -> SchemeSpec:
-    if not SCHEMES:
-        _load_builtin_schemes()
+    _load_builtin_schemes()
     if name not in SCHEMES:
         raise ValueError(f"scheme: unknown scheme {name!r}; known: {sorted(SCHEMES)}")
     return SCHEMES[name]
 
 
 def all_schemes() -> dict[str, SchemeSpec]:
-    if not SCHEMES:
-        _load_builtin_schemes()
+    _load_builtin_schemes()
     return dict(SCHEMES)
 
 
@@ -403,29 +408,18 @@ def blend_logits(
     progress: float,
     generator: torch.Generator,
     scale: float = 2.0,
-    background: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """``(1 - progress) * random + progress * perfect``: an untrained head at 0, a perfect one at 1.
 
     The random part is a standard normal times ``scale``, drawn on the CPU from ``generator`` (so the
-    same seed gives the same scene on every device), then moved to ``perfect``'s device.
-
-    Dragging a box re-runs a scene with the same seed, so the draw is cached, keyed by the
-    generator's exact state. ``background``, when given, is the value ``perfect`` holds everywhere
-    except at the few slots a family writes (a scalar or any tensor that broadcasts to ``perfect``):
-    its blend is cached too and only the differing slots are blended per call. The result has the
-    same bits as the plain formula either way.
+    same seed gives the same scene on every device), then moved to ``perfect``'s device. Dragging a
+    box re-runs a scene with the same seed, so the scaled draw is cached, keyed by the generator's
+    exact state; the result has the same bits as the plain formula. When the perfect head is a
+    constant background with a few written slots, :func:`blend_sparse` is faster.
     """
-    if background is not None:
-        background = torch.as_tensor(background, dtype=perfect.dtype, device=perfect.device)
-    scaled, base = _cached_noise(tuple(perfect.shape), perfect.dtype, perfect.device, progress,
-                                 generator, scale, background)
-    if base is None:
-        return scaled + progress * perfect
-    out = base.clone()
-    differs = perfect != background  # the slots the family wrote (NaN counts as written)
-    out[differs] = scaled[differs] + progress * perfect[differs]
-    return out
+    scaled, _ = _cached_noise(tuple(perfect.shape), perfect.dtype, perfect.device, progress,
+                              generator, scale, None)
+    return scaled + progress * perfect
 
 
 def blend_sparse(

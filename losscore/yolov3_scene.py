@@ -191,8 +191,7 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
         levels.append(LevelInfo(name, stride, (H, W), anchors_px))
         positive_rows = None if owner_level is None else owner_level == level
         perfect = _level_logits(targets, anchors, H, W, nc, positive_rows, device)
-        background = torch.cat((torch.zeros(4, device=device), torch.full((1 + nc,), -PERFECT_LOGIT, device=device)))
-        logits = blend_logits(perfect, scene.progress, generator, background=background)
+        logits = blend_logits(perfect, scene.progress, generator)
         _apply_pins(logits, scene, level, stride, anchors_px, notes)
         if trace is not None:
             with trace.scope(name):

@@ -147,10 +147,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     notes: list[str] = []
     targets = boxes_to_targets(scene, device)  # (N, 6)
     generator = torch.Generator().manual_seed(scene.seed)
-    background = torch.zeros((1, 4 * REG_MAX + nc, 1, 1), device=device)  # away from boxes: DFL 0, classes off
-    background[:, 4 * REG_MAX:] = CLASS_OFF
-    preds = [blend_logits(head, scene.progress, generator, background=background)
-             for head in perfect_head(scene, nc, device)]
+    preds = [blend_logits(head, scene.progress, generator) for head in perfect_head(scene, nc, device)]
     for pin in scene.pins:
         _apply_pin(preds, pin, notes)
     levels = [LevelInfo(f"P{i + 3}", s, (scene.height // s, scene.width // s), None) for i, s in enumerate(STRIDES)]

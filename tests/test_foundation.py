@@ -102,12 +102,22 @@ def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
                 for _ in range(2)]
         for _ in range(2):  # the second pass is served from the cache
             dense_gen, sparse_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-            dense = [blend_logits(perfect, progress, dense_gen, background=background) for _ in range(2)]
+            dense = [blend_logits(perfect, progress, dense_gen) for _ in range(2)]
             sparse = [blend_sparse(shape, background, index, perfect.view(-1)[index], progress, sparse_gen)
                       for _ in range(2)]
             assert all(torch.equal(w, d) and torch.equal(w, s) for w, d, s in zip(want, dense, sparse))
             assert torch.equal(dense_gen.get_state(), plain.get_state())
             assert torch.equal(sparse_gen.get_state(), plain.get_state())
         dense[0].add_(1.0)  # callers may write into the result; the cache must not see it
-        again = blend_logits(perfect, progress, torch.Generator().manual_seed(7), background=background)
+        again = blend_logits(perfect, progress, torch.Generator().manual_seed(7))
         assert torch.equal(again, want[0])
+
+
+def test_every_builtin_scheme_is_registered_whichever_family_was_imported_first():
+    import subprocess
+    import sys
+
+    code = ("import losscore.yolov3, losscore.scene as s; "
+            "print(sorted(s.all_schemes())); print(s.get_scheme('yolov5').name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["['focal', 'yolov3', 'yolov5', 'yolov9']", "yolov5"]
