@@ -6,7 +6,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from conftest import api_get, api_post, open_page, wait_rendered
+from e2e_helpers import api_get, api_post, open_page, wait_rendered
 
 pytestmark = pytest.mark.e2e
 
