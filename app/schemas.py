@@ -210,6 +210,14 @@ class ExportOut(_Open):
     stages: list[StageOut]
 
 
+class FocalCurveOut(_Open):
+    gamma: float
+    alpha: float
+    p_t: list[float]
+    loss: list[float]
+    ce: list[float]
+
+
 class HealthOut(_Open):
     status: Literal["ok", "degraded"]
     schemes: list[str]

@@ -23,23 +23,26 @@ def dumps(content: Any) -> bytes:
     return orjson.dumps(content, option=ORJSON_OPTIONS)
 
 
-def run(scene: Scene) -> export.Run:
+def run(scene: Scene, record: bool = True) -> export.Run:
     """Validate and compute a scene; a ``ValueError`` from losscore becomes a :class:`SceneError`."""
     try:
         scene = validate_scene(scene)
         check_pins(scene)
-        return export.run_scene(scene)
+        return export.run_scene(scene, record=record)
     except ValueError as exc:
         message = str(exc)
         raise SceneError(message, scene_error_loc(message)) from exc
 
 
-def explain_document(scene: Scene, maps: Iterable[str] | None, stage_data: int | None) -> dict[str, Any]:
-    return export.result_to_dict(run(scene), maps=maps, stage_data=stage_data)
+def explain_document(scene: Scene, maps: Iterable[str] | None, stage_data: int | None,
+                     stages: bool = True, columns: Iterable[str] | None = None) -> dict[str, Any]:
+    return export.result_to_dict(run(scene, record=stages), maps=maps, stage_data=stage_data,
+                                 stages=stages, columns=columns)
 
 
-def explain_bytes(scene: Scene, maps: Iterable[str] | None, stage_data: int | None) -> bytes:
-    return dumps(explain_document(scene, maps, stage_data))
+def explain_bytes(scene: Scene, maps: Iterable[str] | None, stage_data: int | None,
+                  stages: bool = True, columns: Iterable[str] | None = None) -> bytes:
+    return dumps(explain_document(scene, maps, stage_data, stages, columns))
 
 
 def export_document(scene: Scene) -> dict[str, Any]:

@@ -49,7 +49,7 @@ __all__ = [
 
 FORMAT = "losslab-trace"
 VERSION = 1
-DEFAULT_STAGE_DATA = 1024  # explain: a stage tensor carries its data when it has at most this many elements
+DEFAULT_STAGE_DATA = 64  # explain: a stage tensor carries its data when it has at most this many elements
 
 # Replay tolerance for floats (the reference vectors' elementwise tolerance); ints and bools are exact.
 FLOAT_RTOL = 1e-5
@@ -241,14 +241,18 @@ class Run:
     trace: Trace = field(default_factory=Trace)
 
 
-def run_scene(scene: Scene, device: str | None = None) -> Run:
-    """Validate ``scene`` (optionally forcing ``device``), run its scheme with a trace, time it."""
+def run_scene(scene: Scene, device: str | None = None, record: bool = True) -> Run:
+    """Validate ``scene`` (optionally forcing ``device``), run its scheme, time it.
+
+    ``record=False`` passes no trace recorder (the run's ``trace`` is then empty unless the scheme
+    keeps one of its own); the outputs are the same bits either way.
+    """
     if device is not None:
         scene = dataclasses.replace(scene, device=device)
     scene = validate_scene(scene)
     trace = Trace()
     start = time.perf_counter()
-    result = get_scheme(scene.scheme).explain(scene, trace)
+    result = get_scheme(scene.scheme).explain(scene, trace if record else None)
     if result.device.startswith("cuda"):
         torch.cuda.synchronize()
     compute_ms = (time.perf_counter() - start) * 1e3
@@ -256,9 +260,12 @@ def run_scene(scene: Scene, device: str | None = None) -> Run:
 
 
 # -- the explain document -------------------------------------------------------------------
-def _positive_rows(result: SceneResult) -> list[dict[str, Any]]:
+def _positive_rows(result: SceneResult, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
     columns: dict[str, Any] = {}
+    wanted = None if only is None else set(only)
     for name, tensor in result.positives.items():
+        if wanted is not None and name not in wanted:
+            continue
         values = compact(tensor)  # flat
         if tensor.dim() > 1:  # (P, k) -> one list of k per row
             width = int(tensor[0].numel()) if len(tensor) else 0
@@ -278,9 +285,13 @@ def result_to_dict(
     *,
     maps: Iterable[str] | None = None,
     stage_data: int | None = DEFAULT_STAGE_DATA,
+    stages: bool = True,
+    columns: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """The ``POST /api/v1/explain`` response for a run.
 
+    ``stages=False`` leaves the stage list empty; ``columns`` keeps only those positives columns
+    (``None``: all of them).
     ``maps``: names of the maps to include (``None``: all of them). ``stage_data``: a stage tensor
     carries its flat ``data`` only when it has at most this many elements (``None``: always).
     """
@@ -305,8 +316,8 @@ def result_to_dict(
             for level in result.levels
         ],
         "rule_names": list(result.rule_names),
-        "positives": _positive_rows(result),
-        "columns": dict(result.column_docs),
+        "positives": _positive_rows(result, columns),
+        "columns": {k: v for k, v in result.column_docs.items() if columns is None or k in set(columns)},
         "maps": {
             name: {"doc": map_docs.get(name, ""), "levels": [encode_map(t) for t in result.maps[name]]}
             for name in wanted
@@ -314,7 +325,7 @@ def result_to_dict(
         "map_names": {name: map_docs.get(name, "") for name in result.maps},
         "losses": {name: _plain_float(float(value)) for name, value in result.losses.items()},
         "notes": [str(n) for n in result.notes],
-        "stages": [_stage_to_dict(stage, stage_data) for stage in run.trace],
+        "stages": [_stage_to_dict(stage, stage_data) for stage in run.trace] if stages else [],
     }
 
 

@@ -32,6 +32,7 @@ from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_
 from .trace import Trace
 
 __all__ = [
+    "focal_curve",
     "FocalTerms",
     "focal_terms",
     "reduce_loss",
@@ -219,6 +220,23 @@ def py_focal_loss_with_prob(pred: Tensor, target: Tensor, weight: Tensor | None 
     labels ``(N,)`` in ``[0, C]`` with ``C`` = background. Other arguments as
     :func:`py_sigmoid_focal_loss`."""
     return _focal(pred, target, weight, gamma, alpha, reduction, avg_factor, True, trace)
+
+
+def focal_curve(gamma: float = 2.0, alpha: float = 0.25, points: int = 101,
+                device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """RetinaNet's Figure 1 for one positive: loss against its probability ``p_t``.
+
+    Returns ``p_t`` (Tensor[points]) evenly spaced in the open interval (0, 1), ``loss`` from
+    :func:`py_focal_loss_with_prob` (``-alpha (1 - p_t)^gamma ln p_t`` for a positive) and ``ce``, the
+    plain cross-entropy ``-ln p_t`` (the gamma = 0 curve without alpha).
+    """
+    if points < 2:
+        raise ValueError(f"points: expected at least 2, got {points}")
+    p_t = torch.linspace(0.0, 1.0, points + 2, device=device)[1:-1]  # (points,)
+    positive = torch.ones_like(p_t)[:, None]  # (points, 1): one class, always the target
+    loss = py_focal_loss_with_prob(p_t[:, None], positive, gamma=gamma, alpha=alpha, reduction="none")[:, 0]
+    ce = F.binary_cross_entropy(p_t, positive[:, 0], reduction="none")
+    return {"p_t": p_t, "loss": loss, "ce": ce}
 
 
 class FocalLoss(nn.Module):

@@ -240,3 +240,36 @@ def test_page_placeholder_until_the_template_exists(tmp_path):
         page = c.get("/")
         assert page.status_code == 200 and "coming" in page.text and "<script" not in page.text
         assert c.get("/static/nothing.js").status_code == 404
+
+
+def test_focal_curve_reproduces_retinanet_figure_1(client):
+    # -(1 - p_t)^gamma ln p_t at p_t = 0.1 / 0.5 / 0.9 (LEARNERS.md); alpha = 1 leaves alpha out.
+    published = {0.0: (2.302585, 0.693147, 0.105361), 2.0: (1.865094, 0.173287, 0.001054)}
+    for gamma, values in published.items():
+        r = client.get("/api/v1/focal_curve", params={"gamma": gamma, "alpha": 1.0, "points": 9})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["p_t"] == pytest.approx([0.1 * i for i in range(1, 10)], abs=1e-6)
+        got = [body["loss"][0], body["loss"][4], body["loss"][8]]
+        assert got == pytest.approx(values, abs=2e-6)
+        assert body["ce"][8] == pytest.approx(0.105361, abs=1e-6)
+    # CE / FL = 100 at p_t = 0.9 with gamma 2 (alpha out)
+    r = client.get("/api/v1/focal_curve", params={"gamma": 2.0, "alpha": 1.0, "points": 9}).json()
+    assert r["ce"][8] / r["loss"][8] == pytest.approx(100.0, rel=1e-4)
+    # alpha scales the positive's loss
+    a = client.get("/api/v1/focal_curve", params={"gamma": 2.0, "alpha": 0.25, "points": 9}).json()
+    assert a["loss"][4] == pytest.approx(0.25 * 0.173287, abs=1e-6)
+    assert client.get("/api/v1/focal_curve", params={"gamma": -1}).status_code == 422
+    assert client.get("/api/v1/focal_curve", params={"points": 1}).status_code == 422
+
+
+def test_explain_without_stages_and_with_chosen_columns_keeps_the_numbers(client):
+    body = real_body("yolov5")
+    full = client.post("/api/v1/explain", json=body).json()
+    light = client.post("/api/v1/explain", params={"stages": "false", "columns": "gt,level,anchor,gi,gj,rule"},
+                        json=body).json()
+    assert full["stages"] and light["stages"] == []
+    assert light["losses"] == full["losses"]
+    assert light["positives"] == [{k: row[k] for k in ("gt", "level", "anchor", "gi", "gj", "rule")}
+                                  for row in full["positives"]]
+    assert set(light["columns"]) <= {"gt", "level", "anchor", "gi", "gj", "rule"}

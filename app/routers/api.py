@@ -7,12 +7,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 import anyio.to_thread
 
+from losscore import export as trace_export, mmdet
 from losscore.scene import BOX_MARGIN_FRAC, MAX_BOXES, MAX_IMAGE_SIDE, MAX_NC, SchemeSpec, all_schemes, get_scheme
 
 from .. import serialize
 from ..dependencies import LimiterDep
 from ..errors import SceneError, scene_error_loc
-from ..schemas import ErrorOut, ExplainOut, ExportOut, SceneIn, SchemesOut, ValidationErrorOut
+from ..schemas import ErrorOut, ExplainOut, ExportOut, FocalCurveOut, SceneIn, SchemesOut, ValidationErrorOut
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
@@ -64,14 +65,30 @@ async def explain(
     maps: Annotated[str | None, Query(max_length=1000, pattern=r"^[A-Za-z0-9_.,\s-]*$",
                                       description="comma-separated map names, or 'all'")] = None,
     stage_data: Annotated[int, Query(ge=0, le=10_000_000,
-                                     description="include a stage tensor's data when it has at most this many elements")] = 1024,
+                                     description="include a stage tensor's data when it has at most this many elements")] = 64,
+    stages: Annotated[bool, Query(description="record and return the trace's stages (false while dragging)")] = True,
+    columns: Annotated[str | None, Query(max_length=2000, pattern=r"^[A-Za-z0-9_.,\s-]*$",
+                                         description="comma-separated positives columns to return (default: all)")] = None,
 ) -> Response:
     spec = _spec(body.scheme)
     wanted = parse_maps(spec, maps)
+    wanted_columns = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
     scene = body.to_scene()
     # torch work and encoding run in a worker thread, at most LOSSLAB_COMPUTE_SLOTS at once
-    payload = await anyio.to_thread.run_sync(serialize.explain_bytes, scene, wanted, stage_data, limiter=limiter)
+    payload = await anyio.to_thread.run_sync(serialize.explain_bytes, scene, wanted, stage_data, stages,
+                                             wanted_columns, limiter=limiter)
     return Response(payload, media_type="application/json")
+
+
+@router.get("/focal_curve", response_model=FocalCurveOut, summary="Focal loss of one positive against p_t (RetinaNet Fig. 1)")
+async def focal_curve(
+    gamma: Annotated[float, Query(ge=0.0, le=10.0, description="focusing parameter")] = 2.0,
+    alpha: Annotated[float, Query(ge=0.0, le=1.0, description="weight of the positive class")] = 0.25,
+    points: Annotated[int, Query(ge=2, le=2001, description="how many p_t values in (0, 1)")] = 101,
+) -> Response:
+    curve = mmdet.focal_curve(gamma=gamma, alpha=alpha, points=points)
+    content = {"gamma": gamma, "alpha": alpha, **{name: trace_export.compact(values) for name, values in curve.items()}}
+    return Response(serialize.dumps(content), media_type="application/json")
 
 
 @router.post("/export", response_model=ExportOut, responses=ERRORS,
