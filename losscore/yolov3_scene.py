@@ -209,8 +209,15 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
         if owner_level is None and N and bool(torch.isnan(result.total)):
             notes.append(f"{name}: a loss term is nan (an empty mean), as upstream.")
         elif owner_level is not None and N and not bool(positive_rows.any()):
-            notes.append(f"{name}: no target's best anchor is on this level, so the port's means over "
-                         f"no positives are nan here (darknet sums and would add 0).")
+            # Darknet sums its deltas, so a level that owns no target adds nothing to the
+            # positive terms; the port's means over an empty selection would be nan.
+            for term in _TERMS:
+                losses[f"{term}.{name}"] = torch.nan_to_num(losses[f"{term}.{name}"], nan=0.0)
+            conf = obj_scale * losses[f"conf_obj.{name}"] + noobj_scale * losses[f"conf_noobj.{name}"]
+            losses[f"conf.{name}"] = conf
+            losses[f"total.{name}"] = sum(losses[f"{term}.{name}"] for term in ("x", "y", "w", "h", "cls")) + conf
+            notes.append(f"{name}: no target's best anchor is on this level; darknet sums its deltas, so the "
+                         f"positive terms add 0 here (the port's means over no positives would be nan).")
 
         # -- per-positive rows (one per target row positive here) --------------------------------
         rows = torch.arange(N, device=device) if positive_rows is None else positive_rows.nonzero().flatten()

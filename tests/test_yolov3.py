@@ -304,3 +304,22 @@ def test_masks_and_tcls_do_not_depend_on_target_order(seed, n):
     assert torch.equal(a.obj_mask, b.obj_mask) and torch.equal(a.noobj_mask, b.noobj_mask)
     assert torch.equal(a.tcls, b.tcls)
     assert not bool((a.obj_mask & a.noobj_mask).any())  # a positive is never a negative
+
+
+def test_darknet_assignment_levels_without_targets_add_only_the_no_object_term():
+    from losscore.scene import Box, Scene, explain
+
+    # One 100x80 box: its best of all 9 anchors is a single (level, anchor); the other two levels
+    # own no target, and darknet's summed deltas add 0 there for every positive term.
+    scene = Scene("yolov3", 416, 416, 3, (Box(1, 150, 160, 250, 240),), params={"assign": "darknet"})
+    result = explain(scene)
+    owning = {int(level) for level in result.positives["level"].tolist()}
+    assert len(owning) == 1 and len(result.positives["gt"]) == 1
+    for index, name in enumerate(("P3", "P4", "P5")):
+        total = result.losses[f"total.{name}"]
+        assert torch.isfinite(total)
+        if index not in owning:
+            noobj = result.losses[f"conf_noobj.{name}"] * float(scene.param("noobj_scale"))
+            assert torch.allclose(total, noobj)
+            assert all(float(result.losses[f"{t}.{name}"]) == 0.0 for t in ("x", "y", "w", "h", "cls", "conf_obj"))
+    assert torch.isfinite(result.losses["total"])
