@@ -146,7 +146,7 @@ export class SceneView {
       const rect = svg.getBoundingClientRect();
       const p = this.toImage(e);
       const g = e.target.closest?.('g.gtbox');
-      svg.setPointerCapture(e.pointerId);
+      try { svg.setPointerCapture(e.pointerId); } catch { /* a synthetic pointer cannot be captured */ }
       if (g) {
         const index = Number(g.dataset.index);
         const part = e.target.dataset.part || 'body';
