@@ -281,3 +281,22 @@ def test_stage_with_a_large_tensor_is_filled_from_the_export(lab):
     assert len(first_row) == (full["shape"][-1] if full["shape"] else 1)
     assert [float(v) for v in first_row] == pytest.approx([float(v) for v in full["data"][:len(first_row)]], rel=1e-3)
     assert lab.errors == []
+
+
+def test_ratio_exactly_anchor_t_is_rejected_and_shown_so(lab):
+    open_page(lab, "scheme=yolov5")
+    lab.get_by_test_id("preset-select").select_option("ratio")
+    wait_settled(lab)
+    # the preset: P3 anchor 0 is 10x13 px, the box 40x13 px centred at (164, 164):
+    # r_max = max(40/10, 13/13) = 4.0, and 4.0 < anchor_t = 4 is false -> no P3 anchor-0 positive
+    box = page_state(lab)["boxes"][0]
+    assert (box["x2"] - box["x1"], box["y2"] - box["y1"]) == (40, 13)
+    assert lab.locator("[data-testid=counts-table] td[data-level='0'][data-anchor='0']").inner_text() == "0"
+    lab.mouse.move(*to_screen(lab, 164.5, 164.5))
+    assert "r_max = 4 ≥ anchor_t = 4 ✗ rejected" in lab.locator("[data-anchor-filter='0,0']").inner_text()
+    lab.get_by_test_id("slider-anchor_t").fill("4.05")
+    wait_settled(lab)
+    result = api_post(lab.base, "/api/v1/explain", page_state(lab))
+    p3_a0 = sum(1 for p in result["positives"] if (p["level"], p["anchor"]) == (0, 0))
+    assert p3_a0 > 0
+    assert lab.locator("[data-testid=counts-table] td[data-level='0'][data-anchor='0']").inner_text() == str(p3_a0)

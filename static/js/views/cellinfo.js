@@ -100,6 +100,7 @@ export function renderCellInfo(root, ctx) {
       if (doc) el('span', { cls: 'coldoc', text: `  — ${doc}` }, line);
     }
   }
+  renderAnchorFilter(root, result, level, full);
   renderNeighbourReasons(root, result, level, rows);
   const names = Object.keys(result.maps || {});
   if (names.length) {
@@ -149,4 +150,32 @@ function renderNeighbourReasons(root, result, level, rows) {
     line.dataset.neighbours = `${r.gt},${r.anchor}`;
   }
   el('div', { cls: 'coldoc', text: '(right and down test the mirrored coordinate: grid size − x)' }, root);
+}
+
+/**
+ * For each box whose centre lies in this cell: every anchor of the level with its r_max and the
+ * code's keep decision (the "<level>.anchor_filter" stage), including the anchors it rejected.
+ */
+function renderAnchorFilter(root, result, level, ctx) {
+  const stage = result.stages?.find((st) => st.name.endsWith(`${level.name}.anchor_filter`));
+  if (!stage || !level.anchors) return;
+  const rMax = stage.tensors.find((x) => x.name === 'r_max');
+  const keep = stage.tensors.find((x) => x.name === 'keep');
+  if (!rMax?.data || !keep?.data) return;
+  const [A, N] = rMax.shape;
+  const limit = stage.values?.anchor_t ?? ctx.params.anchor_t;
+  const s = level.stride;
+  ctx.boxes.forEach((box, gt) => {
+    if (gt >= N) return;
+    const cx = (box.x1 + box.x2) / 2, cy = (box.y1 + box.y2) / 2;
+    if (Math.floor(cx / s) !== ctx.gi || Math.floor(cy / s) !== ctx.gj) return;
+    el('h4', { text: `Anchor-ratio filter for gt #${gt} (centre in this cell)` }, root);
+    for (let a = 0; a < A; a++) {
+      const r = rMax.data[a * N + gt];
+      const kept = Boolean(keep.data[a * N + gt]);
+      const [aw, ah] = level.anchors[a];
+      const line = el('div', { cls: `formula ${kept ? 'ok' : 'no'}`, text: `anchor ${a} (${fmt(aw)}×${fmt(ah)} px): r_max = ${fmt(r)} ${kept ? '<' : '≥'} anchor_t = ${fmt(limit)} ${kept ? '✓ kept' : '✗ rejected (strict <)'}` }, root);
+      line.dataset.anchorFilter = `${gt},${a}`;
+    }
+  });
 }
