@@ -200,9 +200,9 @@ function renderLegend() {
   root.replaceChildren();
   const r = app.result;
   if (!r) return;
-  root.append('rules: ');
+  root.append(`${t('legend.rules')}: `);
   r.rule_names.forEach((name, i) => el('span', { text: `${ruleMark(name, i)} ${name}` }, root));
-  el('span', { text: '· line: cell corner → box centre (the offset) · dashed: anchors to scale around the selected box' }, root);
+  el('span', { text: `· ${t('legend.lines')}` }, root);
 }
 
 function renderCompare() {

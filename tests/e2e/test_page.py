@@ -300,3 +300,15 @@ def test_ratio_exactly_anchor_t_is_rejected_and_shown_so(lab):
     p3_a0 = sum(1 for p in result["positives"] if (p["level"], p["anchor"]) == (0, 0))
     assert p3_a0 > 0
     assert lab.locator("[data-testid=counts-table] td[data-level='0'][data-anchor='0']").inner_text() == str(p3_a0)
+
+
+def test_language_toggle_translates_and_is_kept_in_the_link(lab):
+    open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
+    assert lab.locator("#cell-h").inner_text() == "Cell inspector"
+    lab.get_by_test_id("lang-toggle").click()
+    assert lab.locator("#cell-h").inner_text() == "网格检查器"
+    assert "lang=zh" in lab.evaluate("location.hash")
+    lab.reload()
+    lab.wait_for_selector("body[data-ready='1']")
+    assert lab.locator("#cell-h").inner_text() == "网格检查器"
+    assert lab.errors == []

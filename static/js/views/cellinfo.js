@@ -117,7 +117,7 @@ export function renderCellInfo(root, ctx) {
       line.dataset.map = name;
       const doc = result.maps[name].doc || result.map_names?.[name];
       if (doc) el('span', { cls: 'coldoc', text: `  — ${doc}` }, line);
-      if (name === 'obj_bce' && rows.length) el('div', { cls: 'coldoc', text: 'BCE with a soft target t (here tobj < 1) cannot reach 0: its minimum, at p = t, is the entropy −t·ln t − (1−t)·ln(1−t).' }, root);
+      if (name === 'obj_bce' && rows.length) el('div', { cls: 'coldoc', text: t('cell.bceFloor') }, root);
     }
   }
 }
@@ -136,7 +136,7 @@ function renderNeighbourReasons(root, result, level, rows) {
   const reasons = stage.values?.reasons || [];
   const centreRows = rows.filter((r) => r.rule === 'centre');
   if (!centreRows.length) return;
-  el('h4', { text: `Neighbour rules for boxes centred in this cell (g = ${fmt(stage.values?.g)})` }, root);
+  el('h4', { text: `${t('cell.neighbours')} (g = ${fmt(stage.values?.g)})` }, root);
   for (const r of centreRows) {
     const k = target.data.findIndex((t, i) => t === r.gt && anchor.data[i] === r.anchor);
     if (k < 0) continue;
@@ -169,7 +169,7 @@ function renderAnchorFilter(root, result, level, ctx) {
     if (gt >= N) return;
     const cx = (box.x1 + box.x2) / 2, cy = (box.y1 + box.y2) / 2;
     if (Math.floor(cx / s) !== ctx.gi || Math.floor(cy / s) !== ctx.gj) return;
-    el('h4', { text: `Anchor-ratio filter for gt #${gt} (centre in this cell)` }, root);
+    el('h4', { text: `${t('cell.anchorFilter')}: gt #${gt}` }, root);
     for (let a = 0; a < A; a++) {
       const r = rMax.data[a * N + gt];
       const kept = Boolean(keep.data[a * N + gt]);
