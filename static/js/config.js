@@ -20,7 +20,7 @@ export const VIRIDIS = [
   [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37],
 ];
 
-export const STAGE_DATA_LIMIT = 1024;  // elements of a stage tensor sent inline by /explain
+export const STAGE_DATA_LIMIT = 64;    // elements of a stage tensor sent inline by /explain (larger ones come from the export)
 export const HASH_THROTTLE_MS = 250;   // URL hash updates while dragging
 export const MIN_BOX_PX = 2;           // a drawn box smaller than this is discarded
 export const MAX_TABLE_ROWS = 400;     // positives table rows rendered at once
