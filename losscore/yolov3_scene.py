@@ -313,7 +313,10 @@ YOLOV3_SCHEME = register_scheme(SchemeSpec(
     ),
     explain=explain_yolov3,
     upstream="eriklindernoren/PyTorch-YOLOv3@7dd01ec utils/utils.py + models.py; darknet src/yolo_layer.c",
-    doc=__doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
+    doc=("three levels P3/8, P4/16, P5/32 with yolov3.cfg's anchors; each target takes the anchor of best "
+         "width-height IoU (per level as the PyTorch port, or of all 9 as darknet), anchors above "
+         "ignore_thresh leave the no-object loss, coordinates are MSE (× 2 - w·h in darknet), "
+         "objectness and classes BCE; every delta is p - y."),
     maps=MAP_DOCS,
     rule_names=RULE_NAMES,
     anchors_px=YOLOV3_ANCHORS_PX,
