@@ -443,10 +443,23 @@ class ComputeLoss:
             raise ValueError("autobalance: needs strides that include 16 (upstream's reference level)")
         self.ssi = self.strides.index(16.0) if autobalance else 0
         self.g = g
+        self._criteria_key: tuple | None = None
+        self._criteria: tuple[nn.Module, nn.Module] | None = None
         self.level_names = list(level_names) if level_names is not None else default_level_names(self.nl, self.strides)
 
     def criteria(self, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, nn.Module]:
-        """``(BCEcls, BCEobj)`` as upstream builds them, on the predictions' device and dtype."""
+        """``(BCEcls, BCEobj)`` as upstream builds them, on the predictions' device and dtype.
+
+        Built once per (dtype, device, hyp values) and reused: the modules hold no per-call state.
+        """
+        key = (dtype, str(device), self.hyp["cls_pw"], self.hyp["obj_pw"], self.hyp["fl_gamma"],
+               self.hyp.get("fl_alpha", 0.25))
+        if self._criteria_key != key:
+            self._criteria = self._build_criteria(dtype, device)
+            self._criteria_key = key
+        return self._criteria
+
+    def _build_criteria(self, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, nn.Module]:
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["cls_pw"]], dtype=dtype, device=device))
         bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.hyp["obj_pw"]], dtype=dtype, device=device))
         gamma = self.hyp["fl_gamma"]
@@ -500,16 +513,18 @@ class ComputeLoss:
                 level_box = (1.0 - iou).mean()
                 lbox += level_box
                 iou = iou.detach().clamp(0).type(tobj.dtype)
-                row = torch.arange(count, device=device)
+                row = None  # write order: the rows as assigned, or by ascending IoU
                 if self.sort_obj_iou:
                     row = iou.argsort()
                     image, anchor, gj, gi, iou = image[row], anchor[row], gj[row], gi[row], iou[row]
+                elif trace is not None:
+                    row = torch.arange(count, device=device)
                 clamped_iou = iou
                 if self.gr < 1:
                     iou = (1.0 - self.gr) + self.gr * iou
                 slot = ((image * num_anchors + anchor) * grid_h + gj) * grid_w + gi  # (P,) flat index
                 survives = last_write_mask(slot)
-                tobj[image[survives], anchor[survives], gj[survives], gi[survives]] = iou[survives]
+                tobj.view(-1)[slot[survives]] = iou[survives]  # the same write as tobj[b, a, gj, gi] = iou
                 if self.nc > 1:
                     cls_target = torch.full_like(pcls, self.cn)  # (P, C)
                     cls_target[torch.arange(count, device=device), assigned.tcls[level]] = self.cp
