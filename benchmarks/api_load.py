@@ -78,7 +78,14 @@ class Server:
             self.process.kill()
 
 
-async def load(url: str, body: dict, clients: int, requests: int, max_seconds: float) -> dict:
+MODES = {
+    "full": {},  # the default request: every stage (tensors up to 64 elements inline), the first map
+    "drag": {"stages": "false", "stage_data": "0"},  # what the page sends while a box is dragged
+}
+
+
+async def load(url: str, body: dict, clients: int, requests: int, max_seconds: float,
+               params: dict | None = None) -> dict:
     latencies: list[float] = []
     errors = 0
     payload = 0
@@ -87,7 +94,7 @@ async def load(url: str, body: dict, clients: int, requests: int, max_seconds: f
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         for _ in range(min(clients, 4)):  # warm connections and caches
-            await client.post("/api/v1/explain", json=body)
+            await client.post("/api/v1/explain", json=body, params=params)
 
         async def one_client() -> None:
             nonlocal errors, payload, sent
@@ -95,7 +102,7 @@ async def load(url: str, body: dict, clients: int, requests: int, max_seconds: f
                 sent += 1
                 start = time.perf_counter()
                 try:
-                    response = await client.post("/api/v1/explain", json=body)
+                    response = await client.post("/api/v1/explain", json=body, params=params)
                     ok = response.status_code == 200
                     payload = max(payload, len(response.content))
                 except httpx.HTTPError:
@@ -125,18 +132,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="most requests per measurement")
     parser.add_argument("--seconds", type=float, default=10.0, help="most seconds per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (LOSSLAB_TORCH_THREADS)")
+    parser.add_argument("--modes", default="full,drag", help="full (default request) and/or drag (?stages=false)")
     args = parser.parse_args()
     print(f"losslab API load: POST /api/v1/explain, 640x640, 20 boxes, torch threads/worker {args.threads}, "
           f"{os.cpu_count()} CPUs")
-    print(f"  {'workers':>7} {'scheme':>8} {'clients':>7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
+    print(f"  {'workers':>7} {'mode':>5} {'scheme':>8} {'clients':>7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'req/s':>8} {'errors':>6} {'payload KB':>10}")
     for workers in (int(w) for w in args.workers.split(",")):
         with Server(workers, args.threads) as server:
-            for scheme in args.schemes.split(","):
+            for mode, scheme in ((m, s) for m in args.modes.split(",") for s in args.schemes.split(",")):
                 body = scene(scheme)
                 for clients in (int(c) for c in args.clients.split(",")):
-                    stats = asyncio.run(load(server.url, body, clients, args.requests, args.seconds))
-                    print(f"  {workers:>7} {scheme:>8} {clients:>7} {stats['n']:>5} {stats['p50']:>8.1f} "
+                    stats = asyncio.run(load(server.url, body, clients, args.requests, args.seconds, MODES[mode]))
+                    print(f"  {workers:>7} {mode:>5} {scheme:>8} {clients:>7} {stats['n']:>5} {stats['p50']:>8.1f} "
                           f"{stats['p95']:>8.1f} {stats['rps']:>8.1f} {stats['errors']:>6} "
                           f"{stats['payload'] / 1e3:>10.1f}", flush=True)
 

@@ -135,11 +135,12 @@ def compact(tensor: torch.Tensor) -> Any:
 
 
 def _tensor_stats(array) -> dict[str, Any]:
+    """min, max and mean of a flat array (call inside ``np.errstate(all="ignore")``: NaN and inf
+    are legitimate values here)."""
     if array.size == 0:
         return {"min": None, "max": None, "mean": None}
-    with np.errstate(all="ignore"):
-        return {"min": _plain_float(float(array.min())), "max": _plain_float(float(array.max())),
-                "mean": _plain_float(float(array.mean(dtype=np.float64)))}
+    return {"min": _plain_float(float(array.min())), "max": _plain_float(float(array.max())),
+            "mean": _plain_float(float(array.mean(dtype=np.float64)))}
 
 
 def _stage_to_dict(stage, stage_data: int | None) -> dict[str, Any]:
@@ -325,8 +326,13 @@ def result_to_dict(
         "map_names": {name: map_docs.get(name, "") for name in result.maps},
         "losses": {name: _plain_float(float(value)) for name, value in result.losses.items()},
         "notes": [str(n) for n in result.notes],
-        "stages": [_stage_to_dict(stage, stage_data) for stage in run.trace] if stages else [],
+        "stages": _stages_to_list(run.trace, stage_data) if stages else [],
     }
+
+
+def _stages_to_list(trace, stage_data: int | None) -> list[dict[str, Any]]:
+    with np.errstate(all="ignore"):  # once for every stage: entering it costs more than the stats
+        return [_stage_to_dict(stage, stage_data) for stage in trace]
 
 
 def library_versions() -> dict[str, str]:
