@@ -22,14 +22,6 @@ STRIDES = (8, 16, 32)
 ANCHORS_GRID = DEFAULT_ANCHORS_PX / torch.tensor(STRIDES, dtype=torch.float32).view(3, 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread avoids thread-pool contention on the shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def shapes_for(height: int, width: int, nc: int = 80, batch: int = 1):
     return [(batch, 3, height // s, width // s, 5 + nc) for s in STRIDES]

@@ -8,13 +8,6 @@ from losscore.scene import Box, Pin, Scene, explain, get_scheme
 from losscore.trace import Trace
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def box(cx, cy, w, h, cls=0):
     return Box(cls, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
