@@ -14,7 +14,7 @@ from losscore.mmdet import (FocalLoss, centre_in_box_labels, focal_terms, labels
                             py_focal_loss_with_prob, py_sigmoid_focal_loss, weight_reduce_loss)
 from losscore.scene import Box, Scene, explain
 from losscore.trace import Trace
-from tests.conftest import vector_cases
+from losslab_testing import vector_cases
 
 
 @pytest.mark.parametrize("group_name,case", vector_cases("mmdet"))

@@ -14,7 +14,7 @@ from losscore.scene import Box, Pin, Scene, explain
 from losscore.trace import Trace
 from losscore.yolov3 import (bbox_wh_iou, build_targets, legacy_build_targets, legacy_bbox_iou,
                              yolo_layer_loss)
-from tests.conftest import vector_cases
+from losslab_testing import vector_cases
 
 
 @pytest.mark.parametrize("group_name,case", vector_cases("yolov3"))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import vector_cases
+from losslab_testing import vector_cases
 from losscore.boxes import bbox_iou
 from losscore.conformance import check_case
 from losscore.trace import Trace

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, vector_cases
+from losslab_testing import ROOT, vector_cases
 from losscore.conformance import check_case
 from losscore.scene import Box, Pin, Scene, explain, get_scheme
 from losscore.tal import DensePredictions, TaskAlignedAssigner, assign, make_anchors, select_candidates_in_gts
