@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.timing import median_ms, row
+from benchmarks.timing import paired_median_ms, row
 from losscore.trace import Trace
 from losscore.yolov5 import ComputeLoss
 
@@ -37,28 +37,25 @@ def main(threads: int = 1, quick: bool = False) -> None:
     for batch, per_image in ((1, 20), (16, 8)):
         p, targets = _inputs(batch, per_image)
         leaves = [x.clone().requires_grad_(True) for x in p]
-        print(f" batch {batch}, {batch * per_image} targets, 640x640, nc 80")
-        for traced in (False, True):
-            label = "trace on " if traced else "trace off"
+        print(f" batch {batch}, {batch * per_image} targets, 640x640, nc 80 (trace off and on timed alternately)")
 
-            def build():
-                return compute.build_targets(p, targets, trace=Trace() if traced else None)
+        def build(traced: bool):
+            return lambda: compute.build_targets(p, targets, trace=Trace() if traced else None)
 
-            def forward():
+        def forward(traced: bool):
+            def run():
                 with torch.no_grad():
                     return compute(p, targets, trace=Trace() if traced else None)
+            return run
 
-            def forward_backward():
+        def forward_backward(traced: bool):
+            def run():
                 loss, _ = compute(leaves, targets, trace=Trace() if traced else None)
                 loss.backward()
+            return run
 
-            cases = [("build_targets", build), ("forward", forward)]
-            cases.append(("forward+backward", forward_backward))
-            for name, fn in cases:
-                reps = max(3, repeat // 5) if (batch == 16 and name == "forward+backward") else repeat
-                ms = median_ms(fn, repeat=reps, warmup=2)
-                row(f"{name:18s} {label}", ms, UPSTREAM_MS.get((batch, name), ""))
-
-
-if __name__ == "__main__":
-    main()
+        for name, make in (("build_targets", build), ("forward", forward), ("forward+backward", forward_backward)):
+            reps = max(3, repeat // 5) if (batch == 16 and name == "forward+backward") else repeat
+            off, on = paired_median_ms(make(False), make(True), repeat=reps, warmup=2)
+            row(f"{name:18s} trace off", off, UPSTREAM_MS.get((batch, name), ""))
+            row(f"{name:18s} trace on", on, f"{on / off:.2f}x trace off (target < 2x)")
