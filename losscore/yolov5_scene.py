@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import ciou_alpha_paper
@@ -86,6 +87,9 @@ COLUMN_DOCS = {
     "ciou": "CIoU = IoU - rho²/c² - alpha·v; the box loss is the mean of 1 - CIoU",
     "tobj": "objectness target this row writes: (1 - gr) + gr·clamp(CIoU, 0)",
     "tobj_written": "True when this row's write survived (the last write to a slot wins)",
+    "obj_bce": "objectness BCE at this row's slot, against the slot's final target",
+    "obj_bce_floor": "BCE(t, t) for the slot's final target t: the entropy floor a soft target leaves "
+                     "even when σ(obj) = t exactly (0 only for t = 0 or 1; at obj_pw = 1)",
     "cls_bce": "class BCE of this row averaged over the C classes (0 when nc == 1: no class loss)",
 }
 
@@ -265,6 +269,11 @@ def _positives_table(trace: Trace, compute: ComputeLoss, preds: list[Tensor], de
             columns[key].append(terms[key].reshape(-1))
         columns["tobj"].append(tobj_value)
         columns["tobj_written"].append(tobj_written)
+        objectness = trace.get(f"loss.{name}.objectness")
+        at_slot = (rows["image"], rows["anchor"], gj, gi)
+        final_target = objectness["tobj"][at_slot]  # (P,) what the slot holds after every write
+        columns["obj_bce"].append(objectness["obj_bce"][at_slot])
+        columns["obj_bce_floor"].append(F.binary_cross_entropy(final_target, final_target, reduction="none"))
         columns["cls_bce"].append(cls_bce)
     empty_shapes = {"offset": (0, 2), "tbox": (0, 4), "anch": (0, 2), "pxy": (0, 2), "pwh": (0, 2),
                     "pred_box_px": (0, 4), "target_box_px": (0, 4)}
@@ -335,6 +344,12 @@ def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str
                  "means before gains, obj.P3 is the objectness mean × balance[level] (3 levels: 4.0, 1.0, 0.4).")
     notes.append("anchor_t is a shape-ratio test (strict <), not an IoU threshold; hyp['iou_t'] is dead code "
                  "upstream (ComputeLoss never reads it).")
+    if count:
+        best = int(positives["tobj"].argmax())
+        target, floor = float(positives["tobj"][best]), float(positives["obj_bce_floor"][best])
+        notes.append(f"The objectness target is the (clamped) CIoU, a soft label, not 1: BCE(p, t) is smallest at "
+                     f"p = t and even there equals the entropy of t (e.g. t = {target:.4g} leaves {floor:.4g}; column "
+                     "obj_bce_floor), so the objectness loss never reaches 0 at positives unless the IoU is 1.")
     if scene.nc == 1:
         notes.append("nc = 1: upstream skips the class loss (cls = 0).")
     if compute.hyp["fl_gamma"] > 0:

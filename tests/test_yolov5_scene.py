@@ -155,3 +155,20 @@ def test_non_square_image_and_empty_scene():
     empty = explain(scene(width=128, height=96, nc=3))
     assert empty.positives["gt"].shape == (0,) and empty.positives["tbox"].shape == (0, 4)
     assert empty.losses["box"].item() == 0 and empty.losses["obj"].item() > 0
+
+
+def test_objectness_bce_floor_is_the_entropy_of_the_soft_target():
+    # BCE(p, t) = -t ln p - (1 - t) ln(1 - p) is smallest at p = t, where it equals the entropy of t:
+    # e.g. t = 0.5 leaves ln 2 = 0.6931. LEARNERS #4: "why is BCE not 0 when prediction = target?"
+    result = explain(Scene("yolov5", 640, 640, 80, (box(100, 203, 50, 80), box(400, 300, 120, 90, cls=5)),
+                           progress=0.7))
+    t, floor, bce = result.positives["tobj"], result.positives["obj_bce_floor"], result.positives["obj_bce"]
+    written = result.positives["tobj_written"]
+    assert written.any()
+    t, floor, bce = t[written], floor[written], bce[written]  # rows whose target the slot kept
+    entropy = -(t * torch.log(t) + (1 - t) * torch.log1p(-t))
+    assert torch.allclose(floor, entropy, rtol=1e-5, atol=1e-6)
+    inside = (t > 0) & (t < 1)
+    assert bool((floor[inside] > 0).all())
+    assert bool((bce >= floor - 1e-6).all())  # no prediction beats the floor
+    assert any("entropy" in note for note in result.notes)
