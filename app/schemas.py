@@ -131,6 +131,7 @@ class LimitsOut(_Open):
     max_nc: int
     max_image_side: int
     box_margin_frac: float
+    max_head_elements: int
 
 
 class SchemesOut(_Open):

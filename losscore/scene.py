@@ -41,12 +41,14 @@ __all__ = [
     "MAX_NC",
     "BOX_MARGIN_FRAC",
     "MAX_IMAGE_SIDE",
+    "MAX_HEAD_ELEMENTS",
 ]
 
 MAX_BOXES = 256  # most boxes in one scene
 MAX_NC = 1000  # most classes
 MAX_IMAGE_SIDE = 2048  # pixels, each side
 BOX_MARGIN_FRAC = 0.5  # a box may stick out of the image by at most half the image side
+MAX_HEAD_ELEMENTS = 40_000_000  # grid cells (all levels) x 3 x (64 + nc): bounds one scene's memory
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,13 @@ def validate_scene(scene: Scene) -> Scene:
                 f"(the grids of all levels must be whole)")
     if isinstance(scene.nc, bool) or not isinstance(scene.nc, int) or not 1 <= scene.nc <= MAX_NC:
         raise ValueError(f"nc: expected an integer in [1, {MAX_NC}], got {scene.nc!r}")
+    cells = sum((scene.width // stride) * (scene.height // stride) for stride in spec.strides)
+    head_elements = cells * 3 * (64 + scene.nc)  # the largest head any scheme builds, per element
+    if head_elements > MAX_HEAD_ELEMENTS:
+        raise ValueError(
+            f"nc: {scene.width}x{scene.height} px with {scene.nc} classes needs a prediction head of about "
+            f"{head_elements / 1e6:.0f}M values, above the limit of {MAX_HEAD_ELEMENTS / 1e6:.0f}M; "
+            f"use fewer classes or a smaller image")
     if len(scene.boxes) > MAX_BOXES:
         raise ValueError(f"boxes: {len(scene.boxes)} boxes is above the limit of {MAX_BOXES}")
     mx, my = BOX_MARGIN_FRAC * scene.width, BOX_MARGIN_FRAC * scene.height

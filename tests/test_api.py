@@ -59,7 +59,7 @@ def test_schemes_lists_params_and_limits(client):
     assert toy["params"][0]["name"] == "gain" and toy["params"][0]["default"] == 1.0
     assert toy["strides"] == [32] and list(toy["maps"]) == ["iou", "inf"]
     assert body["limits"] == {"max_boxes": MAX_BOXES, "max_nc": 1000, "max_image_side": 2048,
-                              "box_margin_frac": BOX_MARGIN_FRAC}
+                              "box_margin_frac": BOX_MARGIN_FRAC, "max_head_elements": 40_000_000}
     assert set(REAL_SCHEMES) <= {s["name"] for s in body["schemes"]}
 
 
@@ -273,3 +273,10 @@ def test_explain_without_stages_and_with_chosen_columns_keeps_the_numbers(client
     assert light["positives"] == [{k: row[k] for k in ("gt", "level", "anchor", "gi", "gj", "rule")}
                                   for row in full["positives"]]
     assert set(light["columns"]) <= {"gt", "level", "anchor", "gi", "gj", "rule"}
+
+
+def test_a_scene_too_large_for_memory_is_422_on_nc(client):
+    # 2048x2048 at strides 8/16/32 has 65536 + 16384 + 4096 = 86016 cells; x 3 x (64 + 1000)
+    # is about 275M head values, far above the budget, so the scene is refused before any work.
+    body = real_body("yolov5", image={"width": 2048, "height": 2048}, nc=1000)
+    assert_422(client.post("/api/v1/explain", json=body), ["body", "nc"], "prediction head")

@@ -8,7 +8,8 @@ from fastapi.responses import Response
 import anyio.to_thread
 
 from losscore import export as trace_export, mmdet
-from losscore.scene import BOX_MARGIN_FRAC, MAX_BOXES, MAX_IMAGE_SIDE, MAX_NC, SchemeSpec, all_schemes, get_scheme
+from losscore.scene import (BOX_MARGIN_FRAC, MAX_BOXES, MAX_HEAD_ELEMENTS, MAX_IMAGE_SIDE, MAX_NC, SchemeSpec,
+                            all_schemes, get_scheme)
 
 from .. import serialize
 from ..dependencies import LimiterDep
@@ -52,7 +53,7 @@ async def schemes() -> Response:
     content = {
         "schemes": [spec.to_dict() for spec in all_schemes().values()],
         "limits": {"max_boxes": MAX_BOXES, "max_nc": MAX_NC, "max_image_side": MAX_IMAGE_SIDE,
-                   "box_margin_frac": BOX_MARGIN_FRAC},
+                   "box_margin_frac": BOX_MARGIN_FRAC, "max_head_elements": MAX_HEAD_ELEMENTS},
     }
     return Response(serialize.dumps(content), media_type="application/json")
 
