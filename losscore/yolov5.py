@@ -472,8 +472,13 @@ class ComputeLoss:
         return build_targets(p, targets, self.anchors.to(targets.device), anchor_t=self.hyp["anchor_t"],
                              g=self.g, level_names=self.level_names, trace=trace)
 
-    def __call__(self, p: Sequence[Tensor], targets: Tensor, trace: Trace | None = None) -> LossOutput:
+    def __call__(self, p: Sequence[Tensor], targets: Tensor, trace: Trace | None = None,
+                 assigned: AssignedTargets | None = None) -> LossOutput:
         """Loss of predictions ``p`` (per level (B, A, H, W, 5 + C) logits) for ``targets`` (N, 6).
+
+        ``assigned``: the result of :meth:`build_targets` for the same ``targets`` and grid shapes,
+        when the caller already has it (the scene path builds the perfect head from it); upstream
+        always recomputes it, with the same result.
 
         Returns :class:`LossOutput` ``(loss * B, [lbox, lobj, lcls])`` like upstream's tuple.
         """
@@ -485,8 +490,9 @@ class ComputeLoss:
         lobj = torch.zeros(1, device=device, dtype=dtype)
         bce_cls, bce_obj = self.criteria(dtype, device)
         anchors = self.anchors.to(device)
-        assigned = build_targets(p, targets.to(device), anchors, anchor_t=self.hyp["anchor_t"], g=self.g,
-                                 level_names=self.level_names, trace=trace)
+        if assigned is None:
+            assigned = build_targets(p, targets.to(device), anchors, anchor_t=self.hyp["anchor_t"], g=self.g,
+                                     level_names=self.level_names, trace=trace)
         for level, pred in enumerate(p):
             image, anchor, gj, gi = assigned.indices[level]
             batch, num_anchors, grid_h, grid_w = pred.shape[:4]

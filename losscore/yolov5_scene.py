@@ -202,13 +202,13 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     shapes = [(1, num_anchors, h, w, 5 + scene.nc) for h, w in grids]
     notes: list[str] = []
     with torch.no_grad():
-        assigned = compute.build_targets(shapes, targets)
+        assigned = compute.build_targets(shapes, targets, trace=recorder)  # recorded once, used twice
         generator = torch.Generator().manual_seed(scene.seed)
         background = perfect_background(scene.nc, device)
         preds = [blend_sparse(shape, background, index, values, scene.progress, generator)
                  for shape, (index, values) in zip(shapes, perfect_writes(shapes, assigned, device))]
         _apply_pins(scene, preds, compute.anchors, grids, notes)
-        loss, items = compute(preds, targets, trace=recorder)
+        loss, items = compute(preds, targets, trace=recorder, assigned=assigned)
     levels = [LevelInfo(name, stride, grid, torch.tensor(anchors, device=device))
               for name, stride, grid, anchors in zip(compute.level_names, STRIDES, grids, DEFAULT_ANCHORS_PX)]
     positives = _positives_table(recorder, compute, preds, device)
