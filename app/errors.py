@@ -171,12 +171,11 @@ class BodyLimitMiddleware:
 APP_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
            "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
            "frame-ancestors 'none'; form-action 'self'")
-# FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from jsDelivr and start them inline.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-            "font-src 'self' data: https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-            "worker-src 'self' blob:; connect-src 'self'; object-src 'none'; frame-ancestors 'none'")
-DOCS_PATHS = ("/docs", "/redoc")
+# /docs serves Swagger UI from the installed swagger-ui-bundle; FastAPI starts it with an inline script.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            "object-src 'none'; frame-ancestors 'none'")
+DOCS_PATHS = ("/docs",)
 
 
 class SecurityHeadersMiddleware:

@@ -1,10 +1,12 @@
 """The LossLab web app: ``create_app()`` wires settings, middlewares, routers and the warm-up."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 import anyio
@@ -21,6 +23,7 @@ from .routers import api, health, pages
 from .settings import Settings, get_settings
 
 log = logging.getLogger("losslab")
+SWAGGER_UI_DIR = Path(importlib.util.find_spec("fastapi_offline").origin).parent / "static"  # Swagger UI 5
 
 
 def warmup_scene(name: str, strides: tuple[int, ...]) -> Scene:
@@ -57,6 +60,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
+        docs_url=None,  # served by pages.docs with Swagger UI from the installed fastapi-offline: no CDN
+        redoc_url=None,
         title="LossLab",
         version=export.library_versions()["losslab"],
         summary="Label assignment and losses of object detectors, computed by real PyTorch code.",
@@ -69,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir), check_dir=False), name="static")
+    app.mount("/vendor/swagger-ui", StaticFiles(directory=str(SWAGGER_UI_DIR)), name="swagger-ui")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import plotly
 from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -40,3 +41,12 @@ async def index(request: Request, settings: SettingsDep) -> Response:
 async def plotly_js() -> Response:
     return FileResponse(PLOTLY_JS, media_type="text/javascript",
                         headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    """Swagger UI for /openapi.json, its assets served from the installed ``fastapi-offline``."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="LossLab API",
+                               swagger_js_url="/vendor/swagger-ui/swagger-ui-bundle.js",
+                               swagger_css_url="/vendor/swagger-ui/swagger-ui.css",
+                               swagger_favicon_url="data:,")
