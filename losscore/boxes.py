@@ -113,29 +113,9 @@ def bbox_iou(box1: Tensor, box2: Tensor, xywh: bool = True, GIoU: bool = False, 
     Returns:
         Tensor[..., 1]. A zero-area box gives NaN CIoU (0/0 in ``w/h``), as upstream.
     """
-    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2), (w1, h1), (w2, h2) = _corners(box1, box2, xywh, eps, variant)
-    inter = (ax2.minimum(bx2) - ax1.maximum(bx1)).clamp(0) * (ay2.minimum(by2) - ay1.maximum(by1)).clamp(0)
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    out = iou
-    kind = "IoU"
-    if CIoU or DIoU or GIoU:
-        cw = ax2.maximum(bx2) - ax1.minimum(bx1)
-        ch = ay2.maximum(by2) - ay1.minimum(by1)
-        if CIoU or DIoU:
-            c2 = cw**2 + ch**2 + eps
-            rho2 = ((bx1 + bx2 - ax1 - ax2) ** 2 + (by1 + by2 - ay1 - ay2) ** 2) / 4
-            if CIoU:
-                v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
-                with torch.no_grad():
-                    alpha = v / (v - iou + (1 + eps))
-                out, kind = iou - (rho2 / c2 + v * alpha), "CIoU"
-            else:
-                out, kind = iou - rho2 / c2, "DIoU"
-        else:
-            c_area = cw * ch + eps
-            out, kind = iou - (c_area - union) / c_area, "GIoU"
+    kind = "CIoU" if CIoU else "DIoU" if DIoU else "GIoU" if GIoU else "IoU"
     if trace is not None:
+        # every term once, recorded; the result is the same expression of the same terms
         terms = iou_terms(box1, box2, xywh, eps, variant)
         trace.record(
             "bbox_iou", f"{kind} of predicted vs target boxes",
@@ -146,7 +126,26 @@ def bbox_iou(box1: Tensor, box2: Tensor, xywh: bool = True, GIoU: bool = False, 
             tensors={name: (getattr(terms, name), "P 1") for name in IoUTerms._fields},
             values={"kind": kind, "xywh": xywh, "eps": eps, "variant": variant},
         )
-    return out
+        return getattr(terms, kind.lower())
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2), (w1, h1), (w2, h2) = _corners(box1, box2, xywh, eps, variant)
+    inter = (ax2.minimum(bx2) - ax1.maximum(bx1)).clamp(0) * (ay2.minimum(by2) - ay1.maximum(by1)).clamp(0)
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    if not (CIoU or DIoU or GIoU):
+        return iou
+    cw = ax2.maximum(bx2) - ax1.minimum(bx1)
+    ch = ay2.maximum(by2) - ay1.minimum(by1)
+    if GIoU and not (CIoU or DIoU):
+        c_area = cw * ch + eps
+        return iou - (c_area - union) / c_area
+    c2 = cw**2 + ch**2 + eps
+    rho2 = ((bx1 + bx2 - ax1 - ax2) ** 2 + (by1 + by2 - ay1 - ay2) ** 2) / 4
+    if not CIoU:
+        return iou - rho2 / c2
+    v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
 
 
 def ciou_alpha_paper(iou: Tensor, v: Tensor, eps: float = 1e-7) -> Tensor:
