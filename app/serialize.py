@@ -28,7 +28,7 @@ def run(scene: Scene, record: bool = True) -> export.Run:
     try:
         scene = validate_scene(scene)
         check_pins(scene)
-        return export.run_scene(scene, record=record)
+        return export.run_scene(scene, record=record, validated=True)
     except ValueError as exc:
         message = str(exc)
         raise SceneError(message, scene_error_loc(message)) from exc

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from losscore import export
 from losscore.scene import Box, Pin, Scene, all_schemes
-from losscore.trace import decode_tensor
+from losscore.trace import Trace, decode_tensor
 from test_api_toyscheme import ensure_toy
 
 ensure_toy()
@@ -115,3 +115,32 @@ def test_real_scheme_export_replays(scheme):
     tensor = next(t for s in doc["stages"] for t in s["tensors"] if t["data"] and t["dtype"] == "float32")
     tensor["data"][0] = "nan" if tensor["data"][0] != "nan" else 0.0
     assert not export.verify_export(doc).ok
+
+
+finite_or_not = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@given(st.lists(st.one_of(
+    st.lists(finite_or_not, max_size=20).map(lambda v: torch.tensor(v, dtype=torch.float32)),
+    st.lists(st.integers(-2**40, 2**40), max_size=12).map(lambda v: torch.tensor(v, dtype=torch.int64)),
+    st.lists(st.booleans(), max_size=12).map(lambda v: torch.tensor(v, dtype=torch.bool)),
+), max_size=8))
+@settings(max_examples=80, deadline=None)
+def test_stage_stats_equal_per_tensor_reductions(tensors):
+    """The batched min/max/mean of a trace's tensors are each tensor's own (NaN, inf, empty included)."""
+    trace = Trace()
+    trace.record("s", "S", "stats", tensors={f"t{i}": t for i, t in enumerate(tensors)})
+    got = json_round_trip({"stages": export._stages_to_list(trace, stage_data=0)})["stages"][0]["tensors"]
+    for tensor, entry in zip(tensors, got):
+        if tensor.numel() == 0:
+            assert (entry["min"], entry["max"], entry["mean"]) == (None, None, None)
+            continue
+        wide = tensor.double()
+        expected = {"min": wide.min().item(), "max": wide.max().item(), "mean": wide.mean().item()}
+        for key, value in expected.items():
+            if math.isnan(value):
+                assert entry[key] == "nan", (key, tensor)
+            elif math.isinf(value):
+                assert entry[key] == ("inf" if value > 0 else "-inf"), (key, tensor)
+            else:
+                assert entry[key] == pytest.approx(value, rel=1e-12, abs=1e-300), (key, tensor)
