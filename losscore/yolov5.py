@@ -531,21 +531,23 @@ class ComputeLoss:
                 slot = ((image * num_anchors + anchor) * grid_h + gj) * grid_w + gi  # (P,) flat index
                 survives = last_write_mask(slot)
                 tobj.view(-1)[slot[survives]] = iou[survives]  # the same write as tobj[b, a, gj, gi] = iou
+                cls_target = cls_elementwise = None
                 if self.nc > 1:
                     cls_target = torch.full_like(pcls, self.cn)  # (P, C)
                     cls_target[torch.arange(count, device=device), assigned.tcls[level]] = self.cp
-                    level_cls = bce_cls(pcls, cls_target)
+                    level_cls, cls_elementwise = _criterion(bce_cls, pcls, cls_target, keep_elementwise=trace is not None)
                     lcls += level_cls
                 if trace is not None:
                     with trace.scope("loss"), trace.scope(self.level_names[level]):
                         self._trace_positives(trace, level, level_box, clamped_iou, iou, row, slot, survives, tobj,
-                                              pcls, assigned, bce_cls, level_cls)
+                                              pcls, cls_target, cls_elementwise, assigned, bce_cls, level_cls)
             obj_logit = pred[..., 4]  # (B, A, H, W)
-            level_obj = bce_obj(obj_logit, tobj)
+            level_obj, obj_elementwise = _criterion(bce_obj, obj_logit, tobj, keep_elementwise=trace is not None)
             lobj += level_obj * self.balance[level]
             if trace is not None:
                 with trace.scope("loss"), trace.scope(self.level_names[level]):
-                    self._trace_objectness(trace, level, obj_logit, tobj, bce_obj, level_obj, level_box, level_cls)
+                    self._trace_objectness(trace, level, obj_logit, tobj, obj_elementwise, bce_obj, level_obj,
+                                           level_box, level_cls)
             if self.autobalance:
                 self.balance[level] = self.balance[level] * 0.9999 + 0.0001 / level_obj.detach().item()
         if self.autobalance:
@@ -571,7 +573,7 @@ class ComputeLoss:
 
     # -- trace helpers (only called with a recorder) ------------------------------------------
     def _trace_positives(self, trace, level, level_box, clamped_iou, tobj_value, row, slot, survives, tobj,
-                         pcls, assigned, bce_cls, level_cls) -> None:
+                         pcls, cls_target, cls_elementwise, assigned, bce_cls, level_cls) -> None:
         trace.record(
             "box_loss", "Box loss",
             "mean over this level's positives of 1 - CIoU (YOLOv5 takes CIoU's alpha without the "
@@ -589,10 +591,8 @@ class ComputeLoss:
             values={"gr": self.gr, "sort_obj_iou": self.sort_obj_iou},
         )
         if self.nc > 1:
-            cls_target = torch.full_like(pcls, self.cn)
-            cls_target[torch.arange(pcls.shape[0], device=pcls.device), assigned.tcls[level]] = self.cp
             tensors = {"cls_target": (cls_target, "P C"), "tcls": (assigned.tcls[level], "P"),
-                       "cls_bce": (_elementwise(bce_cls, pcls, cls_target), "P C"), "lcls": (level_cls, "")}
+                       "cls_bce": (cls_elementwise, "P C"), "lcls": (level_cls, "")}
             if isinstance(bce_cls, FocalLoss):
                 factors = bce_cls.factors(pcls, cls_target)
                 tensors["alpha_factor"] = (factors.alpha_factor, "P C")
@@ -608,9 +608,9 @@ class ComputeLoss:
             trace.record("class", "Class loss skipped", "nc == 1: upstream computes no class loss",
                          code="ComputeLoss.__call__: if self.nc > 1", values={"nc": self.nc})
 
-    def _trace_objectness(self, trace, level, obj_logit, tobj, bce_obj, level_obj, level_box, level_cls) -> None:
-        tensors = {"tobj": (tobj, "B A H W"), "obj_bce": (_elementwise(bce_obj, obj_logit, tobj), "B A H W"),
-                   "lobj": (level_obj, "")}
+    def _trace_objectness(self, trace, level, obj_logit, tobj, obj_elementwise, bce_obj, level_obj, level_box,
+                          level_cls) -> None:
+        tensors = {"tobj": (tobj, "B A H W"), "obj_bce": (obj_elementwise, "B A H W"), "lobj": (level_obj, "")}
         if isinstance(bce_obj, FocalLoss):
             factors = bce_obj.factors(obj_logit, tobj)
             if factors.p_t is not None:  # QFocalLoss has no p_t
@@ -636,6 +636,26 @@ class ComputeLoss:
                      "cls": ((level_cls if level_cls is not None else zero).detach(), "")},
             values={"balance": self.balance[level]},
         )
+
+
+def _criterion(criterion: nn.Module, pred: Tensor, true: Tensor, keep_elementwise: bool) -> tuple[Tensor, Tensor | None]:
+    """``criterion(pred, true)`` (a mean), and with ``keep_elementwise`` also the per-element loss it
+    averaged. Both BCE-with-logits and the focal wrappers compute the per-element loss first and
+    then take ``.mean()``, so without autograd the mean of :func:`_elementwise` has the same bits
+    as the criterion and a trace reuses it instead of a second pass over every slot. With autograd
+    the fused kernel's backward rounds differently from ``mean``'s, so the criterion runs as is and
+    the per-element loss is computed beside it."""
+    if not keep_elementwise:
+        return criterion(pred, true), None
+    if torch.is_grad_enabled() and pred.requires_grad:
+        loss = criterion(pred, true)
+        with torch.no_grad():
+            return loss, _elementwise(criterion, pred, true)
+    elementwise = _elementwise(criterion, pred, true)
+    reduction = criterion.reduction
+    if reduction != "mean":
+        raise ValueError(f"ComputeLoss criteria reduce by 'mean', got {reduction!r}")
+    return elementwise.mean(), elementwise
 
 
 def _elementwise(criterion: nn.Module, pred: Tensor, true: Tensor) -> Tensor:

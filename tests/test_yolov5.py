@@ -292,6 +292,18 @@ def test_nc1_skips_class_loss():
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(hyp=dict(fl_gamma=1.5, label_smoothing=0.1), gr=0.7, sort_obj_iou=True)])
+def test_trace_on_off_bit_identical_without_autograd(kwargs, device):
+    # without autograd a trace takes each mean from the per-element loss it records (one pass)
+    p, targets = _scene_inputs()
+    p = [x.to(device) for x in p]
+    with torch.no_grad():
+        plain = ComputeLoss(3, anchors_grid=ANCHORS_GRID, strides=STRIDES, **kwargs)(p, targets.to(device))
+        traced = ComputeLoss(3, anchors_grid=ANCHORS_GRID, strides=STRIDES, **kwargs)(p, targets.to(device),
+                                                                                       trace=Trace())
+    assert torch.equal(plain.loss, traced.loss) and torch.equal(plain.loss_items, traced.loss_items)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(hyp=dict(fl_gamma=1.5, label_smoothing=0.1), gr=0.7, sort_obj_iou=True)])
 def test_trace_on_off_bit_identical(kwargs, device):
     p, targets = _scene_inputs()
     results = []
