@@ -275,7 +275,7 @@ def _column_rows(tensor: torch.Tensor) -> Any:
     digits) when every value is finite."""
     if tensor.dim() <= 1:
         return compact(tensor)
-    array = _numpy(tensor).reshape(tensor.shape[0], -1)  # (P, k)
+    array = _numpy(tensor).reshape(tensor.shape[0], math.prod(tensor.shape[1:]))  # (P, k); P may be 0
     values = _flat_values(array.reshape(-1))
     if isinstance(values, np.ndarray):
         return list(array)  # row views, no copy

@@ -1,6 +1,6 @@
 """The ``yolov5`` scheme: a learner's scene through YOLOv5's real ``build_targets`` and ``ComputeLoss``.
 
-Predictions for the single image are built with :func:`losscore.scene.blend_logits`: the perfect
+Predictions for the single image are built with :func:`losscore.scene.blended_heads`: the perfect
 head decodes exactly to each positive's target (``2σ - 0.5`` and ``(2σ)²·anchor`` inverted), has a
 high objectness logit at positive slots, low elsewhere, and a high logit for the right class.
 Every number of the :class:`~losscore.scene.SceneResult` is read back from the trace of the real
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import ciou_alpha_paper
-from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_sparse, boxes_to_targets,
-                    register_scheme, resolve_device)
+from .scene import (BlendedHeads, LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blended_heads,
+                    boxes_to_targets, register_scheme, resolve_device)
 from .trace import Trace
 from .yolov5 import RULE_NAMES, UPSTREAM, ComputeLoss, last_write_mask
 
@@ -157,7 +157,7 @@ def perfect_logits(shapes: list[tuple[int, ...]], assigned, device: torch.device
     return heads
 
 
-def _apply_pins(scene: Scene, preds: list[Tensor], anchors_grid: Tensor, grids, notes: list[str]) -> None:
+def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, grids, notes: list[str]) -> None:
     for index, pin in enumerate(scene.pins):
         where = f"predictions.pins[{index}]"
         if not 0 <= pin.level < len(preds):
@@ -184,7 +184,10 @@ def _apply_pins(scene: Scene, preds: list[Tensor], anchors_grid: Tensor, grids, 
         if clamped:
             notes.append(f"Pin {index} (P{3 + pin.level}, anchor {pin.anchor}, cell {pin.gi},{pin.gj}) is "
                          f"unreachable by YOLOv5's decode: {', '.join(clamped)}; clamped to the nearest reachable box.")
-        preds[pin.level][0, pin.anchor, pin.gj, pin.gi, :4] = invert_decode(offset, size, anchor)
+        _, num_anchors, grid_h, grid_w, channels = preds[pin.level].shape
+        slot = ((0 * num_anchors + pin.anchor) * grid_h + pin.gj) * grid_w + pin.gi  # image 0
+        box_channels = slot * channels + torch.arange(4, device=offset.device)
+        preds.write(pin.level, box_channels, invert_decode(offset, size, anchor))  # head[0, a, gj, gi, :4]
 
 
 def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
@@ -205,14 +208,16 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         assigned = compute.build_targets(shapes, targets, trace=recorder)  # recorded once, used twice
         generator = torch.Generator().manual_seed(scene.seed)
         background = perfect_background(scene.nc, device)
-        preds = [blend_sparse(shape, background, index, values, scene.progress, generator)
-                 for shape, (index, values) in zip(shapes, perfect_writes(shapes, assigned, device))]
-        _apply_pins(scene, preds, compute.anchors, grids, notes)
-        loss, items = compute(preds, targets, trace=recorder, assigned=assigned)
+        writes = perfect_writes(shapes, assigned, device)
+        # the heads live only inside this block (cached buffers, patched and restored)
+        with blended_heads(shapes, background, writes, scene.progress, generator) as preds:
+            _apply_pins(scene, preds, compute.anchors, grids, notes)
+            loss, items = compute(preds.heads, targets, trace=recorder, assigned=assigned)
+            obj_prob = [torch.sigmoid(head[0, ..., 4]) for head in preds.heads]  # (A, H, W) per level
     levels = [LevelInfo(name, stride, grid, torch.tensor(anchors, device=device))
               for name, stride, grid, anchors in zip(compute.level_names, STRIDES, grids, DEFAULT_ANCHORS_PX)]
-    positives = _positives_table(recorder, compute, preds, device)
-    maps = _maps(recorder, compute, preds, grids)
+    positives = _positives_table(recorder, compute, device)
+    maps = _maps(recorder, compute, obj_prob, grids)
     losses = {"total": loss.reshape(()), "box": items[0], "obj": items[1], "cls": items[2]}
     for level, name in enumerate(compute.level_names):
         stage = recorder.get(f"loss.{name}.level_losses")
@@ -228,7 +233,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     )
 
 
-def _positives_table(trace: Trace, compute: ComputeLoss, preds: list[Tensor], device) -> dict[str, Tensor]:
+def _positives_table(trace: Trace, compute: ComputeLoss, device) -> dict[str, Tensor]:
     columns: dict[str, list[Tensor]] = {name: [] for name in COLUMN_DOCS}
     for level, name in enumerate(compute.level_names):
         rows = trace.get(f"build_targets.{name}.rows")
@@ -295,13 +300,13 @@ def _xyxy_px(centre: Tensor, size: Tensor, stride: int) -> Tensor:
     return torch.cat((centre - half, centre + half), 1) * stride  # (P, 4)
 
 
-def _maps(trace: Trace, compute: ComputeLoss, preds: list[Tensor], grids) -> dict[str, list[Tensor]]:
+def _maps(trace: Trace, compute: ComputeLoss, obj_prob: list[Tensor], grids) -> dict[str, list[Tensor]]:
     maps: dict[str, list[Tensor]] = {name: [] for name, _ in MAPS}
     for level, name in enumerate(compute.level_names):
         stage = trace.get(f"loss.{name}.objectness")
         maps["tobj"].append(stage["tobj"][0])
         maps["obj_bce"].append(stage["obj_bce"][0])
-        maps["obj_prob"].append(torch.sigmoid(preds[level][0, ..., 4]))
+        maps["obj_prob"].append(obj_prob[level])
         if "alpha_factor" in stage.tensors:
             maps["focal_weight"].append((stage["alpha_factor"] * stage["modulating_factor"])[0])
         else:

@@ -144,3 +144,13 @@ def test_stage_stats_equal_per_tensor_reductions(tensors):
                 assert entry[key] == ("inf" if value > 0 else "-inf"), (key, tensor)
             else:
                 assert entry[key] == pytest.approx(value, rel=1e-12, abs=1e-300), (key, tensor)
+
+
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_explain_of_a_scene_without_boxes(scheme):
+    """No boxes: every positives column is empty, (0,) or (0, k), and still encodes."""
+    doc = json_round_trip(export.result_to_dict(export.run_scene(Scene(scheme, 640, 640, 4, (), device="cpu"))))
+    assert doc["positives"] == []
+    total = doc["losses"]["total"]
+    # the YOLOv3 PyTorch port averages over no positives: nan, written as the string "nan"
+    assert total == "nan" if scheme == "yolov3" else math.isfinite(total)

@@ -113,6 +113,62 @@ def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
         assert torch.equal(again, want[0])
 
 
+def test_blended_heads_equal_blend_sparse_and_restore_the_scratch_copy():
+    import threading
+
+    from losscore.scene import blend_sparse, blended_heads
+
+    shapes = [(1, 3, 4, 5, 7), (1, 3, 2, 3, 7)]
+    background = torch.tensor([0.0] * 4 + [-6.0] * 3)
+    writes = [(torch.tensor([0, 9, 40]), torch.tensor([1.0, 2.0, 3.0])), (torch.tensor([5]), torch.tensor([4.0]))]
+
+    def fresh():
+        gen = torch.Generator().manual_seed(11)
+        return [blend_sparse(shape, background, i, v, 0.4, gen) for shape, (i, v) in zip(shapes, writes)], gen
+
+    want, want_gen = fresh()
+    for _ in range(2):  # the second block reuses the restored scratch copies
+        gen = torch.Generator().manual_seed(11)
+        with blended_heads(shapes, background, writes, 0.4, gen) as heads:
+            assert all(torch.equal(h, w) for h, w in zip(heads.heads, want))
+            assert torch.equal(gen.get_state(), want_gen.get_state())
+            heads.write(0, torch.tensor([9, 10]), torch.tensor([-1.0, -2.0]))  # a pin over a written slot
+            assert heads[0].view(-1)[9] == -1.0
+            scratch = [h for h in heads.heads]
+        assert all(torch.equal(h, b) for h, b in zip(scratch, fresh_bases(shapes, background)))  # restored
+
+    # an exception inside the block still restores, and a busy scratch copy is not shared
+    gen = torch.Generator().manual_seed(11)
+    try:
+        with blended_heads(shapes, background, writes, 0.4, gen) as outer:
+            inner_heads = []
+
+            def other_thread():
+                with blended_heads(shapes, background, writes, 0.4, torch.Generator().manual_seed(11)) as inner:
+                    inner_heads.extend(inner.heads)
+                    assert all(torch.equal(h, w) for h, w in zip(inner.heads, want))
+
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join()
+            assert all(h.data_ptr() != o.data_ptr() for h, o in zip(inner_heads, outer.heads))
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    again, _ = fresh()
+    with blended_heads(shapes, background, writes, 0.4, torch.Generator().manual_seed(11)) as heads:
+        assert all(torch.equal(h, w) for h, w in zip(heads.heads, again))
+
+
+def fresh_bases(shapes, background):
+    """The blended background of each level (no writes), as blend_sparse computes it."""
+    from losscore.scene import blend_sparse
+
+    gen = torch.Generator().manual_seed(11)
+    return [blend_sparse(shape, background, torch.zeros(0, dtype=torch.long), torch.zeros(0), 0.4, gen)
+            for shape in shapes]
+
+
 def test_every_builtin_scheme_is_registered_whichever_family_was_imported_first():
     import subprocess
     import sys
