@@ -43,7 +43,7 @@ export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, 
   const query = new URLSearchParams();
   if (maps.length) query.set('maps', maps.join(','));
   query.set('stage_data', String(stageData));
-  // while dragging: no trace (docs/api-contract.md, "Requested by the page"; ignored until offered)
+  // while dragging: no stage list (?stages=0, docs/api-contract.md); the stepper refreshes on release
   if (light) query.set('stages', '0');
   const response = await fetch(`${API_BASE}/explain?${query}`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(scene), signal,
