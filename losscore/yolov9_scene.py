@@ -203,16 +203,17 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     target_score = torch.zeros(N, device=device)
     align = torch.zeros(N, device=device)
     candidates = torch.zeros(N, device=device)
-    class_target = torch.zeros((N, nc), device=device)
+    class_target = torch.zeros((nc, N), device=device)  # (C, N): the layout of the head's class channels
     if result is not None:
         fg[result.anchor] = 1.0
         target_score[result.anchor] = result.score
-        class_target[result.anchor, result.label] = result.score
+        class_target[result.label, result.anchor] = result.score
         pairs = result.candidates
         align = align.scatter_reduce(0, pairs.anchor, pairs.align_metric, "amax")
         candidates = candidates.index_add(0, pairs.anchor, torch.ones_like(pairs.align_metric))
-    class_logits = torch.cat([p[0, 4 * REG_MAX:].reshape(nc, -1) for p in preds], 1).T  # (N, C)
-    cls_bce = _bce_focal(class_logits, class_target, cls_pw, fl_gamma).sum(-1)  # (N,)
+    # (C, N) contiguous: BCE over a transposed view takes ~5x longer (measured 7.5 vs 1.5 ms at 8400 x 80)
+    class_logits = torch.cat([p[0, 4 * REG_MAX:].reshape(nc, -1) for p in preds], 1)  # (C, N)
+    cls_bce = _bce_focal(class_logits, class_target, cls_pw, fl_gamma).sum(0)  # (N,)
     maps = {}
     for name, flat in (("align_metric", align), ("target_score", target_score), ("cls_bce", cls_bce),
                        ("candidates", candidates), ("fg", fg)):
