@@ -1,6 +1,6 @@
 """The "yolov9" scheme: a learner's scene through the real YOLOv9 ``ComputeLoss``.
 
-Predictions for the single image come from :func:`losscore.scene.blend_logits`. The perfect head
+Predictions for the single image come from :func:`losscore.scene.blended_heads`. The perfect head
 (progress 1) has, at every anchor whose centre lies inside a box (the smallest such box), box-bin
 logits whose softmax puts the two-bin weights of the true distances on their bins (``log`` of
 the weights, all other bins -20), so the expected distance equals the distance to the box, and a
@@ -15,13 +15,13 @@ import math
 import torch
 from torch import Tensor
 
-from .scene import (LevelInfo, ParamSpec, Pin, Scene, SceneResult, SchemeSpec, blend_logits, boxes_to_targets,
-                    register_scheme, resolve_device)
+from .scene import (BlendedHeads, LevelInfo, ParamSpec, Pin, Scene, SceneResult, SchemeSpec, blended_heads,
+                    boxes_to_targets, register_scheme, resolve_device)
 from .tal import RULE_NAMES
 from .trace import Trace
 from .yolov9 import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
 
-__all__ = ["explain_scene", "perfect_head", "two_bin_logits", "SPEC"]
+__all__ = ["explain_scene", "perfect_head", "perfect_writes", "two_bin_logits", "SPEC"]
 
 STRIDES = (8, 16, 32)
 REG_MAX = 16
@@ -86,37 +86,64 @@ def two_bin_logits(distance: Tensor, reg_max: int = REG_MAX) -> Tensor:
     return logits
 
 
-def perfect_head(scene: Scene, nc: int, device: torch.device) -> list[Tensor]:
-    """Per level ``(1, 4R + C, H, W)`` logits of a head that predicts every box exactly."""
-    heads = []
+def level_shapes(scene: Scene, nc: int) -> list[tuple[int, int, int, int]]:
+    """Per level the head shape ``(1, 4R + C, H, W)``."""
+    return [(1, 4 * REG_MAX + nc, scene.height // s, scene.width // s) for s in STRIDES]
+
+
+def perfect_writes(scene: Scene, nc: int, device: torch.device) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """The head that predicts every box exactly, as a background and per-level writes.
+
+    Returns ``background`` (1, 4R + C, 1, 1) (box bins 0, class logits off) and per level
+    ``(index, values)``: flat row-major positions in the level's ``(1, 4R + C, H, W)`` head, unique,
+    and their logits. Each cell whose centre lies inside a box gets the two-bin logits of the
+    distances to the smallest such box and a high logit for that box's class.
+    """
+    background = torch.zeros(4 * REG_MAX + nc, device=device)
+    background[4 * REG_MAX:] = CLASS_OFF
+    background = background.view(1, -1, 1, 1)
     boxes = torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in scene.boxes], dtype=torch.float32,
                          device=device).view(-1, 4)  # (N, 4)
     classes = torch.tensor([b.cls for b in scene.boxes], dtype=torch.long, device=device)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    for stride in STRIDES:
-        H, W = scene.height // stride, scene.width // stride
-        head = torch.zeros((4 * REG_MAX + nc, H, W), device=device)
-        head[4 * REG_MAX:] = CLASS_OFF
+    bin_channel = torch.arange(4 * REG_MAX, device=device)  # (4R,)
+    writes = []
+    for stride, (_, _, H, W) in zip(STRIDES, level_shapes(scene, nc)):
+        if not len(scene.boxes):
+            writes.append((torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)))
+            continue
         ys = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) * stride
         xs = (torch.arange(W, device=device, dtype=torch.float32) + 0.5) * stride
         cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W)
-        if len(scene.boxes):
-            inside = ((cx[None] > boxes[:, 0, None, None]) & (cx[None] < boxes[:, 2, None, None])
-                      & (cy[None] > boxes[:, 1, None, None]) & (cy[None] < boxes[:, 3, None, None]))  # (N, H, W)
-            ranked = torch.where(inside, area[:, None, None], math.inf)
-            owner = ranked.argmin(0)  # (H, W) smallest box holding the centre
-            covered = inside.any(0)
-            gy, gx = covered.nonzero(as_tuple=True)
-            box = boxes[owner[gy, gx]]  # (K, 4)
-            ax, ay = cx[gy, gx], cy[gy, gx]
-            distances = torch.stack((ax - box[:, 0], ay - box[:, 1], box[:, 2] - ax, box[:, 3] - ay), -1) / stride
-            head[:4 * REG_MAX, gy, gx] = two_bin_logits(distances).reshape(-1, 4 * REG_MAX).T
-            head[4 * REG_MAX + classes[owner[gy, gx]], gy, gx] = CLASS_ON
-        heads.append(head.unsqueeze(0))
+        inside = ((cx[None] > boxes[:, 0, None, None]) & (cx[None] < boxes[:, 2, None, None])
+                  & (cy[None] > boxes[:, 1, None, None]) & (cy[None] < boxes[:, 3, None, None]))  # (N, H, W)
+        ranked = torch.where(inside, area[:, None, None], math.inf)
+        owner = ranked.argmin(0)  # (H, W) smallest box holding the centre
+        gy, gx = inside.any(0).nonzero(as_tuple=True)  # (K,) covered cells
+        box = boxes[owner[gy, gx]]  # (K, 4)
+        ax, ay = cx[gy, gx], cy[gy, gx]
+        distances = torch.stack((ax - box[:, 0], ay - box[:, 1], box[:, 2] - ax, box[:, 3] - ay), -1) / stride
+        cell = gy * W + gx  # (K,)
+        bins = two_bin_logits(distances).reshape(-1, 4 * REG_MAX)  # (K, 4R)
+        bin_index = bin_channel[None, :] * (H * W) + cell[:, None]  # (K, 4R)
+        class_index = (4 * REG_MAX + classes[owner[gy, gx]]) * (H * W) + cell  # (K,)
+        writes.append((torch.cat((bin_index.reshape(-1), class_index)),
+                       torch.cat((bins.reshape(-1), torch.full_like(ax, CLASS_ON)))))
+    return background, writes
+
+
+def perfect_head(scene: Scene, nc: int, device: torch.device) -> list[Tensor]:
+    """Per level ``(1, 4R + C, H, W)`` logits of a head that predicts every box exactly (dense)."""
+    background, writes = perfect_writes(scene, nc, device)
+    heads = []
+    for shape, (index, values) in zip(level_shapes(scene, nc), writes):
+        head = background.expand(shape).clone()
+        head.view(-1)[index] = values
+        heads.append(head)
     return heads
 
 
-def _apply_pin(preds: list[Tensor], pin: Pin, notes: list[str]) -> None:
+def _apply_pin(preds: BlendedHeads, pin: Pin, notes: list[str]) -> None:
     if not 0 <= pin.level < len(STRIDES):
         raise ValueError(f"predictions.pins: level {pin.level} is not one of 0..{len(STRIDES) - 1}")
     if pin.anchor != 0:
@@ -137,19 +164,28 @@ def _apply_pin(preds: list[Tensor], pin: Pin, notes: list[str]) -> None:
                      f"{REG_MAX - 1} cells ({(REG_MAX - 1) * stride} px at stride {stride}); clamped")
     feat = preds[pin.level]
     distances = torch.tensor(sides, dtype=feat.dtype, device=feat.device)
-    feat[0, :4 * REG_MAX, pin.gj, pin.gi] = two_bin_logits(distances).reshape(-1)
+    bin_index = torch.arange(4 * REG_MAX, device=feat.device) * (H * W) + pin.gj * W + pin.gi
+    preds.write(pin.level, bin_index, two_bin_logits(distances).reshape(-1))  # feat[0, :4R, gj, gi]
 
 
 def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     """Run YOLOv9's ``ComputeLoss`` on one drawn image (B = 1)."""
     device = resolve_device(scene.device)
-    nc = scene.nc
     notes: list[str] = []
     targets = boxes_to_targets(scene, device)  # (N, 6)
     generator = torch.Generator().manual_seed(scene.seed)
-    preds = [blend_logits(head, scene.progress, generator) for head in perfect_head(scene, nc, device)]
-    for pin in scene.pins:
-        _apply_pin(preds, pin, notes)
+    background, writes = perfect_writes(scene, scene.nc, device)
+    # The heads are cached buffers patched for this block and restored after it: everything that
+    # reads them runs inside (blended_heads; same bits as blend_logits of the dense perfect head).
+    with blended_heads(level_shapes(scene, scene.nc), background, writes, scene.progress, generator) as heads:
+        for pin in scene.pins:
+            _apply_pin(heads, pin, notes)
+        return _explain_heads(scene, heads.heads, targets, notes, trace, device)
+
+
+def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: list[str], trace: Trace | None,
+                   device: torch.device) -> SceneResult:
+    nc = scene.nc
     levels = [LevelInfo(f"P{i + 3}", s, (scene.height // s, scene.width // s), None) for i, s in enumerate(STRIDES)]
     sizes = [lv.grid[0] * lv.grid[1] for lv in levels]
     N = sum(sizes)

@@ -1,6 +1,7 @@
 """losscore.export: the export document is faithful JSON and verify catches any change."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import orjson
@@ -154,3 +155,26 @@ def test_explain_of_a_scene_without_boxes(scheme):
     total = doc["losses"]["total"]
     # the YOLOv3 PyTorch port averages over no positives: nan, written as the string "nan"
     assert total == "nan" if scheme == "yolov3" else math.isfinite(total)
+
+
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_results_do_not_alias_the_reused_head_buffers(scheme):
+    """Heads are cached buffers patched per call and restored (scene.blended_heads): no tensor of a
+    result may share their storage, and the next call must see the restored buffer."""
+    from losscore import scene as scene_module
+
+    pin = Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0)
+    first = dataclasses.replace(real_scene(scheme), progress=0.6, pins=() if scheme == "focal" else (pin,))
+    other = dataclasses.replace(first, boxes=(Box(1, 20, 30, 600, 500), Box(2, 100, 100, 160, 180)))
+    kept = export.run_scene(first)
+    scratch = {entry.scratch.untyped_storage().data_ptr()
+               for entry in scene_module._NOISE_CACHE.values() if entry.scratch is not None}
+    result = kept.result
+    tensors = [*result.positives.values(), *(t for levels in result.maps.values() for t in levels),
+               *result.losses.values(), *(rec.value for stage in kept.trace for rec in stage.tensors.values())]
+    assert not [t for t in tensors if t.untyped_storage().data_ptr() in scratch]
+    before = json_round_trip(export.result_to_dict(kept, maps=None, stage_data=None))
+    export.run_scene(other)  # patches the same buffers with other writes
+    again = json_round_trip(export.result_to_dict(export.run_scene(first), maps=None, stage_data=None))
+    before.pop("compute_ms"), again.pop("compute_ms")
+    assert again == before
