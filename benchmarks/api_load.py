@@ -175,9 +175,12 @@ def main() -> None:
     parser.add_argument("--modes", default="full,drag", help="full (default request) and/or drag (?stages=false)")
     parser.add_argument("--client", choices=("httpx", "wrk"), default="httpx",
                         help="load generator: a Python httpx script, or wrk (far less client CPU)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each row this many times and print the median of each column "
+                             "(a shared 2-core VM drifts by 10-30%% between runs)")
     args = parser.parse_args()
     print(f"losslab API load ({args.client}): POST /api/v1/explain, 640x640, 20 boxes, torch threads/worker {args.threads}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs" + (f", median of {args.repeat} runs per row (n, errors: totals)" if args.repeat > 1 else ""))
     print(f"  {'workers':>7} {'mode':>5} {'scheme':>8} {'clients':>7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'req/s':>8} {'errors':>6} {'payload KB':>10}")
     for workers in (int(w) for w in args.workers.split(",")):
@@ -185,11 +188,17 @@ def main() -> None:
             for mode, scheme in ((m, s) for m in args.modes.split(",") for s in args.schemes.split(",")):
                 body = scene(scheme)
                 for clients in (int(c) for c in args.clients.split(",")):
-                    if args.client == "wrk":
-                        stats = load_wrk(server.url, body, clients, args.seconds, MODES[mode])
-                    else:
-                        stats = asyncio.run(load(server.url, body, clients, args.requests, args.seconds, MODES[mode]))
-                    print(f"  {workers:>7} {mode:>5} {scheme:>8} {clients:>7} {stats['n']:>5} {stats['p50']:>8.1f} "
+                    runs = []
+                    for _ in range(max(1, args.repeat)):
+                        if args.client == "wrk":
+                            runs.append(load_wrk(server.url, body, clients, args.seconds, MODES[mode]))
+                        else:
+                            runs.append(asyncio.run(load(server.url, body, clients, args.requests, args.seconds,
+                                                         MODES[mode])))
+                    stats = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p95", "rps", "payload")}
+                    stats["n"] = sum(run["n"] for run in runs)
+                    stats["errors"] = sum(run["errors"] for run in runs)
+                    print(f"  {workers:>7} {mode:>5} {scheme:>8} {clients:>7} {int(stats['n']):>5} {stats['p50']:>8.1f} "
                           f"{stats['p95']:>8.1f} {stats['rps']:>8.1f} {stats['errors']:>6} "
                           f"{stats['payload'] / 1e3:>10.1f}", flush=True)
 
