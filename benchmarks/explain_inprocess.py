@@ -1,0 +1,53 @@
+"""In-process cost of one explain response: ``python -m benchmarks.explain_inprocess``.
+
+Times ``app.serialize.explain_bytes`` (validate, run the scheme, build the response, orjson) for
+the load benchmark's 640x640, 20-box scene, without HTTP: the part of a request's CPU that is
+LossLab's own. "drag" is ``?stages=false`` (the page's request while a box moves), "full" the
+default request. The two are timed alternately, so drift on a shared machine hits both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from app import serialize
+from app.schemas import SceneIn
+from losscore.scene import get_scheme
+
+from .api_load import scene
+
+
+def measure(scheme: str, repeats: int) -> dict[str, float]:
+    body = SceneIn.model_validate(scene(scheme)).to_scene()
+    maps = [get_scheme(scheme).maps[0][0]]  # what the API sends without ?maps=
+    calls = {"drag": lambda: serialize.explain_bytes(body, maps, 0, False, None),
+             "full": lambda: serialize.explain_bytes(body, maps, 64, True, None)}
+    for call in calls.values():  # warm caches (the seeded noise, kernels)
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.explain_inprocess")
+    parser.add_argument("--schemes", default="yolov5,yolov9,yolov3,focal")
+    parser.add_argument("--repeats", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("explain_bytes in process (640x640, 20 boxes, nc 80, 1 torch thread), median ms")
+    print(f"  {'scheme':>8} {'drag':>8} {'full':>8}")
+    for scheme in args.schemes.split(","):
+        result = measure(scheme, args.repeats)
+        print(f"  {scheme:>8} {result['drag']:>8.1f} {result['full']:>8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
