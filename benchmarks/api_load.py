@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -78,9 +79,19 @@ class Server:
             self.process.kill()
 
 
+def drag_columns() -> str:
+    """The positives columns the page asks for while a box moves (``DRAG_COLUMNS`` in config.js)."""
+    text = (ROOT / "static" / "js" / "config.js").read_text(encoding="utf-8")
+    names = re.search(r"DRAG_COLUMNS\s*=\s*\[([^\]]*)\]", text)
+    if names is None:
+        raise SystemExit("static/js/config.js defines no DRAG_COLUMNS")
+    return ",".join(re.findall(r"'([^']+)'", names.group(1)))
+
+
 MODES = {
     "full": {},  # the default request: every stage (tensors up to 64 elements inline), the first map
-    "drag": {"stages": "false", "stage_data": "0"},  # what the page sends while a box is dragged
+    # what the page sends while a box is dragged (static/js/api.js explain(..., light))
+    "drag": {"stages": "0", "stage_data": "0", "columns": drag_columns()},
 }
 
 

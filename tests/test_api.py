@@ -282,3 +282,23 @@ def test_a_scene_too_large_for_memory_is_422_on_nc(client):
     # is about 275M head values, far above the budget, so the scene is refused before any work.
     body = real_body("yolov5", image={"width": 2048, "height": 2048}, nc=1000)
     assert_422(client.post("/api/v1/explain", json=body), ["body", "nc"], "prediction head")
+
+
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_drag_request_is_the_full_answer_narrowed(client, scheme):
+    """What the page sends while a box moves (static/js/api.js, benchmarks.api_load drag mode): no
+    stages, only DRAG_COLUMNS of each positive; every number it does carry equals the full answer's."""
+    from benchmarks.api_load import MODES
+
+    drag = MODES["drag"]
+    columns = drag["columns"].split(",")
+    full = client.post("/api/v1/explain", json=real_body(scheme)).json()
+    light = client.post("/api/v1/explain", params=drag, json=real_body(scheme))
+    assert light.status_code == 200, light.text
+    light = light.json()
+    assert light["stages"] == [] and full["stages"]
+    assert light["positives"] and set(light["positives"][0]) == set(columns) & set(full["positives"][0])
+    if scheme != "focal":  # the focal playground has no boxes to decode
+        assert "pred_box_px" in light["positives"][0], "the grid draws the predicted boxes while dragging"
+    assert light["positives"] == [{k: row[k] for k in light["positives"][0]} for row in full["positives"]]
+    assert light["losses"] == full["losses"] and light["maps"] == full["maps"]

@@ -1,6 +1,6 @@
 // Talking to the server: fetch wrappers, decoding of maps, and a request coalescer
 // (one request in flight, the latest wins, stale answers are dropped by sequence number).
-import { API_BASE, STAGE_DATA_LIMIT } from './config.js';
+import { API_BASE, DRAG_COLUMNS, STAGE_DATA_LIMIT } from './config.js';
 
 export class ApiError extends Error {
   constructor(status, message, detail) {
@@ -43,8 +43,12 @@ export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, 
   const query = new URLSearchParams();
   if (maps.length) query.set('maps', maps.join(','));
   query.set('stage_data', String(stageData));
-  // while dragging: no stage list (?stages=0, docs/api-contract.md); the stepper refreshes on release
-  if (light) query.set('stages', '0');
+  // while dragging: no stage list and only the grid's columns (docs/api-contract.md); the rest
+  // follows on release
+  if (light) {
+    query.set('stages', '0');
+    query.set('columns', DRAG_COLUMNS.join(','));
+  }
   const response = await fetch(`${API_BASE}/explain?${query}`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(scene), signal,
   });

@@ -22,6 +22,9 @@ export const VIRIDIS = [
 
 export const STAGE_DATA_LIMIT = 64;    // elements of a stage tensor sent inline by /explain (larger ones come from the export)
 export const HASH_THROTTLE_MS = 250;   // URL hash updates while dragging
+// Positives columns the grid reads while a box moves (SceneView.renderResult, predictedBox); the
+// full rows, the stages and every map follow when the pointer rests.
+export const DRAG_COLUMNS = ['gt', 'level', 'anchor', 'gi', 'gj', 'rule', 'pred_box_px'];
 export const MIN_BOX_PX = 2;           // a drawn box smaller than this is discarded
 export const MAX_TABLE_ROWS = 400;     // positives table rows rendered at once
 export const FORMAT_DIGITS = 4;        // significant digits for numbers on screen
