@@ -178,3 +178,19 @@ def test_results_do_not_alias_the_reused_head_buffers(scheme):
     again = json_round_trip(export.result_to_dict(export.run_scene(first), maps=None, stage_data=None))
     before.pop("compute_ms"), again.pop("compute_ms")
     assert again == before
+
+
+def test_stage_stats_of_large_tensors():
+    """Tensors above the batching size are reduced on their own, with the same answers."""
+    big = torch.linspace(-3, 5, 5000)
+    with_inf = big.clone()
+    with_inf[7] = math.inf
+    ints = torch.arange(-2000, 3000)
+    trace = Trace()
+    trace.record("s", "S", "large", tensors={"big": big, "inf": with_inf, "ints": ints, "small": torch.tensor([2.0])})
+    got = {t["name"]: t for t in json_round_trip({"s": export._stages_to_list(trace, 0)})["s"][0]["tensors"]}
+    assert got["big"]["min"] == pytest.approx(-3.0) and got["big"]["max"] == pytest.approx(5.0)
+    assert got["big"]["mean"] == pytest.approx(big.double().mean().item(), rel=1e-12)
+    assert got["inf"]["max"] == "inf" and got["inf"]["mean"] == "inf"
+    assert (got["ints"]["min"], got["ints"]["max"], got["ints"]["mean"]) == (-2000, 2999, 499.5)
+    assert (got["small"]["min"], got["small"]["max"], got["small"]["mean"]) == (2.0, 2.0, 2.0)
