@@ -11,8 +11,11 @@ from .settings import Settings, get_settings
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_limiter(request: Request) -> anyio.CapacityLimiter:
-    """How many scene computations run at once in this worker (``LOSSLAB_COMPUTE_SLOTS``)."""
+async def get_limiter(request: Request) -> anyio.CapacityLimiter:
+    """How many scene computations run at once in this worker (``LOSSLAB_COMPUTE_SLOTS``).
+
+    ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per
+    request (and GIL traffic with the computation) just to read an attribute."""
     return request.app.state.compute_limiter
 
 
