@@ -395,8 +395,16 @@ class _NoiseEntry:
 
 
 _NOISE_CACHE: "OrderedDict[tuple, _NoiseEntry]" = OrderedDict()
-_NOISE_CACHE_SIZE = 12
+_NOISE_CACHE_SIZE = 12  # entries (one per level and seed/progress/background)
+# Bytes the cached draws may hold (scaled noise, blend and scratch copy each): the least recently
+# used go first, but the newest entry always stays. A 640x640 nc-80 YOLOv5 scene holds ~26 MB.
+_NOISE_CACHE_BYTES = 768 * 2**20
 _NOISE_LOCK = threading.Lock()
+
+
+def _entry_bytes(entry: _NoiseEntry) -> int:
+    copies = 1 if entry.base is None else 3  # scaled, plus base and its scratch copy
+    return copies * entry.scaled.numel() * entry.scaled.element_size()
 
 
 def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
@@ -419,8 +427,10 @@ def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
         hit = _NoiseEntry(generator.get_state(), scaled, base)
         with _NOISE_LOCK:
             _NOISE_CACHE[key] = hit
-            while len(_NOISE_CACHE) > _NOISE_CACHE_SIZE:
-                _NOISE_CACHE.popitem(last=False)
+            held = sum(_entry_bytes(entry) for entry in _NOISE_CACHE.values())
+            while len(_NOISE_CACHE) > 1 and (len(_NOISE_CACHE) > _NOISE_CACHE_SIZE or held > _NOISE_CACHE_BYTES):
+                _, evicted = _NOISE_CACHE.popitem(last=False)
+                held -= _entry_bytes(evicted)
     else:
         generator.set_state(hit.state)
     return hit

@@ -177,3 +177,19 @@ def test_every_builtin_scheme_is_registered_whichever_family_was_imported_first(
             "print(sorted(s.all_schemes())); print(s.get_scheme('yolov5').name)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["['focal', 'yolov3', 'yolov5', 'yolov9']", "yolov5"]
+
+
+def test_noise_cache_is_bounded_in_bytes(monkeypatch):
+    from losscore import scene as scene_module
+
+    monkeypatch.setattr(scene_module, "_NOISE_CACHE", scene_module.OrderedDict())
+    monkeypatch.setattr(scene_module, "_NOISE_CACHE_BYTES", 3 * 3 * 4 * 1000)  # three (1000,)-float entries with a base
+    background = torch.zeros(1)
+    for seed in range(5):
+        scene_module.blend_sparse((1000,), background, torch.tensor([0]), torch.tensor([1.0]), 0.5,
+                                  torch.Generator().manual_seed(seed))
+    assert len(scene_module._NOISE_CACHE) == 3  # the two least recently used went
+    monkeypatch.setattr(scene_module, "_NOISE_CACHE_BYTES", 10)  # smaller than any entry
+    scene_module.blend_sparse((1000,), background, torch.tensor([0]), torch.tensor([1.0]), 0.5,
+                              torch.Generator().manual_seed(9))
+    assert len(scene_module._NOISE_CACHE) == 1  # the newest stays
