@@ -118,10 +118,14 @@ def _numpy(tensor: torch.Tensor):
     return t.reshape(-1).numpy()
 
 
-def _flat_values(array) -> Any:
-    """float32 all finite -> the array itself; other floats -> list, non-finite as strings; ints -> list."""
+def _flat_values(array, finite: bool | None = None) -> Any:
+    """float32 all finite -> the array itself; other floats -> list, non-finite as strings; ints -> list.
+
+    ``finite``: whether every value is finite, when the caller already knows (else it is checked)."""
     if array.dtype.kind == "f":
-        if array.dtype.itemsize == 4 and bool(np.isfinite(array).all()):
+        if finite is None:
+            finite = bool(np.isfinite(array).all())
+        if array.dtype.itemsize == 4 and finite:
             return array
         return [_plain_float(x) for x in array.tolist()]
     return array.tolist()
@@ -361,8 +365,10 @@ def _stages_to_list(trace, stage_data: int | None) -> list[dict[str, Any]]:
             t = rec.value
             dtype = _DTYPE_NAMES.get(t.dtype) or encode_tensor(t.reshape(-1)[:0])["dtype"]
             keep = stage_data is None or array.size <= stage_data
+            # min and max are finite exactly when every value is (NaN and inf reach them)
+            finite = isinstance(stat["min"], float) and isinstance(stat["max"], float) if array.size else True
             tensors.append({"name": key, "dims": rec.dims, "dtype": dtype, "shape": list(t.shape),
-                            "data": _flat_values(array) if keep else None, **stat})
+                            "data": _flat_values(array, finite) if keep else None, **stat})
     out, start = [], 0
     for stage in stages:
         stop = start + len(stage.tensors)

@@ -472,8 +472,13 @@ def blend_sparse(
     background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
     entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
     out = entry.base.clone()
-    out.view(-1)[index] = entry.scaled.reshape(-1)[index] + progress * values
+    out.view(-1)[index] = _blend_at(entry, index, values, progress)
     return out
+
+
+def _blend_at(entry: _NoiseEntry, index: torch.Tensor, values: torch.Tensor, progress: float) -> torch.Tensor:
+    """The blend at the written flat positions ``index``: ``(1 - progress) * noise + progress * values``."""
+    return entry.scaled.reshape(-1)[index] + progress * values
 
 
 class BlendedHeads:
@@ -529,7 +534,7 @@ def blended_heads(
             else:
                 head = entry.base.clone()
             out.heads.append(head)
-            out.write(len(out.heads) - 1, index, entry.scaled.reshape(-1)[index] + progress * values)
+            out.write(len(out.heads) - 1, index, _blend_at(entry, index, values, progress))
         yield out
     finally:
         for flat, index, old in reversed(out._undo):

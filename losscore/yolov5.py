@@ -651,10 +651,9 @@ def _criterion(criterion: nn.Module, pred: Tensor, true: Tensor, keep_elementwis
         loss = criterion(pred, true)
         with torch.no_grad():
             return loss, _elementwise(criterion, pred, true)
+    if criterion.reduction != "mean":
+        raise ValueError(f"ComputeLoss criteria reduce by 'mean', got {criterion.reduction!r}")
     elementwise = _elementwise(criterion, pred, true)
-    reduction = criterion.reduction
-    if reduction != "mean":
-        raise ValueError(f"ComputeLoss criteria reduce by 'mean', got {reduction!r}")
     return elementwise.mean(), elementwise
 
 

@@ -21,7 +21,7 @@ from .tal import RULE_NAMES
 from .trace import Trace
 from .yolov9 import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
 
-__all__ = ["explain_scene", "perfect_head", "perfect_writes", "two_bin_logits", "SPEC"]
+__all__ = ["explain_scene", "perfect_writes", "two_bin_logits", "SPEC"]
 
 STRIDES = (8, 16, 32)
 REG_MAX = 16
@@ -130,17 +130,6 @@ def perfect_writes(scene: Scene, nc: int, device: torch.device) -> tuple[Tensor,
         writes.append((torch.cat((bin_index.reshape(-1), class_index)),
                        torch.cat((bins.reshape(-1), torch.full_like(ax, CLASS_ON)))))
     return background, writes
-
-
-def perfect_head(scene: Scene, nc: int, device: torch.device) -> list[Tensor]:
-    """Per level ``(1, 4R + C, H, W)`` logits of a head that predicts every box exactly (dense)."""
-    background, writes = perfect_writes(scene, nc, device)
-    heads = []
-    for shape, (index, values) in zip(level_shapes(scene, nc), writes):
-        head = background.expand(shape).clone()
-        head.view(-1)[index] = values
-        heads.append(head)
-    return heads
 
 
 def _apply_pin(preds: BlendedHeads, pin: Pin, notes: list[str]) -> None:
