@@ -260,6 +260,12 @@ def run_scene(scene: Scene, device: str | None = None, record: bool = True, *, v
     keeps one of its own); the outputs are the same bits either way. ``validated=True``: the scene
     is what :func:`~losscore.scene.validate_scene` returned (and ``device`` is None), so it is not
     checked again.
+
+    The scheme runs under ``torch.inference_mode()``: the run exists to be read and serialised, and
+    inference mode skips autograd's bookkeeping on each of a scene's ~600 small ops (same bits as
+    ``no_grad``). Its tensors are therefore inference tensors: fine to read, convert and compute
+    from, not to modify in place or to feed to autograd (``losscore.scene.explain`` returns normal
+    tensors for that).
     """
     if device is not None:
         scene = dataclasses.replace(scene, device=device)
@@ -268,7 +274,8 @@ def run_scene(scene: Scene, device: str | None = None, record: bool = True, *, v
         scene = validate_scene(scene)
     trace = Trace()
     start = time.perf_counter()
-    result = get_scheme(scene.scheme).explain(scene, trace if record else None)
+    with torch.inference_mode():  # the run is only read and serialised; ~10% less dispatch overhead
+        result = get_scheme(scene.scheme).explain(scene, trace if record else None)
     if result.device.startswith("cuda"):
         torch.cuda.synchronize()
     compute_ms = (time.perf_counter() - start) * 1e3

@@ -420,10 +420,13 @@ def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
         if hit is not None:
             _NOISE_CACHE.move_to_end(key)
     if hit is None:
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
-        noise = noise.to(device=device, dtype=dtype)
-        scaled = (1.0 - progress) * noise
-        base = None if background is None else scaled + progress * background.expand(shape)
+        # normal tensors even when drawn under torch.inference_mode (export.run_scene): the cache
+        # outlives the call, and a later caller without inference mode patches the scratch copy
+        with torch.inference_mode(False):
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
+            noise = noise.to(device=device, dtype=dtype)
+            scaled = (1.0 - progress) * noise
+            base = None if background is None else scaled + progress * background.expand(shape)
         hit = _NoiseEntry(generator.get_state(), scaled, base)
         with _NOISE_LOCK:
             _NOISE_CACHE[key] = hit
@@ -529,7 +532,8 @@ def blended_heads(
             if entry.lock.acquire(blocking=False):
                 locks.append(entry.lock)
                 if entry.scratch is None:
-                    entry.scratch = entry.base.clone()
+                    with torch.inference_mode(False):  # a normal tensor, as the entry's others
+                        entry.scratch = entry.base.clone()
                 head = entry.scratch
             else:
                 head = entry.base.clone()

@@ -194,3 +194,32 @@ def test_stage_stats_of_large_tensors():
     assert got["inf"]["max"] == "inf" and got["inf"]["mean"] == "inf"
     assert (got["ints"]["min"], got["ints"]["max"], got["ints"]["mean"]) == (-2000, 2999, 499.5)
     assert (got["small"]["min"], got["small"]["max"], got["small"]["mean"]) == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_run_scene_in_inference_mode_has_the_bits_of_a_plain_explain(scheme, monkeypatch):
+    """run_scene computes under torch.inference_mode (less dispatch overhead); losscore.scene.explain
+    does not. Both orders of first use share the noise cache, whose tensors must stay normal tensors:
+    a cache filled in inference mode is then patched in place by a plain call, and vice versa."""
+    from losscore import scene as scene_module
+
+    pin = Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0)
+    scene = dataclasses.replace(real_scene(scheme), progress=0.7, pins=() if scheme == "focal" else (pin,))
+    for inference_first in (True, False):
+        monkeypatch.setattr(scene_module, "_NOISE_CACHE", scene_module.OrderedDict())
+        runs = []
+        for inference in (inference_first, not inference_first):
+            if inference:
+                run = export.run_scene(scene)
+                assert run.result.maps and next(iter(run.result.maps.values()))[0].is_inference()
+            else:
+                trace = Trace()
+                result = scene_module.explain(scene, trace)
+                assert not next(iter(result.maps.values()))[0].is_inference()
+                run = export.Run(scene=export.validate_scene(scene), result=result, compute_ms=0.0, trace=trace)
+            runs.append(json_round_trip(export.result_to_dict(run, maps=None, stage_data=None)))
+        assert all(not t.is_inference() for entry in scene_module._NOISE_CACHE.values()
+                   for t in (entry.scaled, entry.base, entry.scratch) if t is not None)
+        for doc in runs:
+            doc.pop("compute_ms")
+        assert runs[0] == runs[1]
