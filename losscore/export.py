@@ -111,9 +111,15 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float1
                 torch.int8: "int8", torch.bool: "bool"}  # the names of losscore.trace.encode_tensor
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _numpy(tensor: torch.Tensor):
+    """``tensor`` as a flat numpy array (a view when it already is a CPU tensor numpy can read)."""
+    if tensor.is_cpu and not tensor.requires_grad and tensor.dtype not in _HALF:
+        return tensor.numpy().reshape(-1)  # the common case, ~1 us cheaper than the general one
     t = tensor.detach().cpu()
-    if t.dtype in (torch.float16, torch.bfloat16):
+    if t.dtype in _HALF:
         t = t.float()
     return t.reshape(-1).numpy()
 

@@ -111,13 +111,14 @@ class Trace:
         values: Mapping[str, Any] | None = None,
         code: str = "",
     ) -> Stage:
-        full = ".".join([*self._prefix, name])
+        full = ".".join((*self._prefix, name)) if self._prefix else name
         captured: dict[str, Recorded] = {}
         for key, item in (tensors or {}).items():
             tensor, dims = item if isinstance(item, tuple) else (item, "")
             if not isinstance(tensor, torch.Tensor):
                 tensor = torch.as_tensor(tensor)
-            captured[key] = Recorded(tensor.detach().clone(), dims)
+            # a snapshot: later in-place updates of the tensor (or its graph) do not reach it
+            captured[key] = Recorded((tensor.detach() if tensor.requires_grad else tensor).clone(), dims)
         stage = Stage(full, title, explain, captured, code, dict(values or {}))
         self.stages.append(stage)
         return stage

@@ -75,6 +75,9 @@ def test_trace_copies_tensors_at_record_time_and_scopes_names():
     assert d["name"] == "loss.P3.obj" and d["tensors"][0]["shape"] == [3]
     with pytest.raises(KeyError):
         trace.get("nope")
+    leaf = torch.ones(2, requires_grad=True)
+    recorded = trace.record("grad", "G", "a tensor in an autograd graph", tensors={"y": leaf * 2})["y"]
+    assert not recorded.requires_grad and recorded.grad_fn is None and recorded.tolist() == [2.0, 2.0]
 
 
 def test_compare_reports_shape_value_and_int_mismatches():
