@@ -74,6 +74,7 @@ function applyZoom() {
   cmpView.setZoom(app.state.zoom, cx, cy);
 }
 
+// dragging: a box or a slider thumb is moving; its requests are light ones (api.js explain)
 function update({ dragging = false, pointerTime = null } = {}) {
   writeHash(!dragging);
   sceneView.setImage(app.state.width, app.state.height);
@@ -265,7 +266,7 @@ function syncControls() {
   fillSchemeSelect($('scheme-select'), app.state.scheme);
   const spec = schemeSpec();
   $('scheme-doc').textContent = spec ? `${spec.doc} — ${spec.upstream}` : '';
-  renderControls($('param-controls'), spec, app.state.params, (name, value) => { app.state.params = { ...app.state.params, [name]: value }; update(); });
+  renderControls($('param-controls'), spec, app.state.params, (name, value, { live = false } = {}) => { app.state.params = { ...app.state.params, [name]: value }; update({ dragging: live }); });
   $('progress').value = app.state.progress; $('progress-out').textContent = fmt(app.state.progress);
   $('seed').value = app.state.seed;
   $('img-w').value = app.state.width; $('img-h').value = app.state.height;
@@ -276,7 +277,7 @@ function syncControls() {
   $('compare-controls').hidden = !app.state.compare;
   $('cmp-col').hidden = !app.state.compare;
   fillSchemeSelect($('cmp-scheme-select'), app.state.cmpScheme);
-  renderControls($('cmp-param-controls'), schemeSpec(app.state.cmpScheme), app.state.cmpParams, (name, value) => { app.state.cmpParams = { ...app.state.cmpParams, [name]: value }; update(); }, 'cmp-');
+  renderControls($('cmp-param-controls'), schemeSpec(app.state.cmpScheme), app.state.cmpParams, (name, value, { live = false } = {}) => { app.state.cmpParams = { ...app.state.cmpParams, [name]: value }; update({ dragging: live }); }, 'cmp-');
   const presets = $('preset-select');
   presets.replaceChildren();
   for (const key of ['choose', ...Object.keys(PRESETS)]) { const o = el('option', { text: t(`preset.${key}`) }, presets); o.value = key === 'choose' ? '' : key; }
@@ -289,7 +290,9 @@ function bindControls() {
     syncControls(); update();
   });
   $('cmp-scheme-select').addEventListener('change', (e) => { app.state.cmpScheme = e.target.value; app.state.cmpParams = {}; syncControls(); update(); });
-  $('progress').addEventListener('input', (e) => { app.state.progress = Number(e.target.value); $('progress-out').textContent = fmt(app.state.progress); update(); });
+  const setProgress = (e, live) => { app.state.progress = Number(e.target.value); $('progress-out').textContent = fmt(app.state.progress); update({ dragging: live }); };
+  $('progress').addEventListener('input', (e) => setProgress(e, true)); // light requests while sliding
+  $('progress').addEventListener('change', (e) => setProgress(e, false));
   $('seed').addEventListener('change', (e) => { app.state.seed = Math.max(0, parseInt(e.target.value, 10) || 0); update(); });
   $('img-w').addEventListener('change', (e) => { app.state.width = parseInt(e.target.value, 10) || app.state.width; update(); });
   $('img-h').addEventListener('change', (e) => { app.state.height = parseInt(e.target.value, 10) || app.state.height; update(); });

@@ -312,3 +312,29 @@ def test_language_toggle_translates_and_is_kept_in_the_link(lab):
     lab.wait_for_selector("body[data-ready='1']")
     assert lab.locator("#cell-h").inner_text() == "网格检查器"
     assert lab.errors == []
+
+
+def test_a_moving_slider_sends_light_requests_and_its_release_the_full_one(lab):
+    """While a range thumb moves ('input' events) the page asks for the grid only (stages=0 and the
+    drag columns, like a box drag); on release ('change') it asks for everything and the slow views
+    show the full answer."""
+    open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
+    wait_settled(lab)
+    sent: list[dict] = []
+    lab.on("request", lambda req: sent.append(parse_qs(req.url.partition("?")[2]))
+           if "/api/v1/explain" in req.url else None)
+    slider = lab.get_by_test_id("slider-anchor_t")
+    for value in ("3.5", "3", "2.5", "2"):  # the thumb moving: input events only
+        slider.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", value)
+        lab.wait_for_timeout(60)
+    wait_rendered(lab)
+    assert sent and all(q.get("stages") == ["0"] and "columns" in q for q in sent)
+    light = len(sent)
+    slider.evaluate("el => el.dispatchEvent(new Event('change', {bubbles: true}))")  # release
+    wait_settled(lab)
+    assert len(sent) > light and "stages" not in sent[-1] and sent[-1]["maps"] == ["all"]
+    result = api_post(lab.base, "/api/v1/explain", page_state(lab))
+    assert page_state(lab)["params"] == {"anchor_t": 2}
+    assert lab.get_by_test_id("positive-count").inner_text() == str(len(result["positives"]))
+    assert shown_rows(lab) == api_rows(result)
+    assert lab.errors == []

@@ -6,7 +6,7 @@ import { fmt, el } from './format.js';
  * @param root     container
  * @param spec     a scheme from /schemes
  * @param values   current non-default values {name: value}
- * @param onChange (name, value) => void
+ * @param onChange (name, value, {live}) => void; live is true while a range thumb is moving
  * @param prefix   '' for the main view, 'cmp-' for the compare view (test ids and ids)
  */
 export function renderControls(root, spec, values, onChange, prefix = '') {
@@ -38,7 +38,9 @@ export function renderControls(root, spec, values, onChange, prefix = '') {
       out.value = value;
       out.style.width = '5.5rem';
       const parse = (text) => (p.kind === 'int' ? parseInt(text, 10) : parseFloat(text));
-      input.addEventListener('input', () => { out.value = input.value; onChange(p.name, parse(input.value)); });
+      // while the thumb moves: a light request (like a box drag); the full answer on release
+      input.addEventListener('input', () => { out.value = input.value; onChange(p.name, parse(input.value), { live: true }); });
+      input.addEventListener('change', () => onChange(p.name, parse(input.value)));
       out.addEventListener('change', () => { const v = parse(out.value); if (Number.isFinite(v)) { input.value = v; onChange(p.name, v); } });
     }
     if (p.doc) el('div', { cls: 'doc', text: p.doc + (p.kind !== 'bool' && p.kind !== 'choice' ? ` · default ${fmt(p.default)}` : '') }, box);
