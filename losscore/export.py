@@ -56,6 +56,9 @@ FLOAT_RTOL = 1e-5
 FLOAT_ATOL = 1e-6
 
 
+_HALF = (torch.float16, torch.bfloat16)  # converted to float32 before numpy or lists
+
+
 # -- plain values ---------------------------------------------------------------------------
 def _plain_float(x: float) -> float | str:
     if math.isfinite(x):
@@ -71,7 +74,7 @@ def plain(value: Any) -> Any:
         return _plain_float(value)
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        if value.dtype in (torch.float16, torch.bfloat16):
+        if value.dtype in _HALF:
             value = value.float()
         return plain(value.tolist())
     if isinstance(value, Mapping):
@@ -109,9 +112,6 @@ def decode_map(obj: Mapping[str, Any]) -> torch.Tensor:
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
                 torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.uint8: "uint8",
                 torch.int8: "int8", torch.bool: "bool"}  # the names of losscore.trace.encode_tensor
-
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _numpy(tensor: torch.Tensor):

@@ -111,7 +111,7 @@ class Trace:
         values: Mapping[str, Any] | None = None,
         code: str = "",
     ) -> Stage:
-        full = ".".join((*self._prefix, name)) if self._prefix else name
+        full = ".".join([*self._prefix, name])
         captured: dict[str, Recorded] = {}
         for key, item in (tensors or {}).items():
             tensor, dims = item if isinstance(item, tuple) else (item, "")
