@@ -74,7 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api.router)
