@@ -4,6 +4,8 @@
 # Serves <old-commit> (a temporary git worktree) and the working tree, each with `losslab serve
 # --workers 2`, and runs Debian's wrk against each in turn: the default explain request and the
 # page's drag request (benchmarks.api_load MODES) at 32 clients (req/s) and 1 client (p50).
+# The default request has no stage list since the commit after 73202bf: against older commits compare the
+# drag figures (the same request on both sides), or mind the payload sizes printed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OLD=${1:?usage: bash benchmarks/ab_servers.sh <old-commit> [rounds]}
@@ -34,6 +36,9 @@ sleep 3
 run() { wrk -t1 "-c$2" "-d$3" --latency -s "$WORK/post.lua" "$1"; }
 for port in 8781 8782; do run "http://127.0.0.1:$port/api/v1/explain" 8 2s >/dev/null; done
 echo "A/B, 2 workers each, YOLOv5 640x640 20 boxes: old = $OLD, new = working tree"
+for port in 8781 8782; do
+  echo "payload bytes on $port: default $(curl -s -X POST -H 'Content-Type: application/json' --data @"$WORK/body.json" "http://127.0.0.1:$port/api/v1/explain" | wc -c)"
+done
 for round in $(seq "$ROUNDS"); do
   for port in 8781 8782; do
     name=$([ "$port" = 8781 ] && echo old || echo new)
@@ -42,6 +47,6 @@ for round in $(seq "$ROUNDS"); do
     drag=$(run "$url?$DRAG" 32 6s | awk '/Requests\/sec/ {print $2}')
     drag1=$(run "$url?$DRAG" 1 4s | awk '$1 == "50%" {print $2}')
     full1=$(run "$url" 1 4s | awk '$1 == "50%" {print $2}')
-    echo "round $round $name: 32 clients full $full req/s, drag $drag req/s; 1 client p50 full $full1, drag $drag1"
+    echo "round $round $name: 32 clients default $full req/s, drag $drag req/s; 1 client p50 default $full1, drag $drag1"
   done
 done

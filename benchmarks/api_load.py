@@ -3,7 +3,9 @@
 Starts ``losslab serve`` on 127.0.0.1 (a free port) with 1 and then 2 workers, and for the
 interactive YOLOv5 scene (640x640, 20 boxes) and the TAL scene (yolov9, same boxes) sends
 ``POST /api/v1/explain`` from 1 and 32 concurrent clients (bounded request count and time).
-Prints p50/p95 latency, throughput, errors and the response payload size.
+Prints p50/p95 latency, throughput, errors and the response payload size for three requests
+(``MODES``): the API's default request, the page's light request while a box is dragged, and the
+page's request when the gesture ends (stages and every heat map).
 
 Targets on a 2-core machine: p50 <= 15 ms (YOLOv5) and <= 40 ms (TAL) at 1 client,
 >= 150 req/s with 2 workers at 32 clients, zero errors, payload <= 300 KB.
@@ -89,8 +91,13 @@ def drag_columns() -> str:
 
 
 MODES = {
-    "full": {},  # the default request: every stage (tensors up to 64 elements inline), the first map
-    # what the page sends while a box is dragged (static/js/api.js explain(..., light))
+    # the API's default request: positives (every column), the scheme's first map, losses; no stages
+    "default": {},
+    # what the page sends once a gesture ends (static/js/api.js explain(...)): every map and the
+    # stage list (tensors of up to 64 elements inline) for the table, the plots and the stepper
+    "release": {"stages": "1", "maps": "all", "stage_data": "64"},
+    # what the page sends while a box is dragged or a slider moves (explain(..., light)); stages=0
+    # is the default, spelled out so that an A/B against older servers asks the same
     "drag": {"stages": "0", "stage_data": "0", "columns": drag_columns()},
 }
 
@@ -183,7 +190,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="most requests per measurement")
     parser.add_argument("--seconds", type=float, default=10.0, help="most seconds per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (LOSSLAB_TORCH_THREADS)")
-    parser.add_argument("--modes", default="full,drag", help="full (default request) and/or drag (?stages=false)")
+    parser.add_argument("--modes", default="default,drag,release",
+                        help="default (the API's default request), drag (the page's request while a box moves), "
+                             "release (the page's request when it stops: stages and every map)")
     parser.add_argument("--client", choices=("httpx", "wrk"), default="httpx",
                         help="load generator: a Python httpx script, or wrk (far less client CPU)")
     parser.add_argument("--repeat", type=int, default=1,

@@ -2,8 +2,8 @@
 
 Times ``app.serialize.explain_bytes`` (validate, run the scheme, build the response, orjson) for
 the load benchmark's 640x640, 20-box scene, without HTTP: the part of a request's CPU that is
-LossLab's own. "drag" is ``?stages=false`` (the page's request while a box moves), "full" the
-default request. The two are timed alternately, so drift on a shared machine hits both alike.
+LossLab's own. "default" is the API's default request (no stage list), "stages" the same with
+``?stages=true`` (as the page asks when a gesture ends, which also asks for every map). The two are timed alternately, so drift on a shared machine hits both alike.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from .api_load import scene
 def measure(scheme: str, repeats: int) -> dict[str, float]:
     body = SceneIn.model_validate(scene(scheme)).to_scene()
     maps = [get_scheme(scheme).maps[0][0]]  # what the API sends without ?maps=
-    calls = {"drag": lambda: serialize.explain_bytes(body, maps, 0, False, None),
-             "full": lambda: serialize.explain_bytes(body, maps, 64, True, None)}
+    calls = {"default": lambda: serialize.explain_bytes(body, maps, 64, False, None),
+             "stages": lambda: serialize.explain_bytes(body, maps, 64, True, None)}
     for call in calls.values():  # warm caches (the seeded noise, kernels)
         call()
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -43,10 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("explain_bytes in process (640x640, 20 boxes, nc 80, 1 torch thread), median ms")
-    print(f"  {'scheme':>8} {'drag':>8} {'full':>8}")
+    print(f"  {'scheme':>8} {'default':>8} {'stages':>8}")
     for scheme in args.schemes.split(","):
         result = measure(scheme, args.repeats)
-        print(f"  {scheme:>8} {result['drag']:>8.1f} {result['full']:>8.1f}", flush=True)
+        print(f"  {scheme:>8} {result['default']:>8.1f} {result['stages']:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_openapi_documents_the_endpoints(client):
 
 # -- explain with the toy scheme (arithmetic in tests/test_api_toyscheme.py) --------------------
 def test_explain_toy_values(client):
-    r = client.post("/api/v1/explain?maps=all", json=toy_body())
+    r = client.post("/api/v1/explain?maps=all&stages=true", json=toy_body())
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
     # one positive at cell (1, 1); IoU of the 32 px cell box with the 32 px target is 256/1792
@@ -118,9 +118,10 @@ def test_explain_toy_values(client):
 def test_explain_maps_and_stage_data_options(client):
     default = client.post("/api/v1/explain", json=toy_body()).json()
     assert list(default["maps"]) == ["iou"] and set(default["map_names"]) == {"iou", "inf"}
+    assert default["stages"] == [], "the stage list is opt-in (?stages=true)"
     only = client.post("/api/v1/explain?maps=inf", json=toy_body()).json()
     assert list(only["maps"]) == ["inf"]
-    small = client.post("/api/v1/explain?stage_data=5", json=toy_body()).json()
+    small = client.post("/api/v1/explain?stage_data=5&stages=true", json=toy_body()).json()
     iou_map = {t["name"]: t for s in small["stages"] for t in s["tensors"]}["iou_map"]  # 12 elements > 5
     assert iou_map["data"] is None and iou_map["shape"] == [1, 3, 4]
     assert iou_map["max"] == pytest.approx(1 / 7, rel=1e-6) and iou_map["min"] == 0.0
@@ -209,7 +210,7 @@ def test_unexpected_error_is_json_500_without_traceback(monkeypatch):
 @pytest.mark.parametrize("scheme", REAL_SCHEMES)
 def test_real_scheme_positives_equal_losscore(client, scheme):
     body = real_body(scheme)
-    response = client.post("/api/v1/explain?maps=all", json=body)
+    response = client.post("/api/v1/explain?maps=all&stages=true", json=body)
     assert response.status_code == 200, response.text
     got = response.json()
     scene = validate_scene(Scene(scheme, 640, 640, 4, tuple(Box(b["cls"], b["x1"], b["y1"], b["x2"], b["y2"])
@@ -235,6 +236,16 @@ def test_real_scheme_payload_is_small_enough(client, scheme):
     r = client.post("/api/v1/explain", json=real_body(scheme))
     assert r.status_code == 200
     assert len(r.content) <= 300_000, f"{scheme} explain payload {len(r.content)} bytes"
+
+
+@pytest.mark.parametrize("scheme", ["yolov5", "yolov9"])
+def test_the_load_benchmarks_default_request_is_under_300_kb(client, scheme):
+    """The issue's payload budget, for the scene `make bench-api` sends (640x640, 20 boxes, nc 80)."""
+    from benchmarks.api_load import scene
+
+    r = client.post("/api/v1/explain", json=scene(scheme))
+    assert r.status_code == 200 and len(r.json()["positives"]) > 100
+    assert len(r.content) <= 300_000, f"{scheme} default explain payload {len(r.content)} bytes"
 
 
 def test_page_placeholder_until_the_template_exists(tmp_path):
@@ -267,9 +278,8 @@ def test_focal_curve_reproduces_retinanet_figure_1(client):
 
 def test_explain_without_stages_and_with_chosen_columns_keeps_the_numbers(client):
     body = real_body("yolov5")
-    full = client.post("/api/v1/explain", json=body).json()
-    light = client.post("/api/v1/explain", params={"stages": "false", "columns": "gt,level,anchor,gi,gj,rule"},
-                        json=body).json()
+    full = client.post("/api/v1/explain", params={"stages": "true"}, json=body).json()
+    light = client.post("/api/v1/explain", params={"columns": "gt,level,anchor,gi,gj,rule"}, json=body).json()
     assert full["stages"] and light["stages"] == []
     assert light["losses"] == full["losses"]
     assert light["positives"] == [{k: row[k] for k in ("gt", "level", "anchor", "gi", "gj", "rule")}
@@ -292,7 +302,7 @@ def test_drag_request_is_the_full_answer_narrowed(client, scheme):
 
     drag = MODES["drag"]
     columns = drag["columns"].split(",")
-    full = client.post("/api/v1/explain", json=real_body(scheme)).json()
+    full = client.post("/api/v1/explain", params={"stages": "true"}, json=real_body(scheme)).json()
     light = client.post("/api/v1/explain", params=drag, json=real_body(scheme))
     assert light.status_code == 200, light.text
     light = light.json()

@@ -59,7 +59,7 @@ async def schemes() -> Response:
 
 
 @router.post("/explain", response_model=ExplainOut, responses=ERRORS,
-             summary="Run the scheme's real code on a scene: positives, maps, losses and every stage")
+             summary="Run the scheme's real code on a scene: positives, maps, losses (and, with ?stages=true, every stage)")
 async def explain(
     body: SceneIn,
     limiter: LimiterDep,
@@ -67,7 +67,8 @@ async def explain(
                                       description="comma-separated map names, or 'all'")] = None,
     stage_data: Annotated[int, Query(ge=0, le=10_000_000,
                                      description="include a stage tensor's data when it has at most this many elements")] = 64,
-    stages: Annotated[bool, Query(description="record and return the trace's stages (false while dragging)")] = True,
+    stages: Annotated[bool, Query(description="also return the trace's stage list (the page's stepper asks for it "
+                                              "once a gesture ends; POST /export has every stage with all its data)")] = False,
     columns: Annotated[str | None, Query(max_length=2000, pattern=r"^[A-Za-z0-9_.,\s-]*$",
                                          description="comma-separated positives columns to return (default: all)")] = None,
 ) -> Response:

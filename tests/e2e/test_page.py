@@ -270,7 +270,7 @@ def test_stage_with_a_large_tensor_is_filled_from_the_export(lab):
     open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
     wait_settled(lab)
     scene = page_state(lab)
-    result = api_post(lab.base, "/api/v1/explain", scene)  # default stage_data=1024
+    result = api_post(lab.base, "/api/v1/explain?stages=true", scene)  # tensors over 64 elements: data null
     stage, tensor = next((s, t) for s in result["stages"] for t in s["tensors"] if t["data"] is None)
     lab.get_by_test_id("stage-select").select_option(stage["name"])
     shown = lab.locator(f"[data-testid=stage-tensor][data-name='{tensor['name']}'] pre")
@@ -315,9 +315,9 @@ def test_language_toggle_translates_and_is_kept_in_the_link(lab):
 
 
 def test_a_moving_slider_sends_light_requests_and_its_release_the_full_one(lab):
-    """While a range thumb moves ('input' events) the page asks for the grid only (stages=0 and the
-    drag columns, like a box drag); on release ('change') it asks for everything and the slow views
-    show the full answer."""
+    """While a range thumb moves ('input' events) the page asks for the grid only (no stages, the
+    drag columns, like a box drag); on release ('change') it asks for everything (stages, every map)
+    and the slow views show the full answer."""
     open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
     wait_settled(lab)
     sent: list[dict] = []
@@ -328,11 +328,12 @@ def test_a_moving_slider_sends_light_requests_and_its_release_the_full_one(lab):
         slider.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }", value)
         lab.wait_for_timeout(60)
     wait_rendered(lab)
-    assert sent and all(q.get("stages") == ["0"] and "columns" in q for q in sent)
+    assert sent and all("stages" not in q and q.get("stage_data") == ["0"] and "columns" in q for q in sent)
     light = len(sent)
     slider.evaluate("el => el.dispatchEvent(new Event('change', {bubbles: true}))")  # release
     wait_settled(lab)
-    assert len(sent) > light and "stages" not in sent[-1] and sent[-1]["maps"] == ["all"]
+    assert len(sent) > light and sent[-1].get("stages") == ["1"] and "columns" not in sent[-1]
+    assert sent[-1]["maps"] == ["all"]
     result = api_post(lab.base, "/api/v1/explain", page_state(lab))
     assert page_state(lab)["params"] == {"anchor_t": 2}
     assert lab.get_by_test_id("positive-count").inner_text() == str(len(result["positives"]))
