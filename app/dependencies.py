@@ -13,7 +13,7 @@ async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with (``create_app(settings)``).
 
     Read from the app, not injected with ``app.dependency_overrides``: while any override is set,
-    FastAPI rebuilds every dependency's signature on every request (~0.3 ms of ``inspect``)."""
+    FastAPI rebuilds every dependency's signature on every request (``inspect``, ~25 us each)."""
     return request.app.state.settings
 
 

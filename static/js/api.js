@@ -39,14 +39,14 @@ export async function getSchemes() {
   return parse(await fetch(`${API_BASE}/schemes`));
 }
 
-export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, light = false, signal } = {}) {
+export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, light = false, stages = !light, signal } = {}) {
   const query = new URLSearchParams();
   if (maps.length) query.set('maps', maps.join(','));
   query.set('stage_data', String(stageData));
   // while dragging: no stage list and only the grid's columns (docs/api-contract.md); the stage
   // list for the stepper and every column follow on release
   if (light) query.set('columns', DRAG_COLUMNS.join(','));
-  else query.set('stages', '1');
+  if (stages) query.set('stages', '1');
   const response = await fetch(`${API_BASE}/explain?${query}`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(scene), signal,
   });

@@ -61,7 +61,7 @@ const mainRequests = new Coalescer(
   { onResult: (result, job) => onResult(result, job), onError: (error, job) => onError(error, job, '') },
 );
 const cmpRequests = new Coalescer(
-  ({ scene, maps, stageData }) => explain(scene, { maps, stageData }),
+  ({ scene, maps, stageData }) => explain(scene, { maps, stageData, stages: false }), // the compare column has no stepper
   { onResult: (result) => { app.cmpResult = result; renderCompare(); }, onError: (error, job) => onError(error, job, 'cmp-') },
 );
 

@@ -211,9 +211,17 @@ def test_every_scheme_renders_without_console_or_csp_errors(lab):
 
 
 def test_compare_mode_runs_the_second_setting_on_the_same_boxes(lab):
+    sent: list[tuple[dict, dict]] = []  # (query, body) of every explain request
+    lab.on("request", lambda req: sent.append((parse_qs(req.url.partition("?")[2]), json.loads(req.post_data)))
+           if "/api/v1/explain" in req.url else None)
     open_page(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}&compare=1&cmpScheme=yolov5&cmpParams=%7B%22anchor_t%22%3A2%7D")
     wait_settled(lab)
     lab.wait_for_function("() => document.querySelector('[data-testid=cmp-positive-count]').textContent !== '–'")
+    compare = [query for query, body in sent if body.get("params") == {"anchor_t": 2}]
+    main = [query for query, body in sent if body.get("params") != {"anchor_t": 2}]
+    # the compare column draws no stepper, so it never asks for the stage list; the main view does
+    assert compare and all("stages" not in query for query in compare)
+    assert main and main[-1].get("stages") == ["1"]
     scene = page_state(lab)
     scene["params"] = {"anchor_t": 2}
     right = api_post(lab.base, "/api/v1/explain", scene)
