@@ -171,7 +171,7 @@ class BodyLimitMiddleware:
 APP_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
            "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
            "frame-ancestors 'none'; form-action 'self'")
-# /docs serves Swagger UI from the installed swagger-ui-bundle; FastAPI starts it with an inline script.
+# /docs serves Swagger UI from the installed fastapi-offline package; FastAPI starts it with an inline script.
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
             "object-src 'none'; frame-ancestors 'none'")

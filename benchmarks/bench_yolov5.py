@@ -59,3 +59,7 @@ def main(threads: int = 1, quick: bool = False) -> None:
             off, on = paired_median_ms(make(False), make(True), repeat=reps, warmup=2)
             row(f"{name:18s} trace off", off, UPSTREAM_MS.get((batch, name), ""))
             row(f"{name:18s} trace on", on, f"{on / off:.2f}x trace off (target < 2x)")
+
+
+if __name__ == "__main__":
+    main()
