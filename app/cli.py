@@ -69,7 +69,7 @@ def _run(scene: Scene):
     try:
         return run(scene)
     except SceneError as exc:
-        raise CliError(f"invalid scene: {exc.message}") from exc
+        raise CliError(f"invalid scene: {_format_loc(exc.loc)}: {exc.message}") from exc
 
 
 def _write(path: str | None, data: bytes | str) -> None:
@@ -100,7 +100,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .serialize import dumps
 
     run = _run(load_scene(args.scene, args.device))
-    _write(args.output, dumps(build_export(run)))
+    _write(args.output, dumps(build_export(run, arrays=True)))
     if args.output not in (None, "-"):
         total = run.result.losses.get("total")
         print(f"wrote {args.output}: {run.scene.scheme}, {len(run.scene.boxes)} boxes, "
@@ -110,7 +110,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from losscore.export import verify_export
+    from losscore.verify import verify_export
 
     doc = _read_json(args.trace)
     try:

@@ -1,8 +1,9 @@
 """Errors as HTTP responses, and the middlewares that keep every response well formed.
 
-* ``losscore`` raises ``ValueError("boxes[0].cls: ...")``; :func:`scene_error_loc` turns the field
-  path at the front of the message into FastAPI's ``loc`` (``["body", "boxes", 0, "cls"]``) and
-  :class:`SceneError` becomes a 422 in FastAPI's shape.
+* ``losscore`` raises ``ValueError("boxes[0].cls: ...")``; :func:`scene_error` turns the field
+  path at the front of the message into FastAPI's ``loc`` (``["body", "boxes", 0, "cls"]``) and the
+  rest into ``msg`` (the location is said once), and :class:`SceneError` becomes a 422 in FastAPI's
+  shape.
 * Request validation errors are answered with only ``loc``, ``msg`` and ``type`` (the echoed input
   may hold NaN, which JSON cannot carry).
 * :class:`BodyLimitMiddleware` answers 413 to bodies over the limit, :class:`SecurityHeadersMiddleware`
@@ -40,20 +41,27 @@ class SceneError(Exception):
 
 def scene_error_loc(message: str, prefix: str = "body") -> list[str | int]:
     """``"boxes[0].cls: ..."`` -> ``["body", "boxes", 0, "cls"]``; unknown paths -> ``["body"]``."""
+    return _split(message, prefix)[0]
+
+
+def _split(message: str, prefix: str) -> tuple[list[str | int], str]:
     match = _PATH.match(message)
     if not match:
-        return [prefix]
+        return [prefix], message
     path, rest = match.groups()
     loc: list[str | int] = [prefix]
     for index, name in _SEGMENT.findall(path):
         loc.append(int(index) if index else name)
     if len(loc) < 2 or loc[1] not in SCENE_FIELDS:
-        return [prefix]
-    if loc[1] == "boxes" and len(loc) == 3:  # "boxes[0]: x2 (10) must be greater than x1 (20)"
-        for corner in ("x2", "y2"):
-            if rest.startswith(f"{corner} ("):
-                loc.append(corner)
-    return loc
+        return [prefix], message
+    return loc, rest
+
+
+def scene_error(exc: ValueError, prefix: str = "body") -> "SceneError":
+    """A losscore ``ValueError`` as a :class:`SceneError`: ``loc`` from the path at the front of its
+    message, ``msg`` the rest (so a client that prints "loc: msg" says the location once)."""
+    loc, rest = _split(str(exc), prefix)
+    return SceneError(rest, loc)
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from losscore import export
-from losscore.scene import Box, Scene, all_schemes
+from losscore import export, registry
+from losscore.scene import Box, Scene
 
 from .errors import BodyLimitMiddleware, CatchAllMiddleware, SecurityHeadersMiddleware, install_error_handlers
 from .routers import api, health, pages
@@ -37,10 +37,10 @@ def warmup_scene(name: str, strides: tuple[int, ...]) -> Scene:
 def warm_up() -> dict[str, str]:
     """Run every scheme once (first-call costs: kernels, caches); returns the schemes that failed."""
     errors: dict[str, str] = {}
-    for name, spec in all_schemes().items():
+    for name, spec in registry.all_schemes().items():
         start = time.perf_counter()
         try:
-            export.result_to_dict(export.run_scene(warmup_scene(name, spec.strides)), maps=None)
+            export.result_to_dict(export.run_scene(warmup_scene(name, spec.strides)), maps=None, arrays=True)
         except Exception as exc:  # noqa: BLE001 - one broken family must not stop the server
             log.exception("warm-up of scheme %s failed", name)
             errors[name] = f"{type(exc).__name__}: {exc}"

@@ -16,8 +16,9 @@ from plotly.subplots import make_subplots
 
 import torch
 
-from losscore.export import Run, library_versions, plain
-from losscore.scene import get_scheme
+from losscore.export import Run, library_versions
+from losscore.registry import get_scheme
+from losscore.wire import plain
 
 MAX_FIGURE_ELEMENTS = 40_000  # a stage tensor larger than this is summarised, not drawn
 
@@ -50,12 +51,12 @@ def _losses_figure(run: Run) -> go.Figure:
 
 def _positives_figure(run: Run) -> go.Figure:
     result = run.result
+    rule_names = get_scheme(run.scene.scheme).rule_names
     header, columns = [], []
     for name, tensor in result.positives.items():
         values = plain(tensor)
         if name == "rule":
-            values = [result.rule_names[v] if isinstance(v, int) and 0 <= v < len(result.rule_names) else v
-                      for v in values]
+            values = [rule_names[v] if isinstance(v, int) and 0 <= v < len(rule_names) else v for v in values]
         header.append(name)
         columns.append([_fmt(v) for v in values])
     count = len(columns[0]) if columns else 0
@@ -110,10 +111,10 @@ def render_report(run: Run) -> str:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in result.notes) + "</ul>")
     parts.append("<h2>Losses</h2>" + _div(_losses_figure(run)))
     parts.append("<h2>Positives</h2>" + _div(_positives_figure(run)))
-    if result.column_docs:
-        parts.append("<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
-                                      for k, v in result.column_docs.items()) + "</dl>")
-    map_docs = {**dict(spec.maps), **result.map_docs}
+    if spec.columns:
+        parts.append("<dl>" + "".join(f"<dt>{html.escape(c.name)}</dt><dd>{html.escape(c.doc)}</dd>"
+                                      for c in spec.columns) + "</dl>")
+    map_docs = {m.name: m.doc for m in spec.maps}
     parts.append("<h2>Maps</h2>")
     for name, levels in result.maps.items():
         for level, tensor in zip(result.levels, levels):

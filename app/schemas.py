@@ -1,8 +1,9 @@
 """Request and response models of the HTTP API (docs/api-contract.md).
 
-Request models forbid unknown fields and constrain each number; what needs the scheme to decide
-(strides, class range, parameters, box geometry) is checked by ``losscore.scene.validate_scene``,
-whose ``ValueError`` messages :mod:`app.errors` turns into 422s naming the field.
+Request models check the structure only (field names, types, list lengths); every value is
+checked by the one validation path, ``losscore.scene.validate_scene`` (strides, classes, box
+geometry, parameters, pins), whose ``ValueError`` messages :mod:`app.errors` turns into 422s
+naming the field.
 """
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from losscore.scene import MAX_BOXES, MAX_IMAGE_SIDE, MAX_NC, Box, Pin, Scene, get_scheme
-
-MAX_PINS = 64
+from losscore.scene import MAX_BOXES, MAX_PINS, Box, Pin, Scene
 ParamValue = Union[bool, int, float, str]
 FloatOut = Union[float, Literal["nan", "inf", "-inf"]]  # non-finite floats travel as strings
 
@@ -22,42 +21,42 @@ class _Strict(BaseModel):
 
 
 class ImageIn(_Strict):
-    width: int = Field(640, ge=1, le=MAX_IMAGE_SIDE, description="px, a multiple of the largest stride")
-    height: int = Field(640, ge=1, le=MAX_IMAGE_SIDE, description="px, a multiple of the largest stride")
+    width: int = Field(640, description="px, a multiple of the scheme's largest stride, at most 2048")
+    height: int = Field(640, description="px, a multiple of the scheme's largest stride, at most 2048")
 
 
 class BoxIn(_Strict):
-    cls: int = Field(ge=0, lt=MAX_NC, description="class index in [0, nc)")
-    x1: float = Field(ge=-1e6, le=1e6, description="left edge, px")
-    y1: float = Field(ge=-1e6, le=1e6, description="top edge, px")
-    x2: float = Field(ge=-1e6, le=1e6, description="right edge, px (> x1)")
-    y2: float = Field(ge=-1e6, le=1e6, description="bottom edge, px (> y1)")
+    cls: int = Field(description="class index in [0, nc)")
+    x1: float = Field(description="left edge, px")
+    y1: float = Field(description="top edge, px")
+    x2: float = Field(description="right edge, px (> x1)")
+    y2: float = Field(description="bottom edge, px (> y1)")
 
 
 class PinIn(_Strict):
-    level: int = Field(ge=0, le=16)
-    anchor: int = Field(ge=0, le=64)
-    gi: int = Field(ge=0, le=MAX_IMAGE_SIDE, description="grid column")
-    gj: int = Field(ge=0, le=MAX_IMAGE_SIDE, description="grid row")
-    cx: float = Field(ge=-1e6, le=1e6, description="predicted centre x, px")
-    cy: float = Field(ge=-1e6, le=1e6, description="predicted centre y, px")
-    w: float = Field(gt=0, le=1e6, description="predicted width, px")
-    h: float = Field(gt=0, le=1e6, description="predicted height, px")
+    level: int = Field(description="level index (0 = the first level)")
+    anchor: int = Field(description="anchor index within the level (0 for anchor-free schemes)")
+    gi: int = Field(description="grid column")
+    gj: int = Field(description="grid row")
+    cx: float = Field(description="predicted centre x, px")
+    cy: float = Field(description="predicted centre y, px")
+    w: float = Field(description="predicted width, px (> 0)")
+    h: float = Field(description="predicted height, px (> 0)")
 
 
 class PredictionsIn(_Strict):
-    seed: int = Field(0, ge=0, lt=2**31)
-    progress: float = Field(0.5, ge=0.0, le=1.0, description="0 = untrained random head, 1 = perfect head")
+    seed: int = Field(0, description="noise seed of the untrained head, in [0, 2^31)")
+    progress: float = Field(0.5, description="0 = untrained random head, 1 = perfect head")
     pins: list[PinIn] = Field(default_factory=list, max_length=MAX_PINS)
 
 
 class SceneIn(_Strict):
     """What a learner draws (the body of ``POST /api/v1/explain`` and ``/api/v1/export``)."""
 
-    scheme: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
-                        description="a scheme name from GET /api/v1/schemes", examples=["yolov5"])
+    scheme: str = Field(min_length=1, max_length=64, description="a scheme name from GET /api/v1/schemes",
+                        examples=["yolov5"])
     image: ImageIn = Field(default_factory=ImageIn)
-    nc: int = Field(80, ge=1, le=MAX_NC, description="number of classes")
+    nc: int = Field(80, description="number of classes, 1..1000")
     boxes: list[BoxIn] = Field(default_factory=list, max_length=MAX_BOXES)
     params: dict[str, ParamValue] = Field(default_factory=dict, max_length=64,
                                           description="omitted -> upstream defaults; unknown -> 422")
@@ -73,28 +72,6 @@ class SceneIn(_Strict):
             pins=tuple(Pin(p.level, p.anchor, p.gi, p.gj, p.cx, p.cy, p.w, p.h) for p in self.predictions.pins),
             device=self.device,
         )
-
-
-def check_pins(scene: Scene) -> None:
-    """Pins must name a slot that exists: level, anchor and cell inside the scheme's grids.
-
-    Raises ``ValueError`` with the field path (``predictions.pins[0].gi: ...``).
-    """
-    spec = get_scheme(scene.scheme)
-    for index, pin in enumerate(scene.pins):
-        where = f"predictions.pins[{index}]"
-        if pin.level >= len(spec.strides):
-            raise ValueError(f"{where}.level: {pin.level} is not a level of {spec.name} "
-                             f"(it has {len(spec.strides)})")
-        stride = spec.strides[pin.level]
-        rows, columns = scene.height // stride, scene.width // stride
-        anchors = 1 if spec.anchors_px is None else len(spec.anchors_px[pin.level])
-        if pin.anchor >= anchors:
-            raise ValueError(f"{where}.anchor: {pin.anchor} is not an anchor of level {pin.level} (it has {anchors})")
-        if pin.gi >= columns:
-            raise ValueError(f"{where}.gi: column {pin.gi} is outside the {columns}-column grid")
-        if pin.gj >= rows:
-            raise ValueError(f"{where}.gj: row {pin.gj} is outside the {rows}-row grid")
 
 
 # -- responses (documented for OpenAPI; the endpoints return orjson bytes of the same shape) --------
@@ -114,16 +91,44 @@ class ParamOut(_Open):
     upstream: str
 
 
+class ColumnOut(_Open):
+    name: str
+    doc: str
+    unit: str
+    parts: list[str]
+    box: str
+
+
+class RuleOut(_Open):
+    name: str
+    glyph: str
+    doc: str
+
+
+class MapSpecOut(_Open):
+    name: str
+    doc: str
+    unit: str
+    scale: str
+    reduce: str
+    range: list[float] | None
+
+
 class SchemeOut(_Open):
     name: str
     title: str
     family: str
     strides: list[int]
+    level_names: list[str]
     upstream: str
     doc: str
     params: list[ParamOut]
-    maps: dict[str, str]
-    rule_names: list[str]
+    maps: list[MapSpecOut]
+    rules: list[RuleOut]
+    columns: list[ColumnOut]
+    losses: dict[str, Any] | None
+    focal: dict[str, Any] | None
+    phases: list[dict[str, str]]
 
 
 class LimitsOut(_Open):
@@ -153,7 +158,6 @@ class MapLevelOut(_Open):
 
 
 class MapOut(_Open):
-    doc: str
     levels: list[MapLevelOut]
 
 
@@ -170,6 +174,9 @@ class StageTensorOut(_Open):
 
 class StageOut(_Open):
     name: str
+    phase: str
+    level: str | None
+    step: str
     title: str
     explain: str
     code: str
@@ -189,10 +196,13 @@ class ResultOut(_Open):
     levels: list[LevelOut]
     rule_names: list[str]
     positives: list[dict[str, Any]]
-    columns: dict[str, str]
+    counts: dict[str, Any]
     maps: dict[str, MapOut]
-    map_names: dict[str, str]
     losses: dict[str, FloatOut]
+    composition: dict[str, Any] | None
+    focal: dict[str, Any] | None
+    box_cells: list[list[list[int]]] | None
+    checks: list[dict[str, Any]]
     notes: list[str]
 
 

@@ -10,11 +10,10 @@ from typing import Any, Iterable
 
 import orjson
 
-from losscore import export
-from losscore.scene import Scene, validate_scene
+from losscore import export, registry
+from losscore.scene import Scene
 
-from .errors import SceneError, scene_error_loc
-from .schemas import check_pins
+from .errors import scene_error
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -26,27 +25,26 @@ def dumps(content: Any) -> bytes:
 def run(scene: Scene, record: bool = True) -> export.Run:
     """Validate and compute a scene; a ``ValueError`` from losscore becomes a :class:`SceneError`."""
     try:
-        scene = validate_scene(scene)
-        check_pins(scene)
+        scene = registry.validate(scene)
         return export.run_scene(scene, record=record, validated=True)
     except ValueError as exc:
-        message = str(exc)
-        raise SceneError(message, scene_error_loc(message)) from exc
+        raise scene_error(exc) from exc
 
 
 def explain_document(scene: Scene, maps: Iterable[str] | None, stage_data: int | None,
-                     stages: bool = True, columns: Iterable[str] | None = None) -> dict[str, Any]:
+                     stages: bool = True, columns: Iterable[str] | None = None,
+                     checks: bool = False) -> dict[str, Any]:
     return export.result_to_dict(run(scene, record=stages), maps=maps, stage_data=stage_data,
-                                 stages=stages, columns=columns)
+                                 stages=stages, columns=columns, checks=checks, arrays=True)
 
 
 def explain_bytes(scene: Scene, maps: Iterable[str] | None, stage_data: int | None,
-                  stages: bool = True, columns: Iterable[str] | None = None) -> bytes:
-    return dumps(explain_document(scene, maps, stage_data, stages, columns))
+                  stages: bool = True, columns: Iterable[str] | None = None, checks: bool = False) -> bytes:
+    return dumps(explain_document(scene, maps, stage_data, stages, columns, checks))
 
 
 def export_document(scene: Scene) -> dict[str, Any]:
-    return export.build_export(run(scene))
+    return export.build_export(run(scene), arrays=True)
 
 
 def export_bytes(scene: Scene) -> bytes:

@@ -81,24 +81,15 @@ class Server:
             self.process.kill()
 
 
-def drag_columns() -> str:
-    """The positives columns the page asks for while a box moves (``DRAG_COLUMNS`` in config.js)."""
-    text = (ROOT / "static" / "js" / "config.js").read_text(encoding="utf-8")
-    names = re.search(r"DRAG_COLUMNS\s*=\s*\[([^\]]*)\]", text)
-    if names is None:
-        raise SystemExit("static/js/config.js defines no DRAG_COLUMNS")
-    return ",".join(re.findall(r"'([^']+)'", names.group(1)))
-
-
 MODES = {
-    # the API's default request: positives (every column), the scheme's first map, losses; no stages
+    # the API's default request: positives (the default columns), the scheme's first map, losses; no stages
     "default": {},
     # what the page sends once a gesture ends (static/js/api.js explain(...)): every map and the
     # stage list (tensors of up to 64 elements inline) for the table, the plots and the stepper
-    "release": {"stages": "1", "maps": "all", "stage_data": "64"},
+    "release": {"stages": "1", "maps": "all", "stage_data": "64", "columns": "all", "checks": "1"},
     # what the page sends while a box is dragged or a slider moves (explain(..., light)); stages=0
     # is the default, spelled out so that an A/B against older servers asks the same
-    "drag": {"stages": "0", "stage_data": "0", "columns": drag_columns()},
+    "drag": {"stages": "0", "stage_data": "0", "columns": "grid"},
 }
 
 

@@ -12,7 +12,8 @@ import torch
 
 from benchmarks.timing import median_ms, row
 from losscore.mmdet import FocalLoss
-from losscore.scene import Box, Scene, explain
+from losscore.scene import Box, Scene
+from losscore.registry import explain
 from losscore.trace import Trace
 
 NC, SIDE = 80, 640

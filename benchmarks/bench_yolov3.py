@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from benchmarks.timing import median_ms, row
-from losscore.scene import Box, Scene, explain
+from losscore.scene import Box, Scene
+from losscore.registry import explain
 from losscore.trace import Trace
 from losscore.yolov3 import YOLOV3_ANCHORS_PX, YOLOV3_STRIDES, compute_loss, yolo_layer_loss
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from benchmarks.timing import median_ms, row
 from losscore.boxes import bbox_iou, xywh2xyxy
-from losscore.tal import dist2bbox, make_anchors, select_candidates_in_gts
+from losscore.yolov9.tal import dist2bbox, make_anchors, select_candidates_in_gts
 from losscore.trace import Trace
 from losscore.yolov9 import BOX_GAIN, CLS_GAIN, DFL_GAIN, BboxLoss, compute_loss
 

@@ -15,7 +15,7 @@ import torch
 
 from app import serialize
 from app.schemas import SceneIn
-from losscore.scene import get_scheme
+from losscore.registry import get_scheme
 
 from .api_load import scene
 

@@ -5,8 +5,9 @@ encoded JSON form) or already decoded into tensors, and returns a dict shaped li
 ``expected`` (tensors, lists of tensors, numbers). A case whose ``expected`` is an error raises
 that exception type.
 
-Each family module registers its group runners with :func:`group` on import; this module only
-decodes, dispatches and compares.
+Each family package declares its runners in its ``vectors.py`` (``GROUPS``), listed by
+:mod:`losscore.registry`; this module only decodes, dispatches and compares. A vector family
+``name@tag`` (e.g. ``yolox@main``) is checked against each case's ``expected_<tag>``.
 
 Command line::
 
@@ -17,42 +18,28 @@ prints one line per group and a final ``N passed, M failed`` line.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from . import registry
 from .trace import decode_tensor
 
-__all__ = ["run_case", "compare", "check_case", "group", "RUNNERS", "load_vectors"]
-
-Runner = Callable[[dict[str, Any], torch.device], dict[str, Any]]
-RUNNERS: dict[tuple[str, str], Runner] = {}
+__all__ = ["run_case", "compare", "check_case", "expected_key", "load_vectors"]
 
 # Tolerances from ../shared/vectors/README.md: elementwise values, and loss scalars.
 ELEMENT_TOL = dict(rtol=1e-5, atol=1e-6)
 SCALAR_TOL = dict(rtol=1e-4, atol=1e-5)
 # Keys whose values are reductions over many terms (loss scalars).
 _SCALAR_KEYS = {"loss", "loss_items", "total_loss", "loss_iou", "loss_dfl", "metrics"}
-# Per (family, group, key) overrides where the README allows more (yolov9 cls sums ~1e6 terms).
-TOL_OVERRIDES: dict[tuple[str, str, str], dict[str, float]] = {
-    ("yolov9", "compute_loss", "loss"): dict(rtol=2e-4, atol=1e-5),
-    ("yolov9", "compute_loss", "loss_items"): dict(rtol=2e-4, atol=1e-5),
-}
-_FAMILY_MODULES = {"yolov5": "yolov5", "yolov3": "yolov3", "yolov9": "yolov9", "mmdet": "mmdet"}
 
 
-def group(family: str, name: str) -> Callable[[Runner], Runner]:
-    """Decorator: register ``fn(inputs, device) -> expected-shaped dict`` for one vector group."""
-
-    def deco(fn: Runner) -> Runner:
-        RUNNERS[(family, name)] = fn
-        return fn
-
-    return deco
+def expected_key(family: str) -> str:
+    """``"yolox@main"`` -> ``"expected_main"``; a plain family -> ``"expected"``."""
+    return f"expected_{family.split('@', 1)[1]}" if "@" in family else "expected"
 
 
 def _decode_tree(obj: Any, device: torch.device) -> Any:
@@ -71,15 +58,9 @@ def run_case(
     family: str, group_name: str, inputs: dict[str, Any], device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Run one case's inputs through our implementation; returns an ``expected``-shaped dict."""
-    if family not in _FAMILY_MODULES:
-        raise ValueError(f"family: unknown family {family!r}; known: {sorted(_FAMILY_MODULES)}")
-    importlib.import_module(f"losscore.{_FAMILY_MODULES[family]}")
-    key = (family, group_name)
-    if key not in RUNNERS:
-        known = sorted(g for f, g in RUNNERS if f == family)
-        raise ValueError(f"group: no runner for {family}/{group_name}; known: {known}")
+    fn = registry.runner(family, group_name)
     device = torch.device(device)
-    return RUNNERS[key](_decode_tree(inputs, device), device)
+    return fn(_decode_tree(inputs, device), device)
 
 
 def compare(actual: Any, expected: Any, tol: dict[str, float], path: str = "") -> list[str]:
@@ -138,15 +119,19 @@ def compare(actual: Any, expected: Any, tol: dict[str, float], path: str = "") -
 
 
 def _tolerance(family: str, group_name: str, key: str) -> dict[str, float]:
-    if (family, group_name, key) in TOL_OVERRIDES:
-        return TOL_OVERRIDES[(family, group_name, key)]
+    declared = registry.tolerance(family, group_name, key)
+    if declared is not None:
+        return dict(declared)
     return SCALAR_TOL if key in _SCALAR_KEYS else ELEMENT_TOL
 
 
 def check_case(family: str, group_name: str, case: dict[str, Any],
                device: str | torch.device = "cpu") -> list[str]:
-    """Run one stored case and list its differences from ``expected`` (empty when it passes)."""
-    expected = case["expected"]
+    """Run one stored case and list its differences from its expected values (empty when it passes).
+
+    ``family`` ``name@tag`` compares against ``case["expected_<tag>"]``.
+    """
+    expected = case[expected_key(family)]
     if "error" in expected:
         try:
             run_case(family, group_name, case["inputs"], device)
@@ -172,6 +157,18 @@ def load_vectors(path: str) -> dict[str, Any]:
         return json.load(fh)
 
 
+def _checks(data: dict[str, Any]):
+    """(vector family, group, cases) to check in one file: ``family`` against ``expected``, and
+    ``family@tag`` against ``expected_<tag>`` for the cases that carry one."""
+    family = data["family"]
+    for group_name, cases in data["groups"].items():
+        yield family, group_name, cases
+        tags = sorted({key[len("expected_"):] for case in cases for key in case if key.startswith("expected_")})
+        for tag in tags:
+            tagged = [case for case in cases if f"expected_{tag}" in case]
+            yield f"{family}@{tag}", group_name, tagged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m losscore.conformance", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", help="vector files, e.g. ../shared/vectors/yolov5.json")
@@ -181,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = failed = 0
     for path in args.files:
         data = load_vectors(path)
-        family = data["family"]
-        for group_name, cases in data["groups"].items():
+        for family, group_name, cases in _checks(data):
             ok = 0
             failures = []
             for case in cases:
@@ -197,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             passed += ok
             failed += len(failures)
             status = "ok" if not failures else "FAIL"
-            print(f"{family:7s} {group_name:24s} {ok}/{len(cases)} {status}")
+            print(f"{family:15s} {group_name:24s} {ok}/{len(cases)} {status}")
             for cid, problems in failures if (args.verbose or len(failures) <= 3) else failures[:3]:
                 print(f"    {cid}: {'; '.join(problems[:3])}")
     print(f"{passed} passed, {failed} failed")
@@ -205,8 +201,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main so family modules register into the same RUNNERS dict
-    # (under ``python -m`` this file is ``__main__``, a second copy of the module).
-    from losscore.conformance import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

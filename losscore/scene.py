@@ -1,24 +1,32 @@
-"""Scenes: what a learner draws, validated, and the result every family's ``explain`` returns.
+"""Scenes: what a learner draws, what a scheme declares, and what its ``explain`` returns.
 
-A :class:`Scene` is image size, ground-truth boxes in pixels, the number of classes, a scheme
-name, its parameters, the prediction settings and a device. Each scheme (``yolov5``, ``yolov3``,
-``yolov9``, ``focal``) registers a :class:`SchemeSpec` whose ``explain(scene, trace)`` runs the
-family's real ``losscore`` functions on it and returns a :class:`SceneResult`. The API and the
-page read only that result and its :class:`~losscore.trace.Trace`; no number is recomputed
-outside ``losscore``.
+This module is the data model only (no scheme lives here and nothing registers itself):
+
+* :class:`Scene` — image size, ground-truth boxes in pixels, the number of classes, a scheme
+  name, its parameters, the prediction settings (seed, training progress, pins) and a device.
+* :class:`SchemeSpec` — everything the page needs to know about a scheme, declared once: its
+  parameters (:class:`ParamSpec`), the positives columns with unit and box format
+  (:class:`ColumnSpec`), the rules that make a slot positive with their glyph
+  (:class:`RuleSpec`), the heat maps with meaning and scale (:class:`MapSpec`), which parameters
+  feed a focal curve (:class:`FocalSpec`), the loss composition (:class:`LossSpec`) and the
+  phases of its trace (:class:`PhaseSpec`). The page reads only this declaration and the result.
+* :class:`SceneResult` — what a scheme's ``explain(scene, trace)`` returns; the API and the page
+  read only it (and its :class:`~losscore.trace.Trace`).
+* :func:`validate_scene` — the one validation path of a scene against its scheme (boxes,
+  parameters, predictions and pins).
+
+Which schemes exist is :mod:`losscore.registry`'s business; the prediction heads are built by
+:mod:`losscore.predictions`.
 
 Vocabulary for shapes: ``B`` images, ``L`` levels, ``A`` anchors per level, ``H W`` grid, ``N``
 targets, ``P`` positives, ``C`` classes, ``R`` DFL bins.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
-from collections import OrderedDict
-from contextlib import contextmanager
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -29,20 +37,29 @@ __all__ = [
     "Pin",
     "Scene",
     "ParamSpec",
+    "ColumnSpec",
+    "RuleSpec",
+    "MapSpec",
+    "FocalSpec",
+    "LossTermSpec",
+    "LossSpec",
+    "PhaseSpec",
     "SchemeSpec",
     "LevelInfo",
+    "LossPart",
+    "LossTerm",
+    "LossComposition",
+    "Check",
     "SceneResult",
-    "SCHEMES",
-    "register_scheme",
-    "get_scheme",
+    "validate_scene",
     "resolve_device",
     "boxes_to_targets",
-    "blend_logits",
-    "blend_sparse",
-    "blended_heads",
-    "BlendedHeads",
+    "STAGE_NAME",
+    "stage_parts",
+    "UNITS",
     "MAX_BOXES",
     "MAX_NC",
+    "MAX_PINS",
     "BOX_MARGIN_FRAC",
     "MAX_IMAGE_SIDE",
     "MAX_HEAD_ELEMENTS",
@@ -50,9 +67,44 @@ __all__ = [
 
 MAX_BOXES = 256  # most boxes in one scene
 MAX_NC = 1000  # most classes
+MAX_PINS = 64  # most pinned predictions
 MAX_IMAGE_SIDE = 2048  # pixels, each side
 BOX_MARGIN_FRAC = 0.5  # a box may stick out of the image by at most half the image side
 MAX_HEAD_ELEMENTS = 40_000_000  # grid cells (all levels) x 3 x (64 + nc): bounds one scene's memory
+
+# One stage-naming pattern for every family: "<phase>.<step>" or "<phase>.<level>.<step>", with
+# lowercase snake_case words and a level like "P3" (losscore.trace.Trace.scope builds the prefixes).
+STAGE_NAME = re.compile(r"^(?P<phase>[a-z][a-z0-9_]*)\.(?:(?P<level>P\d+)\.)?(?P<step>[a-z][a-z0-9_]*)$")
+
+
+def stage_parts(name: str) -> tuple[str, str | None, str]:
+    """``"loss.P3.ciou"`` -> ``("loss", "P3", "ciou")``; ``"assigner.topk"`` -> ``("assigner", None, "topk")``.
+
+    Raises ``ValueError`` for a name outside :data:`STAGE_NAME`.
+    """
+    match = STAGE_NAME.match(name)
+    if not match:
+        raise ValueError(f"stage name {name!r} does not follow '<phase>[.<level>].<step>'")
+    return match["phase"], match["level"], match["step"]
+
+
+# Units a positives column, a check or a map may declare (the page formats by unit, never by name).
+UNITS = {
+    "index": "an integer index (box, level, anchor, cell, rank, bin)",
+    "px": "image pixels",
+    "grid": "cells of the row's level (pixels / stride)",
+    "ratio": "a dimensionless ratio",
+    "iou": "an overlap in [-1, 1] (IoU, GIoU, DIoU, CIoU)",
+    "prob": "a probability in [0, 1]",
+    "logit": "a logit (before the sigmoid)",
+    "loss": "a loss value (nats for BCE)",
+    "weight": "a weight or factor",
+    "count": "a count",
+    "bool": "true or false",
+    "bins": "DFL bins (cells of the level)",
+    "grad": "a gradient (dloss/dlogit)",
+    "": "no unit",
+}
 
 
 @dataclass(frozen=True)
@@ -98,10 +150,11 @@ class Scene:
     device: str = "auto"
 
     def param(self, name: str) -> Any:
-        """The value of a parameter: the scene's, else the scheme's (upstream) default."""
-        if name in self.params:
+        """The value of a parameter of a validated scene (:func:`validate_scene` fills every default)."""
+        try:
             return self.params[name]
-        return get_scheme(self.scheme).param(name).default
+        except KeyError:
+            raise KeyError(f"params.{name}: not set; explain a scene returned by validate_scene") from None
 
 
 @dataclass(frozen=True)
@@ -122,18 +175,22 @@ class ParamSpec:
         where = f"params.{self.name}"
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"{where}: expected true or false, got {value!r}")
+                raise ValueError(f"{where}: expected true or false, got {_excerpt(value)}")
             return value
         if self.kind == "choice":
             if value not in self.choices:
-                raise ValueError(f"{where}: expected one of {list(self.choices)}, got {value!r}")
+                raise ValueError(f"{where}: expected one of {list(self.choices)}, got {_excerpt(value)}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(float(value)):
+            raise ValueError(f"{where}: expected a number, got {_excerpt(value)}")
+        try:
+            as_float = float(value)
+        except OverflowError:  # an integer literal beyond the float range (e.g. 1e309 written out)
+            raise ValueError(f"{where}: {_excerpt(value)} is too large to be a number") from None
+        if not math.isfinite(as_float):
             raise ValueError(f"{where}: must be finite, got {value!r}")
         if self.kind == "int":
-            if float(value) != int(value):
+            if as_float != int(value):
                 raise ValueError(f"{where}: expected an integer, got {value!r}")
             value = int(value)
         if self.min is not None and value < self.min:
@@ -144,16 +201,127 @@ class ParamSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "default": self.default,
-            "min": self.min,
-            "max": self.max,
-            "step": self.step,
-            "kind": self.kind,
-            "choices": list(self.choices),
-            "doc": self.doc,
-            "upstream": self.upstream,
+            "name": self.name, "default": self.default, "min": self.min, "max": self.max, "step": self.step,
+            "kind": self.kind, "choices": list(self.choices), "doc": self.doc, "upstream": self.upstream,
         }
+
+
+def _excerpt(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error never echoes a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}… ({len(text)} characters)"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One positives column: its meaning, unit, and for a (P, k) column the names of its k parts.
+
+    ``box`` is ``"xyxy"`` for a box column; every box the page draws is (x1, y1, x2, y2) in pixels.
+    """
+
+    name: str
+    doc: str
+    unit: str = ""
+    parts: tuple[str, ...] = ()  # (P, k) columns: what each of the k values is
+    box: str = ""  # "xyxy" for a box in image pixels, else ""
+    default: bool = True  # in the explain response unless the request names its columns ("all" includes it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "doc": self.doc, "unit": self.unit, "parts": list(self.parts), "box": self.box,
+                "default": self.default}
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """Why a slot became positive: ``SceneResult.positives["rule"]`` indexes a scheme's rules."""
+
+    name: str
+    glyph: str  # one character drawn in the cell (shape, not colour, carries the rule)
+    doc: str  # one line
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "glyph": self.glyph, "doc": self.doc}
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A heat layer: one value per (anchor, cell) on every level.
+
+    ``scale``: ``linear`` (colour from the data's min to max, or ``range`` when set), ``log``
+    (log10 of positive values) or ``count`` (small integers). ``reduce``: how the anchors of a cell
+    are combined when all anchors are shown (``max`` or ``sum``).
+    """
+
+    name: str
+    doc: str
+    unit: str = ""
+    scale: str = "linear"
+    reduce: str = "max"
+    range: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "doc": self.doc, "unit": self.unit, "scale": self.scale, "reduce": self.reduce,
+                "range": None if self.range is None else list(self.range)}
+
+
+@dataclass(frozen=True)
+class FocalSpec:
+    """Which parameters feed a focal curve.
+
+    ``gamma``/``alpha`` name parameters (``alpha`` None: no alpha factor, or a fixed ``alpha_value``).
+    ``off_at_zero``: at gamma = 0 the code uses plain BCE (no focal wrapper, no alpha either).
+    """
+
+    gamma: str
+    alpha: str | None = None
+    alpha_value: float | None = None  # a fixed alpha the code hard-codes (e.g. FocalLoss(alpha=0.25))
+    off_at_zero: bool = False
+    applies_to: str = ""  # which loss terms the focal wrapper touches ("class and objectness BCE")
+    points: tuple[str, str] | None = None  # positives columns (p_t, per-element loss) to draw on the curve
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "alpha": self.alpha, "alpha_value": self.alpha_value,
+                "off_at_zero": self.off_at_zero, "applies_to": self.applies_to,
+                "points": None if self.points is None else list(self.points)}
+
+
+@dataclass(frozen=True)
+class LossTermSpec:
+    """One term of the total: what it is and the labels of the factors it goes through."""
+
+    name: str
+    doc: str
+    part_factor: str = ""  # label of each part's factor, e.g. "balance[level]"; "" = none
+    divisor: str = ""  # label of the divisor, e.g. "target_scores_sum"; "" = none
+    gain: str = ""  # label of the gain, e.g. "hyp['box']"; "" = none
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "doc": self.doc, "part_factor": self.part_factor, "divisor": self.divisor,
+                "gain": self.gain}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """How the total is built: ``total = (Σ term values) × multiplier``."""
+
+    terms: tuple[LossTermSpec, ...]
+    formula: str  # e.g. "(box + obj + cls) × batch size"
+    multiplier: str = ""  # label of the final multiplier, e.g. "batch size"; "" = none
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"terms": [t.to_dict() for t in self.terms], "formula": self.formula, "multiplier": self.multiplier}
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """A phase of a scheme's trace (the first word of its stage names) with a title for the stepper."""
+
+    name: str
+    title: str
+    doc: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "doc": self.doc}
 
 
 @dataclass(frozen=True)
@@ -166,56 +334,158 @@ class LevelInfo:
     anchors_px: torch.Tensor | None  # (A, 2) w, h in pixels; None for anchor-free heads
 
 
+@dataclass(frozen=True)
+class LossPart:
+    """One part of a term (a level, or positives/background): raw value, its factor, the product."""
+
+    label: str
+    raw: torch.Tensor  # 0-dim, as the code computed it
+    factor: float = 1.0
+    value: torch.Tensor | None = None  # raw × factor as the code computed it (None: factor is 1)
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """``value = (Σ part values) / divisor × gain``.
+
+    ``normalised`` is ``sum / divisor`` as the code computed it (None when the divisor is 1).
+    """
+
+    name: str
+    parts: tuple[LossPart, ...]
+    sum: torch.Tensor
+    value: torch.Tensor
+    gain: float = 1.0
+    divisor: float = 1.0
+    normalised: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LossComposition:
+    """``total = (Σ term values) × multiplier``."""
+
+    terms: tuple[LossTerm, ...]
+    sum: torch.Tensor
+    total: torch.Tensor
+    multiplier: float = 1.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One test the code ran for a (box, level, anchor, cell), with its numbers and outcome.
+
+    The page shows ``text`` as it is (the sentence is built here, with the numbers filled in);
+    ``passed`` is the code's decision. ``cell`` is the (gi, gj) the test is about.
+    """
+
+    gt: int
+    level: int
+    anchor: int
+    gi: int
+    gj: int
+    test: str  # a short name: "anchor_ratio", "neighbour.left", "top_k", ...
+    passed: bool
+    text: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class SceneResult:
     """What a family's ``explain`` returns; the API serialises exactly this.
 
     ``positives``: columns of one table, one row per positive (P rows). Required columns:
       ``gt`` (P,) int64 box index, ``level`` (P,) int64, ``anchor`` (P,) int64 (0 for anchor-free),
-      ``gi`` (P,) int64 column, ``gj`` (P,) int64 row, ``rule`` (P,) int64 index into
-      ``rule_names``. Any further column is a per-positive number the code computed (offsets,
-      ``r_max``, decoded box, IoU terms, objectness target, ...), shape (P,) or (P, k);
-      ``column_docs`` says in one line what each is.
+      ``gi`` (P,) int64 column, ``gj`` (P,) int64 row, ``rule`` (P,) int64 index into the
+      scheme's rules. Every further column is declared by the scheme's :class:`ColumnSpec`.
     ``maps``: heat-layer name -> one tensor per level, each (A, H, W) (A = 1 for anchor-free).
     ``losses``: ``total`` plus each term, and per-level entries as ``"obj.P3"``; 0-dim tensors.
-    ``notes``: sentences the page shows as they are (unreachable pins, which upstream variant
-      a number follows, ...).
+    ``composition``: how the total is built (the loss chart's waterfall).
+    ``box_cells``: (N, L, 2) int64, each box's centre cell (gi, gj) on each level, as the code
+      computes it (clamped into the grid where the code clamps).
+    ``checks``: the tests the code ran that a learner asks "why" about (anchor ratio, neighbour
+      rules, top-k, ...), each with its numbers; built on demand (:meth:`check_list`), since a
+      crowded TAL scene has thousands and the page asks for them only when a gesture ends.
+    ``notes``: sentences the page shows as they are.
     """
 
     scheme: str
     levels: list[LevelInfo]
     positives: dict[str, torch.Tensor]
-    rule_names: list[str]
     maps: dict[str, list[torch.Tensor]]
     losses: dict[str, torch.Tensor]
     trace: Trace | None
     device: str
-    column_docs: dict[str, str] = field(default_factory=dict)
-    map_docs: dict[str, str] = field(default_factory=dict)
+    composition: LossComposition | None = None
+    box_cells: torch.Tensor | None = None
+    checks: Callable[[], list[Check]] | None = None
     notes: list[str] = field(default_factory=list)
     targets: torch.Tensor | None = None  # (N, 6) the target rows the code consumed
+
+    def check_list(self) -> list[Check]:
+        """The checks, built once on first use."""
+        if not hasattr(self, "_checks"):
+            self._checks = [] if self.checks is None else list(self.checks())
+        return self._checks
+
+
+REQUIRED_COLUMNS = ("gt", "level", "anchor", "gi", "gj", "rule")
 
 
 @dataclass(frozen=True)
 class SchemeSpec:
+    """A scheme: the real code of one family run on a learner's scene, and its declaration."""
+
     name: str
     title: str
-    family: str  # yolov5 | yolov3 | yolov9 | mmdet
+    family: str
     strides: tuple[int, ...]
     params: tuple[ParamSpec, ...]
     explain: Callable[[Scene, Trace | None], SceneResult]
     upstream: str = ""  # "ultralytics/yolov5@<commit> utils/loss.py"
     doc: str = ""
-    maps: tuple[tuple[str, str], ...] = ()  # (map name, one-line meaning), first is the default view
-    rule_names: tuple[str, ...] = ()  # why a slot became positive; SceneResult.positives["rule"] indexes it
+    maps: tuple[MapSpec, ...] = ()  # the first is the default view
+    rules: tuple[RuleSpec, ...] = ()
+    columns: tuple[ColumnSpec, ...] = ()  # every positives column, the required ones included
+    losses: LossSpec | None = None
+    focal: FocalSpec | None = None
+    phases: tuple[PhaseSpec, ...] = ()
     anchors_px: tuple[tuple[tuple[float, float], ...], ...] | None = None  # default anchors per level
+    level_names: tuple[str, ...] = ()  # e.g. ("P3", "P4", "P5"); default P{3 + i}
+    pred_box: str | None = None  # the positives column holding each positive's predicted box (xyxy px)
+    target_box: str | None = None  # the positives column holding its target box (xyxy px)
+
+    def column_set(self, which: str) -> tuple[str, ...]:
+        """Named sets of positives columns: ``default`` (the explain response's), ``all``, and
+        ``grid`` (what the page's grid draws while a box moves: the required ones and the predicted box)."""
+        if which == "all":
+            return tuple(c.name for c in self.columns)
+        if which == "grid":
+            return REQUIRED_COLUMNS + ((self.pred_box,) if self.pred_box else ())
+        if which == "default":
+            return tuple(c.name for c in self.columns if c.default)
+        raise ValueError(f"columns: unknown set {which!r}; sets: default, all, grid")
+
+    @property
+    def rule_names(self) -> tuple[str, ...]:
+        return tuple(rule.name for rule in self.rules)
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:
             if p.name == name:
                 return p
-        raise ValueError(f"params.{name}: unknown parameter for scheme {self.name!r}; "
-                         f"known: {[p.name for p in self.params]}")
+        known = [p.name for p in self.params]
+        raise ValueError(f"params.{_excerpt(name, 60).strip(chr(39))}: unknown parameter for scheme "
+                         f"{self.name!r}; known: {known}")
+
+    def column(self, name: str) -> ColumnSpec:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise ValueError(f"columns: unknown column {_excerpt(name, 60)} for scheme {self.name!r}; "
+                         f"known: {[c.name for c in self.columns]}")
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,52 +493,20 @@ class SchemeSpec:
             "title": self.title,
             "family": self.family,
             "strides": list(self.strides),
+            "level_names": list(self.level_names or [f"P{3 + i}" for i in range(len(self.strides))]),
             "upstream": self.upstream,
             "doc": self.doc,
             "params": [p.to_dict() for p in self.params],
-            "maps": dict(self.maps),
-            "rule_names": list(self.rule_names),
+            "maps": [m.to_dict() for m in self.maps],
+            "rules": [r.to_dict() for r in self.rules],
+            "columns": [c.to_dict() for c in self.columns],
+            "losses": None if self.losses is None else self.losses.to_dict(),
+            "focal": None if self.focal is None else self.focal.to_dict(),
+            "phases": [p.to_dict() for p in self.phases],
             "anchors_px": None if self.anchors_px is None else [[list(a) for a in lvl] for lvl in self.anchors_px],
+            "pred_box": self.pred_box,
+            "target_box": self.target_box,
         }
-
-
-SCHEMES: dict[str, SchemeSpec] = {}
-
-
-def register_scheme(spec: SchemeSpec) -> SchemeSpec:
-    SCHEMES[spec.name] = spec
-    return spec
-
-
-_BUILTINS_LOADED = False
-
-
-def _load_builtin_schemes() -> None:
-    """Import every family module once; each registers its scheme on import."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    import importlib
-
-    for module in ("yolov5", "yolov3", "yolov9", "mmdet"):
-        try:
-            importlib.import_module(f"losscore.{module}")
-        except ModuleNotFoundError as exc:  # a family that has not landed yet
-            if exc.name != f"losscore.{module}":
-                raise
-
-
-def get_scheme(name: str) -> SchemeSpec:
-    _load_builtin_schemes()
-    if name not in SCHEMES:
-        raise ValueError(f"scheme: unknown scheme {name!r}; known: {sorted(SCHEMES)}")
-    return SCHEMES[name]
-
-
-def all_schemes() -> dict[str, SchemeSpec]:
-    _load_builtin_schemes()
-    return dict(SCHEMES)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -282,18 +520,36 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {name!r}")
+    raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {_excerpt(name)}")
 
 
-def validate_scene(scene: Scene) -> Scene:
-    """Check a scene and return it with its parameters validated and completed with defaults.
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    Raises ``ValueError`` naming the argument and the problem.
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a huge int
+        return False
+
+
+def validate_scene(scene: Scene, spec: SchemeSpec) -> Scene:
+    """Check ``scene`` against its scheme ``spec``; return it with parameters validated and completed.
+
+    The one validation path of a scene (the API, the CLI and the library all come through here).
+    Raises ``ValueError`` whose message starts with the field path (``boxes[0].cls: ...``) and
+    says the problem once.
     """
-    spec = get_scheme(scene.scheme)
+    if scene.scheme != spec.name:
+        raise ValueError(f"scheme: the scene is for {scene.scheme!r}, not {spec.name!r}")
     for side, value in (("width", scene.width), ("height", scene.height)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"image.{side}: expected an integer number of pixels, got {value!r}")
+        if not _is_int(value):
+            raise ValueError(f"image.{side}: expected an integer number of pixels, got {_excerpt(value)}")
         if value <= 0:
             raise ValueError(f"image.{side}: must be positive, got {value}")
         if value > MAX_IMAGE_SIDE:
@@ -303,8 +559,8 @@ def validate_scene(scene: Scene) -> Scene:
             raise ValueError(
                 f"image.{side}: {value} px is not a multiple of the largest stride {largest} "
                 f"(the grids of all levels must be whole)")
-    if isinstance(scene.nc, bool) or not isinstance(scene.nc, int) or not 1 <= scene.nc <= MAX_NC:
-        raise ValueError(f"nc: expected an integer in [1, {MAX_NC}], got {scene.nc!r}")
+    if not _is_int(scene.nc) or not 1 <= scene.nc <= MAX_NC:
+        raise ValueError(f"nc: expected an integer in [1, {MAX_NC}], got {_excerpt(scene.nc)}")
     cells = sum((scene.width // stride) * (scene.height // stride) for stride in spec.strides)
     head_elements = cells * 3 * (64 + scene.nc)  # the largest head any scheme builds, per element
     if head_elements > MAX_HEAD_ELEMENTS:
@@ -317,16 +573,16 @@ def validate_scene(scene: Scene) -> Scene:
     mx, my = BOX_MARGIN_FRAC * scene.width, BOX_MARGIN_FRAC * scene.height
     for i, box in enumerate(scene.boxes):
         where = f"boxes[{i}]"
-        if isinstance(box.cls, bool) or not isinstance(box.cls, int) or not 0 <= box.cls < scene.nc:
-            raise ValueError(f"{where}.cls: expected an integer in [0, {scene.nc - 1}], got {box.cls!r}")
+        if not _is_int(box.cls) or not 0 <= box.cls < scene.nc:
+            raise ValueError(f"{where}.cls: expected an integer in [0, {scene.nc - 1}], got {_excerpt(box.cls)}")
         for name in ("x1", "y1", "x2", "y2"):
             v = getattr(box, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{where}.{name}: expected a finite number, got {v!r}")
+            if not _is_number(v) or not _finite(v):
+                raise ValueError(f"{where}.{name}: expected a finite number, got {_excerpt(v)}")
         if box.x2 <= box.x1:
-            raise ValueError(f"{where}: x2 ({box.x2}) must be greater than x1 ({box.x1})")
+            raise ValueError(f"{where}.x2: must be greater than x1 ({box.x1:g}), got {box.x2:g}")
         if box.y2 <= box.y1:
-            raise ValueError(f"{where}: y2 ({box.y2}) must be greater than y1 ({box.y1})")
+            raise ValueError(f"{where}.y2: must be greater than y1 ({box.y1:g}), got {box.y2:g}")
         if box.x1 < -mx or box.y1 < -my or box.x2 > scene.width + mx or box.y2 > scene.height + my:
             raise ValueError(
                 f"{where}: lies outside the image by more than the allowed margin "
@@ -334,15 +590,18 @@ def validate_scene(scene: Scene) -> Scene:
         cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
         if not (0 <= cx <= scene.width and 0 <= cy <= scene.height):
             raise ValueError(f"{where}: its centre ({cx:g}, {cy:g}) lies outside the image")
+    if not isinstance(scene.params, Mapping):
+        raise ValueError("params: expected an object")
     params: dict[str, Any] = {}
     for name, value in scene.params.items():
         params[name] = spec.param(name).validate(value)
     for p in spec.params:
         params.setdefault(p.name, p.default)
-    if isinstance(scene.seed, bool) or not isinstance(scene.seed, int) or not 0 <= scene.seed < 2**31:
-        raise ValueError(f"predictions.seed: expected an integer in [0, 2^31), got {scene.seed!r}")
-    if not isinstance(scene.progress, (int, float)) or not 0.0 <= scene.progress <= 1.0:
-        raise ValueError(f"predictions.progress: expected a number in [0, 1], got {scene.progress!r}")
+    if not _is_int(scene.seed) or not 0 <= scene.seed < 2**31:
+        raise ValueError(f"predictions.seed: expected an integer in [0, 2^31), got {_excerpt(scene.seed)}")
+    if not _is_number(scene.progress) or not _finite(scene.progress) or not 0.0 <= scene.progress <= 1.0:
+        raise ValueError(f"predictions.progress: expected a number in [0, 1], got {_excerpt(scene.progress)}")
+    _validate_pins(scene, spec)
     resolve_device(scene.device)
     return Scene(
         scheme=scene.scheme, width=scene.width, height=scene.height, nc=scene.nc,
@@ -351,10 +610,36 @@ def validate_scene(scene: Scene) -> Scene:
     )
 
 
-def explain(scene: Scene, trace: Trace | None = None) -> SceneResult:
-    """Validate ``scene`` and run its scheme's real code on it."""
-    scene = validate_scene(scene)
-    return get_scheme(scene.scheme).explain(scene, trace)
+def _validate_pins(scene: Scene, spec: SchemeSpec) -> None:
+    """Pins name a slot that exists (level, anchor and cell inside the scheme's grids) and a box
+    with finite centre and positive finite size."""
+    if len(scene.pins) > MAX_PINS:
+        raise ValueError(f"predictions.pins: {len(scene.pins)} pins is above the limit of {MAX_PINS}")
+    for index, pin in enumerate(scene.pins):
+        where = f"predictions.pins[{index}]"
+        for name in ("level", "anchor", "gi", "gj"):
+            value = getattr(pin, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{where}.{name}: expected a non-negative integer, got {_excerpt(value)}")
+        for name in ("cx", "cy", "w", "h"):
+            value = getattr(pin, name)
+            if not _is_number(value) or not _finite(value):
+                raise ValueError(f"{where}.{name}: expected a finite number, got {_excerpt(value)}")
+        if pin.level >= len(spec.strides):
+            raise ValueError(f"{where}.level: {pin.level} is not a level of {spec.name} "
+                             f"(it has {len(spec.strides)})")
+        stride = spec.strides[pin.level]
+        rows, columns = scene.height // stride, scene.width // stride
+        anchors = 1 if spec.anchors_px is None else len(spec.anchors_px[pin.level])
+        if pin.anchor >= anchors:
+            raise ValueError(f"{where}.anchor: {pin.anchor} is not an anchor of level {pin.level} (it has {anchors})")
+        if pin.gi >= columns:
+            raise ValueError(f"{where}.gi: column {pin.gi} is outside the {columns}-column grid")
+        if pin.gj >= rows:
+            raise ValueError(f"{where}.gj: row {pin.gj} is outside the {rows}-row grid")
+        for name in ("w", "h"):
+            if not getattr(pin, name) > 0:
+                raise ValueError(f"{where}.{name}: must be positive, got {getattr(pin, name):g}")
 
 
 def boxes_to_targets(scene: Scene, device: torch.device) -> torch.Tensor:
@@ -380,169 +665,3 @@ def boxes_to_targets(scene: Scene, device: torch.device) -> torch.Tensor:
         dim=1,
     )  # (N, 6)
     return rows.to(device)
-
-
-class _NoiseEntry:
-    """One cached draw: the generator state after it, ``(1 - progress) * noise`` and, with a
-    background, its blend with it; plus a scratch copy of that blend for :func:`blended_heads`."""
-
-    __slots__ = ("state", "scaled", "base", "scratch", "lock")
-
-    def __init__(self, state: torch.Tensor, scaled: torch.Tensor, base: torch.Tensor | None) -> None:
-        self.state, self.scaled, self.base = state, scaled, base
-        self.scratch: torch.Tensor | None = None  # == base outside a blended_heads block
-        self.lock = threading.Lock()  # held by the blended_heads block patching scratch
-
-
-_NOISE_CACHE: "OrderedDict[tuple, _NoiseEntry]" = OrderedDict()
-_NOISE_CACHE_SIZE = 12  # entries (one per level and seed/progress/background)
-# Bytes the cached draws may hold (scaled noise, blend and scratch copy each): the least recently
-# used go first, but the newest entry always stays. A 640x640 nc-80 YOLOv5 scene holds ~26 MB.
-_NOISE_CACHE_BYTES = 768 * 2**20
-_NOISE_LOCK = threading.Lock()
-
-
-def _entry_bytes(entry: _NoiseEntry) -> int:
-    copies = 1 if entry.base is None else 3  # scaled, plus base and its scratch copy
-    return copies * entry.scaled.numel() * entry.scaled.element_size()
-
-
-def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
-                 generator: torch.Generator, scale: float, background: torch.Tensor | None) -> _NoiseEntry:
-    """The cached draw for the generator's state (drawn on a miss); the generator is left in the
-    state after the draw either way, as if it had drawn again."""
-    state = generator.get_state()
-    bg_key = None if background is None else (tuple(background.shape), tuple(background.reshape(-1).tolist()))
-    key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), tuple(shape), dtype,
-           str(device), float(scale), float(progress), bg_key)
-    with _NOISE_LOCK:
-        hit = _NOISE_CACHE.get(key)
-        if hit is not None:
-            _NOISE_CACHE.move_to_end(key)
-    if hit is None:
-        # normal tensors even when drawn under torch.inference_mode (export.run_scene): the cache
-        # outlives the call, and a later caller without inference mode patches the scratch copy
-        with torch.inference_mode(False):
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
-            noise = noise.to(device=device, dtype=dtype)
-            scaled = (1.0 - progress) * noise
-            base = None if background is None else scaled + progress * background.expand(shape)
-        hit = _NoiseEntry(generator.get_state(), scaled, base)
-        with _NOISE_LOCK:
-            _NOISE_CACHE[key] = hit
-            held = sum(_entry_bytes(entry) for entry in _NOISE_CACHE.values())
-            while len(_NOISE_CACHE) > 1 and (len(_NOISE_CACHE) > _NOISE_CACHE_SIZE or held > _NOISE_CACHE_BYTES):
-                _, evicted = _NOISE_CACHE.popitem(last=False)
-                held -= _entry_bytes(evicted)
-    else:
-        generator.set_state(hit.state)
-    return hit
-
-
-def blend_logits(
-    perfect: torch.Tensor,
-    progress: float,
-    generator: torch.Generator,
-    scale: float = 2.0,
-) -> torch.Tensor:
-    """``(1 - progress) * random + progress * perfect``: an untrained head at 0, a perfect one at 1.
-
-    The random part is a standard normal times ``scale``, drawn on the CPU from ``generator`` (so the
-    same seed gives the same scene on every device), then moved to ``perfect``'s device. Dragging a
-    box re-runs a scene with the same seed, so the scaled draw is cached, keyed by the generator's
-    exact state; the result has the same bits as the plain formula. When the perfect head is a
-    constant background with a few written slots, :func:`blend_sparse` is faster.
-    """
-    entry = _noise_entry(tuple(perfect.shape), perfect.dtype, perfect.device, progress, generator, scale, None)
-    return entry.scaled + progress * perfect
-
-
-def blend_sparse(
-    shape: tuple[int, ...],
-    background: torch.Tensor | float,
-    index: torch.Tensor,
-    values: torch.Tensor,
-    progress: float,
-    generator: torch.Generator,
-    scale: float = 2.0,
-) -> torch.Tensor:
-    """:func:`blend_logits` of a perfect head given as a background plus a few written elements.
-
-    The perfect head is ``background`` (broadcast to ``shape``) with ``values`` written at the flat
-    row-major positions ``index`` (unique). Same bits as ``blend_logits`` of that dense head, but
-    only one pass over the full tensor (the copy of the cached background blend).
-    """
-    background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
-    entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
-    out = entry.base.clone()
-    out.view(-1)[index] = _blend_at(entry, index, values, progress)
-    return out
-
-
-def _blend_at(entry: _NoiseEntry, index: torch.Tensor, values: torch.Tensor, progress: float) -> torch.Tensor:
-    """The blend at the written flat positions ``index``: ``(1 - progress) * noise + progress * values``."""
-    return entry.scaled.reshape(-1)[index] + progress * values
-
-
-class BlendedHeads:
-    """The heads of a :func:`blended_heads` block, one per level, and :meth:`write` for more writes."""
-
-    def __init__(self) -> None:
-        self.heads: list[torch.Tensor] = []
-        self._undo: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (flat head, index, old values)
-
-    def __getitem__(self, level: int) -> torch.Tensor:
-        return self.heads[level]
-
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    def write(self, level: int, index: torch.Tensor, values: torch.Tensor) -> None:
-        """``heads[level].view(-1)[index] = values``, undone when the block exits."""
-        flat = self.heads[level].view(-1)
-        self._undo.append((flat, index, flat[index]))
-        flat[index] = values
-
-
-@contextmanager
-def blended_heads(
-    shapes: list[tuple[int, ...]],
-    background: torch.Tensor,
-    writes: list[tuple[torch.Tensor, torch.Tensor]],
-    progress: float,
-    generator: torch.Generator,
-    scale: float = 2.0,
-) -> Iterator[BlendedHeads]:
-    """Per level the head :func:`blend_sparse` returns, valid only inside the ``with`` block.
-
-    ``writes``: per level ``(index, values)`` as for :func:`blend_sparse`. Each head is the cached
-    draw's scratch copy of the blended background with the writes applied in place; on exit every
-    write is undone, so the scratch copy equals the blended background again for the next block.
-    That saves a fresh copy of the whole head per call (6.5 MB for P3 at 640x640 and nc = 80, the
-    largest single cost of a drag). Same bits as :func:`blend_sparse`. A draw whose scratch copy is
-    in use by another thread gets a private copy instead. Do not keep a head (or a view of it)
-    beyond the block: compute what you need from it inside.
-    """
-    out = BlendedHeads()
-    locks: list[threading.Lock] = []
-    try:
-        for shape, (index, values) in zip(shapes, writes):
-            background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
-            entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
-            if entry.lock.acquire(blocking=False):
-                locks.append(entry.lock)
-                if entry.scratch is None:
-                    with torch.inference_mode(False):  # a normal tensor, as the entry's others
-                        entry.scratch = entry.base.clone()
-                head = entry.scratch
-            else:
-                head = entry.base.clone()
-            out.heads.append(head)
-            out.write(len(out.heads) - 1, index, _blend_at(entry, index, values, progress))
-        yield out
-    finally:
-        for flat, index, old in reversed(out._undo):
-            flat[index] = old
-        out._undo.clear()
-        for lock in locks:
-            lock.release()

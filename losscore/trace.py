@@ -7,9 +7,10 @@ code path does no extra work: each recording site is guarded by ``if trace is no
 tensor is copied and no explanation string is built. With a recorder, each stage is appended in
 the order the code runs it, as a :class:`Stage`:
 
-* ``name``: a stable dotted identifier, e.g. ``"build_targets.anchor_filter"``. Names inside a
-  level are prefixed by :meth:`Trace.scope` (``"loss.P3.ciou"``), so the same function reads the
-  same way on every level.
+* ``name``: a stable dotted identifier in one pattern for every family,
+  ``<phase>.<step>`` or ``<phase>.<level>.<step>`` (``"assigner.topk"``, ``"loss.P3.ciou"``; see
+  :data:`losscore.scene.STAGE_NAME`). :meth:`Trace.scope` prefixes names; :meth:`Trace.level`
+  puts a level right after the phase, so the same function reads the same way on every level.
 * ``title``: a few words for a stepper ("Anchor-ratio filter").
 * ``explain``: one line that says what the code does at this step and why, in the words of the
   seed documents ("keep target/anchor pairs with max(w/aw, aw/w, h/ah, ah/h) < anchor_t").
@@ -90,6 +91,7 @@ class Trace:
     def __init__(self) -> None:
         self.stages: list[Stage] = []
         self._prefix: list[str] = []
+        self._level: str | None = None
 
     # -- recording -------------------------------------------------------------------------
     @contextmanager
@@ -100,6 +102,16 @@ class Trace:
             yield self
         finally:
             self._prefix.pop()
+
+    @contextmanager
+    def level(self, name: str) -> Iterator["Trace"]:
+        """Insert ``name`` (e.g. ``"P3"``) after the phase of every stage recorded inside the block:
+        ``record("build_targets.wh_iou")`` becomes ``"build_targets.P3.wh_iou"``."""
+        outer, self._level = self._level, name
+        try:
+            yield self
+        finally:
+            self._level = outer
 
     def record(
         self,
@@ -112,6 +124,9 @@ class Trace:
         code: str = "",
     ) -> Stage:
         full = ".".join([*self._prefix, name])
+        if self._level is not None:
+            phase, _, rest = full.partition(".")
+            full = f"{phase}.{self._level}.{rest}"
         captured: dict[str, Recorded] = {}
         for key, item in (tensors or {}).items():
             tensor, dims = item if isinstance(item, tuple) else (item, "")

@@ -11,16 +11,16 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from losscore.scene import BOX_MARGIN_FRAC, MAX_BOXES, Box, Scene, all_schemes, get_scheme, validate_scene
-from test_api_toyscheme import ensure_toy, toy_body
+from losscore.scene import BOX_MARGIN_FRAC, MAX_BOXES, MAX_PINS, Box, Scene
+from losscore.registry import all_schemes, get_scheme, validate
+from test_api_toyscheme import toy_body, with_toy
 
-ensure_toy()
-REAL_SCHEMES = sorted(name for name in all_schemes() if name != "toy")
+REAL_SCHEMES = sorted(all_schemes())
 
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(create_app(Settings(warmup=True))) as test_client:
+    with with_toy(), TestClient(create_app(Settings(warmup=True))) as test_client:
         yield test_client
 
 
@@ -57,9 +57,10 @@ def test_schemes_lists_params_and_limits(client):
     body = client.get("/api/v1/schemes").json()
     toy = next(s for s in body["schemes"] if s["name"] == "toy")
     assert toy["params"][0]["name"] == "gain" and toy["params"][0]["default"] == 1.0
-    assert toy["strides"] == [32] and list(toy["maps"]) == ["iou", "inf"]
+    assert toy["strides"] == [32] and [m["name"] for m in toy["maps"]] == ["iou", "inf"]
     assert body["limits"] == {"max_boxes": MAX_BOXES, "max_nc": 1000, "max_image_side": 2048,
-                              "box_margin_frac": BOX_MARGIN_FRAC, "max_head_elements": 40_000_000}
+                              "box_margin_frac": BOX_MARGIN_FRAC, "max_head_elements": 40_000_000,
+                              "max_pins": MAX_PINS}
     assert set(REAL_SCHEMES) <= {s["name"] for s in body["schemes"]}
 
 
@@ -117,7 +118,7 @@ def test_explain_toy_values(client):
 
 def test_explain_maps_and_stage_data_options(client):
     default = client.post("/api/v1/explain", json=toy_body()).json()
-    assert list(default["maps"]) == ["iou"] and set(default["map_names"]) == {"iou", "inf"}
+    assert list(default["maps"]) == ["iou"]
     assert default["stages"] == [], "the stage list is opt-in (?stages=true)"
     only = client.post("/api/v1/explain?maps=inf", json=toy_body()).json()
     assert list(only["maps"]) == ["inf"]
@@ -133,7 +134,7 @@ def test_export_toy_is_attachment_with_versions(client):
     assert r.status_code == 200
     assert r.headers["content-disposition"] == 'attachment; filename="losslab-trace.json"'
     doc = r.json()
-    assert doc["format"] == "losslab-trace" and doc["version"] == 1
+    assert doc["format"] == "losslab-trace" and doc["version"] == 2
     assert doc["library"]["torch"] == torch.__version__
     assert doc["upstream"] == {"repo": "example/toy", "commit": "0123abc", "files": ["tests/toy.py"],
                                "pin": "example/toy@0123abc tests/toy.py"}
@@ -213,14 +214,15 @@ def test_real_scheme_positives_equal_losscore(client, scheme):
     response = client.post("/api/v1/explain?maps=all&stages=true", json=body)
     assert response.status_code == 200, response.text
     got = response.json()
-    scene = validate_scene(Scene(scheme, 640, 640, 4, tuple(Box(b["cls"], b["x1"], b["y1"], b["x2"], b["y2"])
+    scene = validate(Scene(scheme, 640, 640, 4, tuple(Box(b["cls"], b["x1"], b["y1"], b["x2"], b["y2"])
                                                            for b in body["boxes"]), device="cpu"))
     direct = get_scheme(scheme).explain(scene, None)
     rows = got["positives"]
     assert len(rows) == len(direct.positives["gt"])
     for column in ("gt", "level", "anchor", "gi", "gj"):
         assert [row[column] for row in rows] == direct.positives[column].tolist(), column
-    assert [row["rule"] for row in rows] == [direct.rule_names[i] for i in direct.positives["rule"].tolist()]
+    rule_names = get_scheme(scheme).rule_names
+    assert [row["rule"] for row in rows] == [rule_names[i] for i in direct.positives["rule"].tolist()]
     for name, value in direct.losses.items():
         expected = float(value)
         assert got["losses"][name] == pytest.approx(expected, rel=1e-6, abs=1e-7) if math.isfinite(expected) \
@@ -284,7 +286,8 @@ def test_explain_without_stages_and_with_chosen_columns_keeps_the_numbers(client
     assert light["losses"] == full["losses"]
     assert light["positives"] == [{k: row[k] for k in ("gt", "level", "anchor", "gi", "gj", "rule")}
                                   for row in full["positives"]]
-    assert set(light["columns"]) <= {"gt", "level", "anchor", "gi", "gj", "rule"}
+    unknown = client.post("/api/v1/explain", params={"columns": "gt,nonsense"}, json=body)
+    assert_422(unknown, ["query", "columns"], "nonsense")
 
 
 def test_a_scene_too_large_for_memory_is_422_on_nc(client):
@@ -297,12 +300,12 @@ def test_a_scene_too_large_for_memory_is_422_on_nc(client):
 @pytest.mark.parametrize("scheme", REAL_SCHEMES)
 def test_drag_request_is_the_full_answer_narrowed(client, scheme):
     """What the page sends while a box moves (static/js/api.js, benchmarks.api_load drag mode): no
-    stages, only DRAG_COLUMNS of each positive; every number it does carry equals the full answer's."""
+    stages, only the grid's columns of each positive; every number it does carry equals the full answer's."""
     from benchmarks.api_load import MODES
 
     drag = MODES["drag"]
-    columns = drag["columns"].split(",")
-    full = client.post("/api/v1/explain", params={"stages": "true"}, json=real_body(scheme)).json()
+    columns = get_scheme(scheme).column_set("grid")
+    full = client.post("/api/v1/explain", params={"stages": "true", "columns": "all"}, json=real_body(scheme)).json()
     light = client.post("/api/v1/explain", params=drag, json=real_body(scheme))
     assert light.status_code == 200, light.text
     light = light.json()

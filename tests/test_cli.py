@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from losscore.scene import all_schemes
-from test_api_toyscheme import ensure_toy, toy_body
+from losscore.registry import all_schemes
+from test_api_toyscheme import toy_body, with_toy
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = "yolov5" if "yolov5" in all_schemes() else None
-ensure_toy()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _toy_family():
+    with with_toy():
+        yield
 
 
 def losslab(*args: str) -> subprocess.CompletedProcess:

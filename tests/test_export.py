@@ -9,12 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from losscore import export
-from losscore.scene import Box, Pin, Scene, all_schemes
+from losscore import export, registry, verify, wire
+from losscore.scene import Box, Pin, Scene
+from losscore.registry import all_schemes
 from losscore.trace import Trace, decode_tensor
-from test_api_toyscheme import ensure_toy
+from test_api_toyscheme import with_toy
 
-ensure_toy()
+
+@pytest.fixture(scope="module", autouse=True)
+def _toy_family():
+    with with_toy():
+        yield
 REAL_SCHEMES = sorted(name for name in all_schemes() if name != "toy")
 
 
@@ -37,13 +42,13 @@ def json_round_trip(doc: dict) -> dict:
 @settings(max_examples=50, deadline=None)
 def test_map_encoding_round_trips_bit_exactly(values):
     tensor = torch.tensor(values, dtype=torch.float32).reshape(1, 1, -1)  # (A=1, H=1, W)
-    back = export.decode_map(json_round_trip(export.encode_map(tensor)))
+    back = wire.decode_map(json_round_trip(wire.encode_map(tensor)))
     assert back.shape == tensor.shape
     assert torch.equal(back.view(torch.int32), tensor.view(torch.int32))  # same bits, NaN payload included
 
 
 def test_plain_turns_non_finite_into_strings():
-    assert export.plain({"a": float("nan"), "b": [float("inf"), -math.inf, 1.5], "c": torch.tensor([1, 2])}) == \
+    assert wire.plain({"a": float("nan"), "b": [float("inf"), -math.inf, 1.5], "c": torch.tensor([1, 2])}) == \
         {"a": "nan", "b": ["inf", "-inf", 1.5], "c": [1, 2]}
 
 
@@ -72,7 +77,7 @@ def test_export_stage_data_is_the_recorded_tensors():
 
 
 def test_verify_accepts_an_untouched_export():
-    report = export.verify_export(json_round_trip(export.build_export(export.run_scene(toy_scene()))))
+    report = verify.verify_export(json_round_trip(export.build_export(export.run_scene(toy_scene()))))
     assert report.ok and report.mismatches == [] and report.checked > 10
 
 
@@ -82,40 +87,40 @@ def test_verify_accepts_an_untouched_export():
     (lambda d: d["result"]["positives"][0].__setitem__("gi", 3), "result.positives"),
     (lambda d: d["stages"].pop(0), "stages"),
     (lambda d: d["result"]["maps"]["iou"]["levels"][0].__setitem__(
-        "b64", export.encode_map(torch.ones(1, 3, 4))["b64"]), "result.maps.iou[0]"),
+        "b64", wire.encode_map(torch.ones(1, 3, 4))["b64"]), "result.maps.iou[0]"),
 ])
 def test_verify_catches_each_kind_of_tampering(tamper, where):
     doc = json_round_trip(export.build_export(export.run_scene(toy_scene())))
     tamper(doc)
-    report = export.verify_export(doc)
+    report = verify.verify_export(doc)
     assert not report.ok
     assert any(m.where.startswith(where) for m in report.mismatches), report.mismatches
 
 
 def test_verify_within_tolerance_but_not_beyond():
     doc = json_round_trip(export.build_export(export.run_scene(toy_scene())))
-    iou_stage = next(s for s in doc["stages"] if s["name"] == "bbox_iou")
+    iou_stage = next(s for s in doc["stages"] if s["name"] == "toy.bbox_iou")
     iou = next(t for t in iou_stage["tensors"] if t["name"] == "iou")
     iou["data"][0] *= 1 + 1e-7  # below rtol 1e-5: still the same number for float32 replay
-    assert export.verify_export(doc).ok
+    assert verify.verify_export(doc).ok
     iou["data"][0] *= 1 + 1e-3
-    assert not export.verify_export(doc).ok
+    assert not verify.verify_export(doc).ok
 
 
 def test_verify_rejects_other_documents():
     with pytest.raises(ValueError, match="format"):
-        export.verify_export({"format": "something"})
+        verify.verify_export({"format": "something"})
 
 
 @pytest.mark.parametrize("scheme", REAL_SCHEMES)
 def test_real_scheme_export_replays(scheme):
     doc = json_round_trip(export.build_export(export.run_scene(real_scene(scheme))))
     assert doc["upstream"]["commit"], "each family pins the upstream commit it matches"
-    report = export.verify_export(doc)
+    report = verify.verify_export(doc)
     assert report.ok, report.mismatches[:5]
     tensor = next(t for s in doc["stages"] for t in s["tensors"] if t["data"] and t["dtype"] == "float32")
     tensor["data"][0] = "nan" if tensor["data"][0] != "nan" else 0.0
-    assert not export.verify_export(doc).ok
+    assert not verify.verify_export(doc).ok
 
 
 finite_or_not = st.floats(width=32, allow_nan=True, allow_infinity=True)
@@ -130,7 +135,7 @@ finite_or_not = st.floats(width=32, allow_nan=True, allow_infinity=True)
 def test_stage_stats_equal_per_tensor_reductions(tensors):
     """The batched min/max/mean of a trace's tensors are each tensor's own (NaN, inf, empty included)."""
     trace = Trace()
-    trace.record("s", "S", "stats", tensors={f"t{i}": t for i, t in enumerate(tensors)})
+    trace.record("test.stats", "S", "stats", tensors={f"t{i}": t for i, t in enumerate(tensors)})
     got = json_round_trip({"stages": export._stages_to_list(trace, stage_data=0)})["stages"][0]["tensors"]
     for tensor, entry in zip(tensors, got):
         if tensor.numel() == 0:
@@ -161,7 +166,7 @@ def test_explain_of_a_scene_without_boxes(scheme):
 def test_results_do_not_alias_the_reused_head_buffers(scheme):
     """Heads are cached buffers patched per call and restored (scene.blended_heads): no tensor of a
     result may share their storage, and the next call must see the restored buffer."""
-    from losscore import scene as scene_module
+    from losscore import predictions as scene_module
 
     pin = Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0)
     first = dataclasses.replace(real_scene(scheme), progress=0.6, pins=() if scheme == "focal" else (pin,))
@@ -187,7 +192,7 @@ def test_stage_stats_of_large_tensors():
     with_inf[7] = math.inf
     ints = torch.arange(-2000, 3000)
     trace = Trace()
-    trace.record("s", "S", "large", tensors={"big": big, "inf": with_inf, "ints": ints, "small": torch.tensor([2.0])})
+    trace.record("test.large", "S", "large", tensors={"big": big, "inf": with_inf, "ints": ints, "small": torch.tensor([2.0])})
     got = {t["name"]: t for t in json_round_trip({"s": export._stages_to_list(trace, 0)})["s"][0]["tensors"]}
     assert got["big"]["min"] == pytest.approx(-3.0) and got["big"]["max"] == pytest.approx(5.0)
     assert got["big"]["mean"] == pytest.approx(big.double().mean().item(), rel=1e-12)
@@ -198,10 +203,10 @@ def test_stage_stats_of_large_tensors():
 
 @pytest.mark.parametrize("scheme", REAL_SCHEMES)
 def test_run_scene_in_inference_mode_has_the_bits_of_a_plain_explain(scheme, monkeypatch):
-    """run_scene computes under torch.inference_mode (less dispatch overhead); losscore.scene.explain
+    """run_scene computes under torch.inference_mode (less dispatch overhead); losscore.registry.explain
     does not. Both orders of first use share the noise cache, whose tensors must stay normal tensors:
     a cache filled in inference mode is then patched in place by a plain call, and vice versa."""
-    from losscore import scene as scene_module
+    from losscore import predictions as scene_module
 
     pin = Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0)
     scene = dataclasses.replace(real_scene(scheme), progress=0.7, pins=() if scheme == "focal" else (pin,))
@@ -214,9 +219,9 @@ def test_run_scene_in_inference_mode_has_the_bits_of_a_plain_explain(scheme, mon
                 assert run.result.maps and next(iter(run.result.maps.values()))[0].is_inference()
             else:
                 trace = Trace()
-                result = scene_module.explain(scene, trace)
+                result = registry.explain(scene, trace)
                 assert not next(iter(result.maps.values()))[0].is_inference()
-                run = export.Run(scene=export.validate_scene(scene), result=result, compute_ms=0.0, trace=trace)
+                run = export.Run(scene=registry.validate(scene), result=result, compute_ms=0.0, trace=trace)
             runs.append(json_round_trip(export.result_to_dict(run, maps=None, stage_data=None)))
         assert all(not t.is_inference() for entry in scene_module._NOISE_CACHE.values()
                    for t in (entry.scaled, entry.base, entry.scratch) if t is not None)

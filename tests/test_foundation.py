@@ -33,8 +33,8 @@ def test_losscore_import_loads_no_web_module():
     import subprocess
     import sys
 
-    code = ("import sys, losscore, losscore.scene as s; s.all_schemes(); "
-            "import losscore.conformance; "
+    code = ("import sys, losscore, losscore.registry as r; r.all_schemes(); "
+            "import losscore.conformance, losscore.export, losscore.verify; "
             f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(WEB_MODULES)!r}); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -91,7 +91,7 @@ def test_compare_reports_shape_value_and_int_mismatches():
 
 
 def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
-    from losscore.scene import blend_logits, blend_sparse
+    from losscore.predictions import blend_logits, blend_sparse
 
     shape = (1, 3, 4, 5, 7)
     perfect = torch.full(shape, -6.0)
@@ -119,7 +119,7 @@ def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
 def test_blended_heads_equal_blend_sparse_and_restore_the_scratch_copy():
     import threading
 
-    from losscore.scene import blend_sparse, blended_heads
+    from losscore.predictions import blend_sparse, blended_heads
 
     shapes = [(1, 3, 4, 5, 7), (1, 3, 2, 3, 7)]
     background = torch.tensor([0.0] * 4 + [-6.0] * 3)
@@ -165,7 +165,7 @@ def test_blended_heads_equal_blend_sparse_and_restore_the_scratch_copy():
 
 def fresh_bases(shapes, background):
     """The blended background of each level (no writes), as blend_sparse computes it."""
-    from losscore.scene import blend_sparse
+    from losscore.predictions import blend_sparse
 
     gen = torch.Generator().manual_seed(11)
     return [blend_sparse(shape, background, torch.zeros(0, dtype=torch.long), torch.zeros(0), 0.4, gen)
@@ -176,14 +176,14 @@ def test_every_builtin_scheme_is_registered_whichever_family_was_imported_first(
     import subprocess
     import sys
 
-    code = ("import losscore.yolov3, losscore.scene as s; "
-            "print(sorted(s.all_schemes())); print(s.get_scheme('yolov5').name)")
+    code = ("import losscore.yolov3, losscore.registry as r; "
+            "print(sorted(r.all_schemes())); print(r.get_scheme('yolov5').name)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["['focal', 'yolov3', 'yolov5', 'yolov9']", "yolov5"]
 
 
 def test_noise_cache_is_bounded_in_bytes(monkeypatch):
-    from losscore import scene as scene_module
+    from losscore import predictions as scene_module
 
     monkeypatch.setattr(scene_module, "_NOISE_CACHE", scene_module.OrderedDict())
     monkeypatch.setattr(scene_module, "_NOISE_CACHE_BYTES", 3 * 3 * 4 * 1000)  # three (1000,)-float entries with a base

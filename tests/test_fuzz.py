@@ -13,9 +13,15 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 
 from app.main import create_app
 from app.settings import Settings
-from test_api_toyscheme import ensure_toy
+from test_api_toyscheme import with_toy
 
-ensure_toy()
+
+@pytest.fixture(scope="module", autouse=True)
+def _toy_family():
+    with with_toy():
+        yield
+
+
 app = create_app(Settings(warmup=False))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from losscore.conformance import check_case
 from losscore.mmdet import (FocalLoss, centre_in_box_labels, focal_terms, labels_to_one_hot,
                             py_focal_loss_with_prob, py_sigmoid_focal_loss, weight_reduce_loss)
-from losscore.scene import Box, Scene, explain
+from losscore.scene import Box, Scene
+from losscore.registry import explain
 from losscore.trace import Trace
 from losslab_testing import vector_cases
 

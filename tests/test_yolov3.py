@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from losscore.conformance import check_case
-from losscore.scene import Box, Pin, Scene, explain
+from losscore.scene import Box, Pin, Scene
+from losscore.registry import explain, get_scheme, validate
 from losscore.trace import Trace
 from losscore.yolov3 import (bbox_wh_iou, build_targets, legacy_build_targets, legacy_bbox_iou,
                              yolo_layer_loss)
@@ -193,7 +194,7 @@ def test_explain_darknet_best_of_nine():
                             params={"assign": "darknet"}))
     assert result.positives["level"].tolist() == [2] and result.positives["anchor"].tolist() == [0]
     assert result.positives["best_iou"].tolist() == pytest.approx([1.0])
-    assert result.rule_names[result.positives["rule"][0]].startswith("best of all 9")
+    assert get_scheme("yolov3").rule_names[result.positives["rule"][0]].startswith("best of all 9")
 
 
 def test_perfect_head_decodes_to_targets():
@@ -204,7 +205,7 @@ def test_perfect_head_decodes_to_targets():
 
 
 def test_pins_reach_the_pinned_box():
-    from losscore.yolov3_scene import _apply_pins
+    from losscore.yolov3.scene import _apply_pins
 
     logits = torch.zeros((1, 3, 60, 80, 10))
     pin = Pin(level=0, anchor=1, gi=5, gj=7, cx=5.5 * 8, cy=7.25 * 8, w=40.0, h=20.0)
@@ -267,13 +268,14 @@ def test_trace_does_not_change_a_bit(params):
     names = trace.names()
     for stage in ("build_targets.wh_iou", "build_targets.ignore", "build_targets.coord_scale",
                   "yolo_layer.terms", "yolo_layer.gradients"):
-        assert f"P3.{stage}" in names
-    ignore = trace.get("P3.build_targets.ignore")
+        phase, step = stage.split(".")
+        assert f"{phase}.P3.{step}" in names
+    ignore = trace.get("build_targets.P3.ignore")
     assert ignore.values["ignore_thres"] == 0.5
 
 
 def test_unreachable_pin_is_clamped_with_a_note():
-    from losscore.yolov3_scene import _apply_pins
+    from losscore.yolov3.scene import _apply_pins
 
     logits = torch.zeros((1, 3, 60, 80, 10))
     anchors_px = torch.tensor([[10.0, 13.0], [16.0, 30.0], [33.0, 23.0]])
@@ -281,8 +283,10 @@ def test_unreachable_pin_is_clamped_with_a_note():
     far = Pin(level=0, anchor=0, gi=5, gj=7, cx=60.0, cy=58.0, w=10.0, h=13.0)
     missing = Pin(level=0, anchor=3, gi=5, gj=7, cx=44.0, cy=58.0, w=10.0, h=13.0)
     notes: list[str] = []
-    _apply_pins(logits, _scene(pins=(far, missing)), 0, 8, anchors_px, notes)
-    assert len(notes) == 2 and "clamped" in notes[0] and "no such slot" in notes[1]
+    _apply_pins(logits, _scene(pins=(far,)), 0, 8, anchors_px, notes)
+    assert len(notes) == 1 and "clamped" in notes[0]
+    with pytest.raises(ValueError, match=r"predictions.pins\[0\].anchor: 3 is not an anchor"):
+        validate(_scene(pins=(missing,)))  # a slot that does not exist never reaches the scheme
     assert torch.sigmoid(logits[0, 0, 7, 5, 0]).item() == pytest.approx(1 - 1e-4, abs=1e-6)
     assert logits[0, 0, 7, 5, 2].item() == pytest.approx(0.0, abs=1e-6)  # log(10 / 10)
 
@@ -307,7 +311,8 @@ def test_masks_and_tcls_do_not_depend_on_target_order(seed, n):
 
 
 def test_darknet_assignment_levels_without_targets_add_only_the_no_object_term():
-    from losscore.scene import Box, Scene, explain
+    from losscore.scene import Box, Scene
+    from losscore.registry import explain
 
     # One 100x80 box: its best of all 9 anchors is a single (level, anchor); the other two levels
     # own no target, and darknet's summed deltas add 0 there for every positive term.
@@ -319,7 +324,7 @@ def test_darknet_assignment_levels_without_targets_add_only_the_no_object_term()
         total = result.losses[f"total.{name}"]
         assert torch.isfinite(total)
         if index not in owning:
-            noobj = result.losses[f"conf_noobj.{name}"] * float(scene.param("noobj_scale"))
+            noobj = result.losses[f"conf_noobj.{name}"] * float(get_scheme("yolov3").param("noobj_scale").default)
             assert torch.allclose(total, noobj)
             assert all(float(result.losses[f"{t}.{name}"]) == 0.0 for t in ("x", "y", "w", "h", "cls", "conf_obj"))
     assert torch.isfinite(result.losses["total"])

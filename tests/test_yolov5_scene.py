@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losscore.scene import Box, Pin, Scene, explain, get_scheme
+from losscore.scene import Box, Pin, Scene
+from losscore.registry import explain, get_scheme
 from losscore.trace import Trace
 
 
@@ -38,9 +39,11 @@ def test_learners_counts_through_explain():
 def test_columns_documented_and_shaped():
     result = explain(scene(box(100, 203, 50, 80, 3), box(400, 300, 120, 60, 7)))
     count = result.positives["gt"].shape[0]
+    declared = {c.name: c for c in get_scheme("yolov5").columns}
     for name, column in result.positives.items():
-        assert name in result.column_docs
+        assert name in declared
         assert column.shape[0] == count
+        assert column.dim() == 1 or column.shape[1] == len(declared[name].parts), name
     for name in ("gt", "level", "anchor", "gi", "gj", "rule", "r_max", "offset", "tbox", "anch", "pxy", "pwh",
                  "pred_box_px", "target_box_px", "iou", "rho2", "c2", "v", "alpha", "ciou", "tobj",
                  "tobj_written", "cls_bce"):

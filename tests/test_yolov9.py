@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from losslab_testing import ROOT, vector_cases
 from losscore.conformance import check_case
-from losscore.scene import Box, Pin, Scene, explain, get_scheme
-from losscore.tal import DensePredictions, TaskAlignedAssigner, assign, make_anchors, select_candidates_in_gts
+from losscore.scene import Box, Pin, Scene
+from losscore.registry import explain, get_scheme
+from losscore.yolov9.tal import DensePredictions, TaskAlignedAssigner, assign, make_anchors, select_candidates_in_gts
 from losscore.trace import Trace
-from losscore.yolov9 import BboxLoss, _bce_focal, _LevelGather, compute_loss, df_loss
-from losscore.yolov9_scene import two_bin_logits
+from losscore.yolov9.loss import BboxLoss, _bce_focal, _LevelGather, compute_loss, df_loss
+from losscore.yolov9.scene import two_bin_logits
 
 sys.path.insert(0, str(ROOT))
 from benchmarks.bench_yolov9 import dense_reference_loss, make_inputs  # noqa: E402
@@ -219,10 +220,11 @@ def test_trace_is_bit_identical_and_complete():
     traced.total.backward()
     assert torch.equal(plain.total, traced.total) and torch.equal(plain.items, traced.items)
     assert all(torch.equal(a, f.grad) for a, f in zip(grads, feats))
-    assert trace.names() == ["split", "anchors", "targets", "decode", "assigner.candidates", "assigner.topk",
+    assert trace.names() == ["inputs.split", "inputs.anchors", "inputs.targets", "inputs.decode",
+                             "assigner.candidates", "assigner.topk",
                              "assigner.conflicts", "assigner.normalise", "loss.cls", "loss.dfl", "loss.box",
                              "loss.total"]
-    assert "dim 1" in trace.get("split").explain and "wrong" in trace.get("split").explain
+    assert "dim 1" in trace.get("inputs.split").explain and "wrong" in trace.get("inputs.split").explain
     candidates = trace.get("assigner.candidates")
     torch.testing.assert_close(candidates["t"], candidates["s"].pow(0.5) * candidates["u"].pow(6.0))
     dfl = trace.get("loss.dfl")
@@ -268,7 +270,7 @@ def test_explain_perfect_head():
         assert result.maps["fg"][level][0, gj, gi] == 1
     losses = result.losses
     torch.testing.assert_close(losses["total"], losses["box"] + losses["cls"] + losses["dfl"])
-    assert set(result.column_docs) >= {"s", "u", "align_metric", "target_score", "ciou"}
+    assert {c.name for c in get_scheme("yolov9").columns} >= {"s", "u", "align_metric", "target_score", "ciou"}
 
 
 def test_explain_pins():
@@ -276,7 +278,7 @@ def test_explain_pins():
     pinned = Pin(level=1, anchor=0, gi=2, gj=3, cx=60.0, cy=62.0, w=64.0, h=76.0)
     trace = Trace()
     result = explain(_scene(pins=(pinned,)), trace)
-    decode = trace.get("decode")
+    decode = trace.get("inputs.decode")
     anchor = 20 * 16 + 3 * 10 + 2
     row = (decode["anchor"] == anchor).nonzero().item()
     torch.testing.assert_close(decode["pred_box_px"][row], torch.tensor([28.0, 24.0, 92.0, 100.0]), rtol=0, atol=1e-2)

@@ -5,7 +5,7 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from losscore.scene import all_schemes
+from losscore.registry import all_schemes
 
 from ..schemas import HealthOut
 from ..serialize import dumps

@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import bbox_iou, xywh2xyxy
-from .conformance import group
+from ..boxes import bbox_iou, xywh2xyxy
+from ..trace import Trace
 from .tal import Assignment, TaskAlignedAssigner, assign, bbox2dist, dist2bbox, make_anchors
-from .trace import Trace
 
 __all__ = [
     "VarifocalLoss",
@@ -363,7 +362,7 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     N = sum(sizes)
     if trace is not None:
         trace.record(
-            "split", "Split the head output",
+            "inputs.split", "Split the head output",
             f"each level [B, no={4 * R + C}, H, W] is viewed as [B, no, H*W] and concatenated to "
             f"[B, no, N={N}]; .split(({4 * R}, {C}), 1) splits dim 1, the channels, into box-bin logits "
             f"and class logits. That is correct: a blog comment saying it should split dim 2 is wrong "
@@ -379,13 +378,13 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     anchors_px = anchor_points * stride_tensor  # (N, 2)
     if trace is not None:
         trace.record(
-            "anchors", "Anchor points",
+            "inputs.anchors", "Anchor points",
             "one anchor per cell centre ((i + 0.5) * stride px), level by level; no anchor boxes",
             code="utils/tal/anchor_generator.py make_anchors",
             tensors={"anchor_points": (anchor_points, "N 2"), "stride": (stride_tensor, "N 1")},
             values={"strides": list(strides), "grid_cell_offset": 0.5})
         trace.record(
-            "targets", "Targets per image",
+            "inputs.targets", "Targets per image",
             "rows (image, class, cx, cy, w, h) scaled to pixels and turned to xyxy, padded to M per "
             "image; mask_gt marks real rows (box coordinates summing to > 0)",
             code="utils/loss_tal.py ComputeLoss.preprocess",
@@ -398,7 +397,7 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     head = _HeadLookup([f.contiguous() for f in feats], candidates, R, anchor_points, stride_tensor, sizes)
     if trace is not None:
         trace.record(
-            "decode", "Decode boxes from bin distributions",
+            "inputs.decode", "Decode boxes from bin distributions",
             f"per side, softmax over {R} bins and take the expected bin (softmax @ [0..{R - 1}]) as the "
             "distance in cells; box = anchor -/+ (l, t, r, b). Only anchors inside some box are decoded "
             "here: the others can never be positive and get no box loss",
@@ -517,70 +516,3 @@ class ComputeLoss:
     def __call__(self, p: Sequence[Tensor] | tuple, targets: Tensor, trace: Trace | None = None) -> tuple[Tensor, Tensor]:
         out = self.breakdown(p, targets, trace)
         return out.total, out.items
-
-
-# -- conformance runners (../shared/vectors/yolov9.json) -------------------------------------
-@group("yolov9", "make_anchors")
-def _run_make_anchors(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    points, strides = make_anchors(inputs["feat_shapes"], inputs["strides"], inputs["grid_cell_offset"],
-                                   device=device)
-    return {"anchor_points": points, "stride_tensor": strides}
-
-
-@group("yolov9", "dist2bbox")
-def _run_dist2bbox(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {"bbox": dist2bbox(inputs["distance"], inputs["anchor_points"], inputs["xywh"], inputs["dim"])}
-
-
-@group("yolov9", "bbox2dist")
-def _run_bbox2dist(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {"dist": bbox2dist(inputs["anchor_points"], inputs["bbox"], inputs["reg_max"])}
-
-
-@group("yolov9", "bbox_iou")
-def _run_bbox_iou(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out = {}
-    for kind in ("IoU", "GIoU", "DIoU", "CIoU"):
-        flags = {k: kind == k for k in ("GIoU", "DIoU", "CIoU")}
-        out[kind] = bbox_iou(inputs["box1"], inputs["box2"], xywh=inputs["xywh"], eps=inputs["eps"],
-                             variant="yolov9", **flags)
-    return out
-
-
-@group("yolov9", "varifocal_loss")
-def _run_varifocal(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {"loss": VarifocalLoss()(inputs["pred_score"], inputs["gt_score"], inputs["label"],
-                                    inputs["alpha"], inputs["gamma"])}
-
-
-@group("yolov9", "bbox_loss")
-def _run_bbox_loss(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    loss_iou, loss_dfl, iou = BboxLoss(inputs["reg_max"], inputs["use_dfl"])(
-        inputs["pred_dist"], inputs["pred_bboxes"], inputs["anchor_points"], inputs["target_bboxes"],
-        inputs["target_scores"], inputs["target_scores_sum"], inputs["fg_mask"])
-    return {"loss_iou": loss_iou, "loss_dfl": loss_dfl, "iou": iou}
-
-
-@group("yolov9", "assigner")
-def _run_assigner(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    assigner = TaskAlignedAssigner(inputs["topk"], inputs["num_classes"], inputs["alpha"], inputs["beta"],
-                                   inputs["eps"])
-    out = assigner(inputs["pd_scores"], inputs["pd_bboxes"], inputs["anc_points"], inputs["gt_labels"],
-                   inputs["gt_bboxes"], inputs["mask_gt"])
-    return {"target_labels": out.target_labels, "target_bboxes": out.target_bboxes,
-            "target_scores": out.target_scores, "fg_mask": out.fg_mask}
-
-
-@group("yolov9", "compute_loss")
-def _run_compute_loss(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    hyp, cfg = inputs["hyp"], inputs["assigner"]
-    loss_fn = ComputeLoss(inputs["nc"], inputs["strides"], inputs["reg_max"], hyp, cfg["topk"], cfg["alpha"],
-                          cfg["beta"], inputs["use_dfl"])
-    out = loss_fn.breakdown(inputs["p"], inputs["targets"])
-    fg = 0 if out.assignment is None else int(out.assignment.fg_mask.sum())
-    score_sum = 0.0 if out.assignment is None else float(out.assignment.score.sum())  # before max(., 1)
-    return {"loss": out.total, "loss_items": out.items,
-            "diagnostics": {"fg_count": fg, "target_scores_sum": score_sum}}
-
-
-from . import yolov9_scene as _scene  # noqa: E402,F401  registers the "yolov9" scheme

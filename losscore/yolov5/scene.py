@@ -1,6 +1,6 @@
 """The ``yolov5`` scheme: a learner's scene through YOLOv5's real ``build_targets`` and ``ComputeLoss``.
 
-Predictions for the single image are built with :func:`losscore.scene.blended_heads`: the perfect
+Predictions for the single image are built with :func:`losscore.predictions.blended_heads`: the perfect
 head decodes exactly to each positive's target (``2σ - 0.5`` and ``(2σ)²·anchor`` inverted), has a
 high objectness logit at positive slots, low elsewhere, and a high logit for the right class.
 Every number of the :class:`~losscore.scene.SceneResult` is read back from the trace of the real
@@ -8,18 +8,20 @@ computation.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
-
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import ciou_alpha_paper
-from .scene import (BlendedHeads, LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blended_heads,
-                    boxes_to_targets, register_scheme, resolve_device)
-from .trace import Trace
-from .yolov5 import RULE_NAMES, UPSTREAM, ComputeLoss, last_write_mask
+from ..boxes import ciou_alpha_paper
+from ..predictions import BlendedHeads, blended_heads
+from ..scene import (Check, ColumnSpec, FocalSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
+                     LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
+                     boxes_to_targets, resolve_device)
+from ..trace import Trace
+from .loss import NEIGHBOUR_REASONS, UPSTREAM, ComputeLoss, default_balance, last_write_mask
 
 __all__ = ["SPEC", "explain_scene", "DEFAULT_ANCHORS_PX", "perfect_logits", "invert_decode"]
 
@@ -58,40 +60,71 @@ PARAMS = (
               upstream="ComputeLoss(autobalance=)"),
 )
 MAPS = (
-    ("tobj", "objectness target per slot: clamp(CIoU, 0) mixed by gr at positives (last write wins), 0 elsewhere"),
-    ("obj_bce", "per-slot objectness BCE (focal-weighted when fl_gamma > 0), before averaging"),
-    ("obj_prob", "σ(objectness logit) of the prediction"),
-    ("focal_weight", "alpha_factor·(1 - p_t)^gamma per slot when fl_gamma > 0, else 1 (plain BCE)"),
-    ("positives", "number of positive rows that hit the slot (duplicates > 1)"),
+    MapSpec("tobj", "objectness target per slot: clamp(CIoU, 0) mixed by gr at positives (last write wins), 0 elsewhere",
+            unit="prob", range=(0.0, 1.0)),
+    MapSpec("obj_bce", "per-slot objectness BCE (focal-weighted when fl_gamma > 0), before averaging", unit="loss"),
+    MapSpec("obj_prob", "σ(objectness logit) of the prediction", unit="prob", range=(0.0, 1.0)),
+    MapSpec("focal_weight", "alpha_factor·(1 - p_t)^gamma per slot when fl_gamma > 0, else 1 (plain BCE)",
+            unit="weight"),
+    MapSpec("positives", "number of positive rows that hit the slot (duplicates > 1)", unit="count", scale="count",
+            reduce="sum"),
 )
-COLUMN_DOCS = {
-    "gt": "index of the ground-truth box",
-    "level": "detection level (0 = P3/8)",
-    "anchor": "anchor index within the level",
-    "gi": "cell column (x), clamped into the grid",
-    "gj": "cell row (y), clamped into the grid",
-    "rule": "why the cell is positive: centre, or the left/up/right/down neighbour rule",
-    "r_max": "max(w/aw, aw/w, h/ah, ah/h) of the box against this anchor (kept when < anchor_t)",
-    "offset": "target centre minus the assigned cell, grid units (= tbox xy; in (-0.5, 1.5))",
-    "tbox": "target (x offset, y offset, w, h) in grid units of the level",
-    "anch": "anchor (w, h) in grid units of the level",
-    "pxy": "decoded prediction offset 2σ(t) - 0.5, grid units",
-    "pwh": "decoded prediction size (2σ(t))²·anchor, grid units",
-    "pred_box_px": "decoded predicted box (x1, y1, x2, y2) in pixels",
-    "target_box_px": "target box (x1, y1, x2, y2) in pixels",
-    "iou": "IoU of predicted and target box",
-    "rho2": "squared distance between the centres (grid units²)",
-    "c2": "squared diagonal of the smallest enclosing box (grid units²)",
-    "v": "aspect-ratio term (4/π²)(atan(w/h) - atan(w'/h'))²",
-    "alpha": "CIoU trade-off v / (v - IoU + 1), no gradient, no iou > 0.5 gate (YOLOv5)",
-    "ciou": "CIoU = IoU - rho²/c² - alpha·v; the box loss is the mean of 1 - CIoU",
-    "tobj": "objectness target this row writes: (1 - gr) + gr·clamp(CIoU, 0)",
-    "tobj_written": "True when this row's write survived (the last write to a slot wins)",
-    "obj_bce": "objectness BCE at this row's slot, against the slot's final target",
-    "obj_bce_floor": "BCE(t, t) for the slot's final target t: the entropy floor a soft target leaves "
-                     "even when σ(obj) = t exactly (0 only for t = 0 or 1; at obj_pw = 1)",
-    "cls_bce": "class BCE of this row averaged over the C classes (0 when nc == 1: no class loss)",
-}
+RULES = (
+    RuleSpec("centre", "●", "the cell that holds the box centre"),
+    RuleSpec("left", "←", "left neighbour: frac(x) < g and x > 1 cell from the left border"),
+    RuleSpec("up", "↑", "upper neighbour: frac(y) < g and y > 1 cell from the top border"),
+    RuleSpec("right", "→", "right neighbour: frac(W - x) < g and W - x > 1"),
+    RuleSpec("down", "↓", "lower neighbour: frac(H - y) < g and H - y > 1"),
+)
+LOSSES = LossSpec(
+    terms=(
+        LossTermSpec("box", "mean of 1 - CIoU over each level's positives, summed over levels", gain="hyp['box']"),
+        LossTermSpec("obj", "objectness BCE averaged over every slot of a level, × balance[level], summed",
+                     part_factor="balance[level]", gain="hyp['obj']"),
+        LossTermSpec("cls", "class BCE averaged over each level's positives × C, summed over levels (0 when nc = 1)",
+                     gain="hyp['cls']"),
+    ),
+    formula="(box + obj + cls) × batch size",
+    multiplier="batch size",
+)
+PHASES = (
+    PhaseSpec("build_targets", "Assign targets", "which (level, anchor, cell) slots each box trains"),
+    PhaseSpec("loss", "Loss", "decode, CIoU, objectness targets and BCE per level, then gains"),
+)
+FOCAL = FocalSpec(gamma="fl_gamma", alpha="fl_alpha", off_at_zero=True,
+                  applies_to="both the class and the objectness BCE")
+
+XYXY = ("x1", "y1", "x2", "y2")
+COLUMNS = (
+    ColumnSpec("gt", "index of the ground-truth box", "index"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
+    ColumnSpec("anchor", "anchor index within the level", "index"),
+    ColumnSpec("gi", "cell column (x), clamped into the grid", "index"),
+    ColumnSpec("gj", "cell row (y), clamped into the grid", "index"),
+    ColumnSpec("rule", "why the cell is positive: centre, or the left/up/right/down neighbour rule", "index"),
+    ColumnSpec("r_max", "max(w/aw, aw/w, h/ah, ah/h) of the box against this anchor (kept when < anchor_t)", "ratio"),
+    ColumnSpec("offset", "target centre minus the assigned cell, grid units (= tbox xy; in (-0.5, 1.5))", "grid",
+               ("x", "y")),
+    ColumnSpec("tbox", "target (x offset, y offset, w, h) in grid units of the level", "grid", ("x", "y", "w", "h")),
+    ColumnSpec("anch", "anchor (w, h) in grid units of the level", "grid", ("w", "h")),
+    ColumnSpec("pxy", "decoded prediction offset 2σ(t) - 0.5, grid units", "grid", ("x", "y")),
+    ColumnSpec("pwh", "decoded prediction size (2σ(t))²·anchor, grid units", "grid", ("w", "h")),
+    ColumnSpec("pred_box_px", "decoded predicted box", "px", XYXY, box="xyxy"),
+    ColumnSpec("target_box_px", "target box", "px", XYXY, box="xyxy"),
+    ColumnSpec("iou", "IoU of predicted and target box", "iou"),
+    ColumnSpec("rho2", "squared distance between the centres (grid units²)", "grid"),
+    ColumnSpec("c2", "squared diagonal of the smallest enclosing box (grid units²)", "grid"),
+    ColumnSpec("v", "aspect-ratio term (4/π²)(atan(w/h) - atan(w'/h'))²", "ratio"),
+    ColumnSpec("alpha", "CIoU trade-off v / (v - IoU + 1), no gradient, no iou > 0.5 gate (YOLOv5)", "weight"),
+    ColumnSpec("ciou", "CIoU = IoU - rho²/c² - alpha·v; the box loss is the mean of 1 - CIoU", "iou"),
+    ColumnSpec("tobj", "objectness target this row writes: (1 - gr) + gr·clamp(CIoU, 0)", "prob"),
+    ColumnSpec("tobj_written", "True when this row's write survived (the last write to a slot wins)", "bool"),
+    ColumnSpec("obj_bce", "objectness BCE at this row's slot, against the slot's final target", "loss"),
+    ColumnSpec("obj_bce_floor", "BCE(t, t) for the slot's final target t: the entropy floor a soft target leaves "
+                                "even when σ(obj) = t exactly (0 only for t = 0 or 1; at obj_pw = 1)", "loss"),
+    ColumnSpec("cls_bce", "class BCE of this row averaged over the C classes (0 when nc == 1: no class loss)", "loss"),
+)
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 
 
 def _logit(prob: Tensor) -> Tensor:
@@ -157,19 +190,9 @@ def perfect_logits(shapes: list[tuple[int, ...]], assigned, device: torch.device
     return heads
 
 
-def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, grids, notes: list[str]) -> None:
+def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, notes: list[str]) -> None:
+    """Overwrite the box logits of each pinned slot (validated by ``validate_scene``)."""
     for index, pin in enumerate(scene.pins):
-        where = f"predictions.pins[{index}]"
-        if not 0 <= pin.level < len(preds):
-            raise ValueError(f"{where}.level: expected 0..{len(preds) - 1}, got {pin.level}")
-        grid_h, grid_w = grids[pin.level]
-        num_anchors = anchors_grid.shape[1]
-        if not 0 <= pin.anchor < num_anchors:
-            raise ValueError(f"{where}.anchor: expected 0..{num_anchors - 1}, got {pin.anchor}")
-        if not (0 <= pin.gi < grid_w and 0 <= pin.gj < grid_h):
-            raise ValueError(f"{where}: cell (gi {pin.gi}, gj {pin.gj}) is outside the {grid_w}x{grid_h} grid")
-        if not (pin.w > 0 and pin.h > 0):
-            raise ValueError(f"{where}: w and h must be positive")
         stride = STRIDES[pin.level]
         offset = torch.tensor([pin.cx / stride - pin.gi, pin.cy / stride - pin.gj], device=preds[0].device)
         size = torch.tensor([pin.w / stride, pin.h / stride], device=preds[0].device)
@@ -211,8 +234,16 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         writes = perfect_writes(shapes, assigned, device)
         # the heads live only inside this block (cached buffers, patched and restored)
         with blended_heads(shapes, background, writes, scene.progress, generator) as preds:
-            _apply_pins(scene, preds, compute.anchors, grids, notes)
-            loss, items = compute(preds.heads, targets, trace=recorder, assigned=assigned)
+            _apply_pins(scene, preds, compute.anchors, notes)
+            try:
+                loss, items = compute(preds.heads, targets, trace=recorder, assigned=assigned)
+            except ZeroDivisionError:  # upstream's autobalance line divides by a level's objectness loss
+                raise ValueError(
+                    "params.autobalance: upstream YOLOv5 itself fails on this scene: autobalance updates "
+                    "balance[i] with 0.0001 / obji, and with fl_gamma > 0 and fl_alpha = 1 a level without "
+                    "positives has an objectness loss of exactly 0 (alpha_factor = 1 - alpha = 0 at every "
+                    "negative), so the division raises ZeroDivisionError in upstream's ComputeLoss too. "
+                    "Turn autobalance off, or use fl_alpha < 1.") from None
             obj_prob = [torch.sigmoid(head[0, ..., 4]) for head in preds.heads]  # (A, H, W) per level
     levels = [LevelInfo(name, stride, grid, torch.tensor(anchors, device=device))
               for name, stride, grid, anchors in zip(compute.level_names, STRIDES, grids, DEFAULT_ANCHORS_PX)]
@@ -225,16 +256,109 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         losses[f"obj.{name}"] = stage["obj_balanced"]
         losses[f"obj_raw.{name}"] = stage["obj"]
         losses[f"cls.{name}"] = stage["cls"]
-    notes += _notes(scene, compute, recorder, positives, items)
+    notes += _notes(scene, compute, recorder, positives, items, losses)
+    box_cells = _box_cells(scene, recorder, levels)
     return SceneResult(
-        scheme="yolov5", levels=levels, positives=positives, rule_names=list(RULE_NAMES), maps=maps,
-        losses=losses, trace=trace, device=str(device), column_docs=dict(COLUMN_DOCS), map_docs=dict(MAPS),
-        notes=notes, targets=targets,
+        scheme="yolov5", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
+        device=str(device), composition=_composition(recorder, compute, losses), box_cells=box_cells,
+        checks=lambda: _checks(scene, recorder, compute, levels, box_cells), notes=notes, targets=targets,
     )
 
 
+def _composition(trace: Trace, compute: ComputeLoss, losses: dict[str, Tensor]) -> LossComposition:
+    """(box + obj + cls) × batch size, each term the sum over levels (obj × balance) × its gain."""
+    total_stage = trace.get("loss.total")
+    before_gains, after_gains = total_stage["before_gains"], total_stage["loss_items"]
+    gains = [compute.hyp["box"], compute.hyp["obj"], compute.hyp["cls"]]
+    terms = []
+    for index, term in enumerate(("box", "obj", "cls")):
+        parts = []
+        for level, name in enumerate(compute.level_names):
+            if term == "obj":
+                balance = float(trace.get(f"loss.{name}.level_losses").values["balance"])
+                parts.append(LossPart(name, losses[f"obj_raw.{name}"], balance, losses[f"obj.{name}"]))
+            else:
+                parts.append(LossPart(name, losses[f"{term}.{name}"]))
+        terms.append(LossTerm(term, tuple(parts), before_gains[index], after_gains[index], gain=gains[index]))
+    batch = int(total_stage.values["batch"])
+    return LossComposition(tuple(terms), after_gains.sum(), losses["total"], multiplier=float(batch))
+
+
+def _box_cells(scene: Scene, trace: Trace, levels: list[LevelInfo]) -> Tensor:
+    """(N, L, 2) each box's centre cell (gi, gj) per level: ``gxy.long()`` clamped into the grid, the
+    cell the centre rule writes."""
+    cells = torch.zeros((len(scene.boxes), len(levels), 2), dtype=torch.long)
+    for level, info in enumerate(levels):
+        grid_h, grid_w = info.grid
+        xywh = trace.get(f"build_targets.{info.name}.scale")["xywh_grid"].cpu()  # (N, 4) grid units
+        centre_cell = xywh[:, :2].long()
+        centre_cell[:, 0].clamp_(0, grid_w - 1)
+        centre_cell[:, 1].clamp_(0, grid_h - 1)
+        cells[:, level] = centre_cell
+    return cells
+
+
+def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], cells: Tensor
+            ) -> list[Check]:
+    """The tests build_targets ran for each box: the anchor-ratio test per anchor (at the centre
+    cell), and for every kept pair the four neighbour rules with their fractions."""
+    checks: list[Check] = []
+    anchor_t, g = compute.hyp["anchor_t"], compute.g
+    if not scene.boxes:
+        return checks
+    for level, info in enumerate(levels):
+        name = info.name
+        centre_cell = cells[:, level]
+        ratio = trace.get(f"build_targets.{name}.anchor_filter")
+        r_max, keep = ratio["r_max"].cpu(), ratio["keep"].cpu()  # (A, N)
+        anchors_px = info.anchors_px.cpu().tolist()
+        for gt, box in enumerate(scene.boxes):
+            gi, gj = centre_cell[gt].tolist()
+            w, h = box.x2 - box.x1, box.y2 - box.y1
+            for anchor, (aw, ah) in enumerate(anchors_px):
+                r, kept = float(r_max[anchor, gt]), bool(keep[anchor, gt])
+                verdict = "kept" if kept else "rejected (strict <: a ratio of exactly anchor_t is rejected too)"
+                text = (f"{name} anchor {anchor} ({aw:g}×{ah:g} px): r_max = max(w/aw, aw/w, h/ah, ah/h) = "
+                        f"max({w:.4g}/{aw:g}, {aw:g}/{w:.4g}, {h:.4g}/{ah:g}, {ah:g}/{h:.4g}) = {r:.4g} "
+                        f"{'<' if kept else '≥'} anchor_t {anchor_t:g}: {verdict}")
+                checks.append(Check(gt, level, anchor, gi, gj, "anchor_ratio", kept, text,
+                                    {"w": w, "h": h, "aw": aw, "ah": ah, "r_max": r, "anchor_t": anchor_t}))
+        try:
+            stage = trace.get(f"build_targets.{name}.neighbours")
+        except KeyError:
+            continue
+        target, anchor_of = stage["target"].cpu().tolist(), stage["anchor"].cpu().tolist()
+        gxy, mirrored = stage["gxy"].cpu(), stage["gxy_mirrored"].cpu()
+        fraction, fraction_m = stage["fraction"].cpu(), stage["fraction_mirrored"].cpu()
+        fired, reason = stage["fired"].cpu(), stage["reason"].cpu()
+        steps = ((-1, 0), (0, -1), (1, 0), (0, 1))  # left, up, right, down: the cell next to the centre cell
+        for k, (gt, anchor) in enumerate(zip(target, anchor_of)):
+            gi, gj = centre_cell[gt].tolist()
+            for d, direction in enumerate(("left", "up", "right", "down")):
+                axis = d % 2
+                coord = float(gxy[k, axis]) if d < 2 else float(mirrored[k, axis])
+                frac = float(fraction[k, axis]) if d < 2 else float(fraction_m[k, axis])
+                ok = bool(fired[k, d])
+                symbol = ("x", "y")[axis] if d < 2 else ("W - x", "H - y")[axis]
+                why = int(reason[k, d])
+                if ok:
+                    text = (f"{direction} neighbour: frac({symbol}) = {frac:.4g} < g = {g:g} and {symbol} = "
+                            f"{coord:.4g} > 1: added")
+                else:
+                    parts = []
+                    if NEIGHBOUR_REASONS[why] in ("fraction >= g", "both"):
+                        parts.append(f"frac({symbol}) = {frac:.4g} ≥ g = {g:g}")
+                    if NEIGHBOUR_REASONS[why] in ("centre within 1 cell of the border", "both"):
+                        parts.append(f"{symbol} = {coord:.4g} ≤ 1 (centre within one cell of the border)")
+                    text = f"{direction} neighbour: {' and '.join(parts)}: not added"
+                di, dj = steps[d]
+                checks.append(Check(gt, level, anchor, gi + di, gj + dj, f"neighbour.{direction}", ok, text,
+                                    {"fraction": frac, "g": g, "coordinate": coord, "centre": [gi, gj]}))
+    return checks
+
+
 def _positives_table(trace: Trace, compute: ComputeLoss, device) -> dict[str, Tensor]:
-    columns: dict[str, list[Tensor]] = {name: [] for name in COLUMN_DOCS}
+    columns: dict[str, list[Tensor]] = {name: [] for name in COLUMN_NAMES}
     for level, name in enumerate(compute.level_names):
         rows = trace.get(f"build_targets.{name}.rows")
         count = rows["gi"].shape[0]
@@ -278,7 +402,7 @@ def _positives_table(trace: Trace, compute: ComputeLoss, device) -> dict[str, Te
         at_slot = (rows["image"], rows["anchor"], gj, gi)
         final_target = objectness["tobj"][at_slot]  # (P,) what the slot holds after every write
         columns["obj_bce"].append(objectness["obj_bce"][at_slot])
-        columns["obj_bce_floor"].append(F.binary_cross_entropy(final_target, final_target, reduction="none"))
+        columns["obj_bce_floor"].append(_entropy_floor(final_target))
         columns["cls_bce"].append(cls_bce)
     empty_shapes = {"offset": (0, 2), "tbox": (0, 4), "anch": (0, 2), "pxy": (0, 2), "pwh": (0, 2),
                     "pred_box_px": (0, 4), "target_box_px": (0, 4)}
@@ -295,13 +419,22 @@ def _positives_table(trace: Trace, compute: ComputeLoss, device) -> dict[str, Te
     return table
 
 
+def _entropy_floor(target: Tensor) -> Tensor:
+    """BCE(t, t) per element; NaN where t is NaN (at progress 1 upstream's CIoU alpha can be 0/0),
+    which ``F.binary_cross_entropy`` would refuse with an error instead of propagating."""
+    valid = (target >= 0) & (target <= 1)  # False for NaN
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    floor = F.binary_cross_entropy(safe, safe, reduction="none")
+    return torch.where(valid, floor, torch.full_like(floor, float("nan")))
+
+
 def _xyxy_px(centre: Tensor, size: Tensor, stride: int) -> Tensor:
     half = size / 2
     return torch.cat((centre - half, centre + half), 1) * stride  # (P, 4)
 
 
 def _maps(trace: Trace, compute: ComputeLoss, obj_prob: list[Tensor], grids) -> dict[str, list[Tensor]]:
-    maps: dict[str, list[Tensor]] = {name: [] for name, _ in MAPS}
+    maps: dict[str, list[Tensor]] = {m.name: [] for m in MAPS}
     for level, name in enumerate(compute.level_names):
         stage = trace.get(f"loss.{name}.objectness")
         maps["tobj"].append(stage["tobj"][0])
@@ -320,7 +453,7 @@ def _maps(trace: Trace, compute: ComputeLoss, obj_prob: list[Tensor], grids) -> 
 
 
 def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str, Tensor],
-           items: Tensor) -> list[str]:
+           items: Tensor, losses: dict[str, Tensor]) -> list[str]:
     notes = []
     count = positives["gt"].shape[0]
     per_level = [int((positives["level"] == level).sum()) for level in range(compute.nl)]
@@ -331,6 +464,12 @@ def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str
     if overwritten:
         notes.append(f"{overwritten} positive rows share a slot with a later row: their objectness target "
                      "was overwritten (last write wins; tobj_written is False).")
+    if count and not bool(torch.isfinite(positives["ciou"]).all()):
+        bad = int((~torch.isfinite(positives["ciou"])).sum())
+        notes.append(f"{bad} positive row(s) have a NaN CIoU, so their objectness target, the box loss and the total "
+                     "are NaN: the prediction reproduces the target box exactly, and upstream's CIoU alpha = v / "
+                     "(v - IoU + (1 + eps)) is then 0 / 0 (v = 0 and IoU rounds to 1 + eps). This is upstream's own "
+                     "number on these logits; any progress below 1 avoids it.")
     if count:
         gated = []
         for name in compute.level_names:
@@ -345,16 +484,13 @@ def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str
         notes.append(f"CIoU alpha follows YOLOv5 (alpha = v/(v - IoU + 1) for every IoU, no gate): box loss "
                      f"{float(items[0]):.6g}. With the paper's (IoU > 0.5) gate (mmdet PR #5835) it would be "
                      f"{box_gated:.6g}.")
+    balance = ", ".join(f"{b:g}" for b in default_balance_of(compute))
     notes.append("Loss keys: box/obj/cls are after the hyp gains; box.P3, cls.P3 and obj_raw.P3 are per-level "
-                 "means before gains, obj.P3 is the objectness mean × balance[level] (3 levels: 4.0, 1.0, 0.4).")
+                 f"means before gains, obj.P3 is the objectness mean × balance[level] ({balance}).")
     notes.append("anchor_t is a shape-ratio test (strict <), not an IoU threshold; hyp['iou_t'] is dead code "
                  "upstream (ComputeLoss never reads it).")
     if count:
-        best = int(positives["tobj"].argmax())
-        target, floor = float(positives["tobj"][best]), float(positives["obj_bce_floor"][best])
-        notes.append(f"The objectness target is the (clamped) CIoU, a soft label, not 1: BCE(p, t) is smallest at "
-                     f"p = t and even there equals the entropy of t (e.g. t = {target:.4g} leaves {floor:.4g}; column "
-                     "obj_bce_floor), so the objectness loss never reaches 0 at positives unless the IoU is 1.")
+        notes.append(_objectness_target_note(compute, positives))
     if scene.nc == 1:
         notes.append("nc = 1: upstream skips the class loss (cls = 0).")
     if compute.hyp["fl_gamma"] > 0:
@@ -364,9 +500,32 @@ def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str
     return notes
 
 
-SPEC = register_scheme(SchemeSpec(
+def default_balance_of(compute: ComputeLoss) -> list[float]:
+    """The upstream balance table for this many levels (not the autobalanced state)."""
+    return default_balance(compute.nl)
+
+
+def _objectness_target_note(compute: ComputeLoss, positives: dict[str, Tensor]) -> str:
+    """Why the objectness loss does not reach 0 at positives, in the words that fit this scene."""
+    tobj, floor = positives["tobj"], positives["obj_bce_floor"]
+    if compute.gr == 0:
+        return ("gr = 0: every positive's objectness target is 1 (a hard label, as in YOLOv3), so BCE falls "
+                "towards 0 as σ(obj) → 1.")
+    soft = (tobj > 0) & (tobj < 1) & torch.isfinite(floor)
+    if not bool(soft.any()):
+        return ("Every positive's objectness target here is exactly 0 or 1, where BCE(t, t) = 0; a soft target "
+                "0 < t < 1 (the usual case: t = clamp(CIoU, 0) mixed by gr) leaves an entropy floor BCE(t, t) > 0.")
+    best = int(torch.where(soft, floor, torch.full_like(floor, -1.0)).argmax())
+    target, value = float(tobj[best]), float(floor[best])
+    return (f"The objectness target is the (clamped) CIoU mixed by gr, a soft label, not 1: BCE(p, t) is smallest "
+            f"at p = t and even there equals the entropy of t (e.g. t = {target:.4g} leaves {value:.4g}; column "
+            "obj_bce_floor), so the objectness loss at a positive stays above 0 unless t is exactly 0 or 1.")
+
+
+SPEC = SchemeSpec(
     name="yolov5", title="YOLOv5", family="yolov5", strides=STRIDES, params=PARAMS, explain=explain_scene,
     upstream=f"{UPSTREAM} utils/loss.py",
     doc="Anchor-ratio filter, up to two neighbour cells per level, CIoU box loss, IoU objectness targets.",
-    maps=MAPS, rule_names=RULE_NAMES, anchors_px=DEFAULT_ANCHORS_PX,
-))
+    maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, focal=FOCAL, phases=PHASES,
+    anchors_px=DEFAULT_ANCHORS_PX, level_names=("P3", "P4", "P5"), pred_box="pred_box_px", target_box="target_box_px",
+)

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conformance import group
-from .trace import Trace
+from ..trace import Trace
 
 __all__ = [
     "YOLOV3_STRIDES",
@@ -65,6 +64,12 @@ _CODE_HEAD = "PyTorch-YOLOv3@1d621c8 pytorchyolo/utils/loss.py"
 
 
 # -- overlaps ---------------------------------------------------------------------------------
+def _level_name(stride: float, level: int) -> str:
+    """``P3`` for stride 8 (P = log2 stride), else ``P{3 + level}``."""
+    exponent = math.log2(float(stride)) if float(stride) > 0 else 0.5
+    return f"P{int(exponent)}" if exponent.is_integer() else f"P{3 + level}"
+
+
 def bbox_wh_iou(anchors_wh: Tensor, targets_wh: Tensor) -> Tensor:
     """IoU of boxes that share a centre, from sizes only (upstream ``bbox_wh_iou``).
 
@@ -520,7 +525,7 @@ def build_targets(p_shapes: Sequence[Sequence[int]], targets: Tensor, anchors_px
         out.anch.append(anchors[anchor])
         out.tcls.append(cls)
         if trace is not None:
-            with trace.scope(f"L{level}"):
+            with trace.level(_level_name(strides[level], level)):
                 trace.record("build_targets.anchor_filter", "Anchor-ratio filter",
                              "keep target/anchor pairs with max(w/aw, aw/w, h/ah, ah/h) < 4 (fixed in "
                              "the port); each kept pair is positive at the target's own cell only",
@@ -594,7 +599,7 @@ def compute_loss(predictions: Sequence[Tensor], targets: Tensor, anchors_px: Seq
                 cls_target[range(num_pos), built.tcls[level]] = 1
                 lcls = lcls + F.binary_cross_entropy_with_logits(matched[:, 5:], cls_target)
             if trace is not None:
-                with trace.scope(f"L{level}"):
+                with trace.level(_level_name(strides[level], level)):
                     trace.record("compute_loss.ciou", "CIoU of matched predictions",
                                  "pred xy = σ(txy) (no 2σ-0.5 here), wh = exp(twh)·anchor; box loss "
                                  "mean(1 - CIoU); objectness target clamp(CIoU, 0)",
@@ -611,49 +616,3 @@ def compute_loss(predictions: Sequence[Tensor], targets: Tensor, anchors_px: Seq
         trace.record("compute_loss.total", "HEAD loss", "lbox·0.05 + lobj·1.0 + lcls·0.5, not × batch size",
                      code=_CODE_HEAD + " compute_loss", tensors={"loss_items": (items, "4")})
     return HeadLoss(loss, items, built)
-
-
-# -- conformance runners ----------------------------------------------------------------------
-@group("yolov3", "legacy_build_targets")
-def _run_legacy_build_targets(inputs: dict, device: torch.device) -> dict:
-    out = legacy_build_targets(inputs["pred_boxes"], inputs["pred_cls"], inputs["target"],
-                               inputs["anchors"], inputs["ignore_thres"])
-    names = ("iou_scores", "class_mask", "obj_mask", "noobj_mask", "tx", "ty", "tw", "th", "tcls", "tconf")
-    return {name: getattr(out, name) for name in names}
-
-
-@group("yolov3", "legacy_yolo_layer")
-def _run_legacy_yolo_layer(inputs: dict, device: torch.device) -> dict:
-    raw = inputs["x"]
-    B, _, H, W = raw.shape
-    A, C = len(inputs["anchors_px"]), inputs["num_classes"]
-    prediction = raw.view(B, A, C + 5, H, W).permute(0, 1, 3, 4, 2).contiguous()  # (B, A, H, W, 5 + C)
-    anchors = legacy_scaled_anchors(inputs["anchors_px"], inputs["img_dim"], H, device)
-    out = yolo_layer_loss(prediction, inputs["targets"], anchors, ignore_thres=inputs["ignore_thres"],
-                          obj_scale=inputs["obj_scale"], noobj_scale=inputs["noobj_scale"])
-    return {"total_loss": out.total, "metrics": out.metrics, "obj_mask": out.targets.obj_mask,
-            "noobj_mask": out.targets.noobj_mask}
-
-
-def _head_layers(inputs: dict, device: torch.device) -> tuple[list[Tensor], list[float]]:
-    layers = inputs["yolo_layers"]
-    anchors = [torch.tensor(layer["anchors_px"], dtype=torch.float32, device=device) for layer in layers]
-    return anchors, [layer["stride"] for layer in layers]
-
-
-@group("yolov3", "build_targets")
-def _run_build_targets(inputs: dict, device: torch.device) -> dict:
-    anchors, strides = _head_layers(inputs, device)
-    out = build_targets(inputs["p_shapes"], inputs["targets"], anchors, strides)
-    return {"tcls": out.tcls, "tbox": out.tbox, "indices": [list(ix) for ix in out.indices], "anch": out.anch}
-
-
-@group("yolov3", "compute_loss")
-def _run_compute_loss(inputs: dict, device: torch.device) -> dict:
-    anchors, strides = _head_layers(inputs, device)
-    out = compute_loss(inputs["p"], inputs["targets"], anchors, strides)
-    return {"loss": out.loss, "loss_items": out.loss_items}
-
-
-# The scheme registers itself on import (it uses the functions above).
-from . import yolov3_scene as _scene  # noqa: E402,F401

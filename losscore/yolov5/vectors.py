@@ -6,18 +6,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .boxes import bbox_iou
-from .conformance import group
-from .yolov5 import BCEBlurWithLogitsLoss, ComputeLoss, FocalLoss, QFocalLoss, build_targets, smooth_BCE
+from ..boxes import bbox_iou
+from .loss import BCEBlurWithLogitsLoss, ComputeLoss, FocalLoss, QFocalLoss, build_targets, smooth_BCE
 
 
-@group("yolov5", "smooth_bce")
 def _smooth_bce(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     cp, cn = smooth_BCE() if inputs["eps"] is None else smooth_BCE(inputs["eps"])
     return {"cp": cp, "cn": cn}
 
 
-@group("yolov5", "bbox_iou")
 def _bbox_iou(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     box1, box2, xywh, eps = inputs["box1"], inputs["box2"], inputs["xywh"], inputs.get("eps", 1e-7)
     return {
@@ -34,24 +31,20 @@ def _wrapped(inputs: dict[str, Any], device: torch.device) -> nn.BCEWithLogitsLo
     return nn.BCEWithLogitsLoss(reduction=inputs["reduction"], pos_weight=weight)
 
 
-@group("yolov5", "focalloss")
 def _focal(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     loss = FocalLoss(_wrapped(inputs, device), inputs["gamma"], inputs["alpha"])(inputs["pred"], inputs["true"])
     return {"loss": loss}
 
 
-@group("yolov5", "qfocalloss")
 def _qfocal(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     loss = QFocalLoss(_wrapped(inputs, device), inputs["gamma"], inputs["alpha"])(inputs["pred"], inputs["true"])
     return {"loss": loss}
 
 
-@group("yolov5", "bce_blur")
 def _bce_blur(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {"loss": BCEBlurWithLogitsLoss(inputs["alpha"])(inputs["pred"], inputs["true"])}
 
 
-@group("yolov5", "build_targets")
 def _build_targets(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     anchors = inputs["anchors_grid"].to(device)
     assigned = build_targets(inputs["p_shapes"], inputs["targets"], anchors, anchor_t=inputs["anchor_t"])
@@ -63,7 +56,6 @@ def _build_targets(inputs: dict[str, Any], device: torch.device) -> dict[str, An
     }
 
 
-@group("yolov5", "compute_loss")
 def _compute_loss(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     compute = ComputeLoss(
         inputs["nc"], anchors_grid=inputs["anchors_grid"], strides=inputs["strides"], hyp=inputs["hyp"],
@@ -72,3 +64,16 @@ def _compute_loss(inputs: dict[str, Any], device: torch.device) -> dict[str, Any
     )
     loss, items = compute(inputs["p"], inputs["targets"])
     return {"loss": loss, "loss_items": items}
+
+
+GROUPS = {
+    "yolov5": {
+        "smooth_bce": _smooth_bce,
+        "bbox_iou": _bbox_iou,
+        "focalloss": _focal,
+        "qfocalloss": _qfocal,
+        "bce_blur": _bce_blur,
+        "build_targets": _build_targets,
+        "compute_loss": _compute_loss,
+    },
+}

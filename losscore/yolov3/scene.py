@@ -24,55 +24,96 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import bbox_iou
-from .scene import (LevelInfo, ParamSpec, Scene, SceneResult, SchemeSpec, blend_logits, boxes_to_targets,
-                    register_scheme, resolve_device)
-from .trace import Trace
-from .yolov3 import YOLOV3_ANCHORS_PX, YOLOV3_STRIDES, bbox_wh_iou, legacy_build_targets, yolo_layer_loss
+from ..boxes import bbox_iou, xywh2xyxy
+from ..predictions import blend_logits
+from ..scene import (Check, ColumnSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
+                     MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
+                     resolve_device)
+from ..trace import Trace
+from .loss import YOLOV3_ANCHORS_PX, YOLOV3_STRIDES, bbox_wh_iou, legacy_build_targets, yolo_layer_loss
 
-__all__ = ["explain_yolov3", "YOLOV3_SCHEME"]
+__all__ = ["explain_yolov3", "SPEC"]
 
 PERFECT_LOGIT = 8.0  # a perfect head: σ(8) = 0.99966 where the answer is 1, σ(-8) where it is 0
 _FRACTION_EPS = 1e-4  # a cell fraction of exactly 0 or 1 has no finite logit; clamp into (0, 1)
-RULE_NAMES = ("best anchor of this level (port)", "best of all 9 anchors (darknet)")
+RULES = (
+    RuleSpec("best anchor of this level (port)", "★", "the anchor of this level with the highest wh-IoU "
+             "(PyTorch-YOLOv3 runs build_targets on every level)"),
+    RuleSpec("best of all 9 anchors (darknet)", "✦", "the best wh-IoU over all 9 anchors: only its level gets "
+             "a positive (darknet yolo_layer.c)"),
+)
 _LEVEL_NAMES = ("P3", "P4", "P5")
 _TERMS = ("x", "y", "w", "h", "conf_obj", "conf_noobj", "conf", "cls")
+XYXY = ("x1", "y1", "x2", "y2")
 
-COLUMN_DOCS = {
-    "wh_iou": "width-height IoU of the target with each anchor of this level (centres aligned)",
-    "best_iou": "the highest of those (darknet mode: over all 9 anchors)",
-    "tx": "target x: fraction of the centre inside its cell, in the slot (last write wins on shared slots)",
-    "ty": "target y: fraction of the centre inside its cell",
-    "tw": "target w: log(w / anchor_w) + 1e-16 inside the log",
-    "th": "target h: log(h / anchor_h)",
-    "pred_box_px": "decoded prediction (cx, cy, w, h) px: (σ(tx)+gi)·s, (σ(ty)+gj)·s, exp(tw)·anchor",
-    "target_box_px": "the target (cx, cy, w, h) px as the loss sees it",
-    "iou": "iou_scores: IoU of prediction and target with upstream's +1 pixel convention (lower than a true IoU)",
-    "coord_scale": "scale on the coordinate MSE: darknet's 2 - w·h when lambda_scale, else 1",
-    "two_minus_wh": "2 - w·h with w, h as image fractions (darknet), whether applied or not",
-    "sq_x": "coord_scale·(σ(tx) - tx)² (the loss x term is the mean of these over positives)",
-    "sq_y": "coord_scale·(σ(ty) - ty)²",
-    "sq_w": "coord_scale·(tw_pred - tw)² on the raw output",
-    "sq_h": "coord_scale·(th_pred - th)²",
-    "bce_obj": "BCE(σ(obj), 1) at this slot (mean of these × obj_scale is conf_obj)",
-    "bce_cls": "sum over classes of BCE(σ(cls), tcls) at this slot",
-    "grad_x": "darknet gradient p - y for x: coord_scale·(σ(tx) - tx) (delta = -gradient)",
-    "grad_y": "coord_scale·(σ(ty) - ty)",
-    "grad_w": "coord_scale·(tw_pred - tw)",
-    "grad_h": "coord_scale·(th_pred - th)",
-    "grad_obj": "σ(obj) - 1",
-    "grad_cls_target": "σ(cls) - 1 on the target class",
-    "grad_cls_max_other": "largest σ(cls) - 0 over the other classes",
-}
+COLUMNS = (
+    ColumnSpec("gt", "index of the ground-truth box", "index"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
+    ColumnSpec("anchor", "anchor index within the level", "index"),
+    ColumnSpec("gi", "cell column (x)", "index"),
+    ColumnSpec("gj", "cell row (y)", "index"),
+    ColumnSpec("rule", "why the slot is positive: the best anchor of this level, or of all 9", "index"),
+    ColumnSpec("wh_iou", "width-height IoU of the target with each anchor of this level (centres aligned)", "iou",
+               ("a0", "a1", "a2")),
+    ColumnSpec("best_iou", "the highest of those (darknet mode: over all 9 anchors)", "iou"),
+    ColumnSpec("tx", "target x: fraction of the centre inside its cell, in the slot (last write wins on shared "
+                     "slots)", "grid"),
+    ColumnSpec("ty", "target y: fraction of the centre inside its cell", "grid"),
+    ColumnSpec("tw", "target w: log(w / anchor_w) + 1e-16 inside the log", "logit"),
+    ColumnSpec("th", "target h: log(h / anchor_h)", "logit"),
+    ColumnSpec("pred_box_px", "decoded prediction: centre (σ(tx)+gi)·s, (σ(ty)+gj)·s, size exp(tw)·anchor", "px",
+               XYXY, box="xyxy"),
+    ColumnSpec("target_box_px", "the target box as the loss sees it", "px", XYXY, box="xyxy"),
+    ColumnSpec("iou", "iou_scores: IoU of prediction and target with upstream's +1 pixel convention (lower than "
+                      "a true IoU)", "iou"),
+    ColumnSpec("coord_scale", "scale on the coordinate MSE: darknet's 2 - w·h when lambda_scale, else 1", "weight"),
+    ColumnSpec("two_minus_wh", "2 - w·h with w, h as image fractions (darknet), whether applied or not", "weight"),
+    ColumnSpec("sq_x", "coord_scale·(σ(tx) - tx)² (the loss x term is the mean of these over positives)", "loss"),
+    ColumnSpec("sq_y", "coord_scale·(σ(ty) - ty)²", "loss"),
+    ColumnSpec("sq_w", "coord_scale·(tw_pred - tw)² on the raw output", "loss"),
+    ColumnSpec("sq_h", "coord_scale·(th_pred - th)²", "loss"),
+    ColumnSpec("bce_obj", "BCE(σ(obj), 1) at this slot (mean of these × obj_scale is conf_obj)", "loss"),
+    ColumnSpec("bce_cls", "sum over classes of BCE(σ(cls), tcls) at this slot", "loss"),
+    ColumnSpec("grad_x", "darknet gradient p - y for x: coord_scale·(σ(tx) - tx) (delta = -gradient)", "grad"),
+    ColumnSpec("grad_y", "coord_scale·(σ(ty) - ty)", "grad"),
+    ColumnSpec("grad_w", "coord_scale·(tw_pred - tw)", "grad"),
+    ColumnSpec("grad_h", "coord_scale·(th_pred - th)", "grad"),
+    ColumnSpec("grad_obj", "σ(obj) - 1", "grad"),
+    ColumnSpec("grad_cls_target", "σ(cls) - 1 on the target class", "grad"),
+    ColumnSpec("grad_cls_max_other", "largest σ(cls) - 0 over the other classes", "grad"),
+)
 
-MAP_DOCS = (
-    ("noobj_mask", "1 where the no-object BCE counts; ignored anchors (wh-IoU > ignore_thresh) and positives are 0"),
-    ("obj_mask", "1 at positive slots (image, anchor, gj, gi)"),
-    ("ignored", "1 where an anchor is neither positive nor negative (above ignore_thresh)"),
-    ("max_wh_iou", "largest wh-IoU of a target in this cell with this anchor (compare with ignore_thresh)"),
-    ("pred_iou_max", "largest IoU of the decoded prediction with any target (darknet's ignore criterion)"),
-    ("obj_bce", "objectness BCE per slot where it counts (positives and non-ignored negatives, unscaled)"),
-    ("grad_obj", "darknet gradient σ(obj) - tconf per slot (0 where ignored)"),
+MAPS = (
+    MapSpec("noobj_mask", "1 where the no-object BCE counts; ignored anchors (wh-IoU > ignore_thresh) and positives "
+                          "are 0", "bool", range=(0.0, 1.0)),
+    MapSpec("obj_mask", "1 at positive slots (image, anchor, gj, gi)", "bool", range=(0.0, 1.0)),
+    MapSpec("ignored", "1 where an anchor is neither positive nor negative (above ignore_thresh)", "bool",
+            range=(0.0, 1.0)),
+    MapSpec("max_wh_iou", "largest wh-IoU of a target in this cell with this anchor (compare with ignore_thresh)",
+            "iou", range=(0.0, 1.0)),
+    MapSpec("pred_iou_max", "largest IoU of the decoded prediction with any target (darknet's ignore criterion)",
+            "iou", range=(0.0, 1.0)),
+    MapSpec("obj_bce", "objectness BCE per slot where it counts (positives and non-ignored negatives, unscaled)",
+            "loss"),
+    MapSpec("grad_obj", "darknet gradient σ(obj) - tconf per slot (0 where ignored)", "grad"),
+)
+LOSSES = LossSpec(
+    terms=(
+        LossTermSpec("x", "MSE of σ(tx) against the cell fraction, mean over positives, summed over levels"),
+        LossTermSpec("y", "MSE of σ(ty), mean over positives, summed over levels"),
+        LossTermSpec("w", "MSE of the raw tw against log(w / anchor_w), summed over levels"),
+        LossTermSpec("h", "MSE of the raw th, summed over levels"),
+        LossTermSpec("conf_obj", "BCE(σ(obj), 1) mean over positives, summed over levels", gain="obj_scale"),
+        LossTermSpec("conf_noobj", "BCE(σ(obj), 0) mean over counted negatives, summed over levels",
+                     gain="noobj_scale"),
+        LossTermSpec("cls", "class BCE mean over positives × C, summed over levels"),
+    ),
+    formula="x + y + w + h + obj_scale·conf_obj + noobj_scale·conf_noobj + cls (per level, then summed)",
+)
+PHASES = (
+    PhaseSpec("build_targets", "Assign targets", "the best anchor per target, the ignore rule, the offsets"),
+    PhaseSpec("assign", "Darknet's best of 9", "which level owns the target (assign = darknet)"),
+    PhaseSpec("yolo_layer", "Layer loss", "decode, MSE and BCE terms, darknet's gradients"),
 )
 
 
@@ -101,13 +142,7 @@ def _apply_pins(logits: Tensor, scene: Scene, level: int, stride: int, anchors_p
     for pin in scene.pins:
         if pin.level != level:
             continue
-        where = f"pin at level {level} anchor {pin.anchor} cell ({pin.gi}, {pin.gj})"
-        if not (0 <= pin.anchor < A and 0 <= pin.gi < W and 0 <= pin.gj < H):
-            notes.append(f"{where}: no such slot on a {H}×{W} grid with {A} anchors; ignored.")
-            continue
-        if pin.w <= 0 or pin.h <= 0:
-            notes.append(f"{where}: width and height must be positive; ignored.")
-            continue
+        where = f"pin at level {level} anchor {pin.anchor} cell ({pin.gi}, {pin.gj})"  # validated by validate_scene
         frac_x, frac_y = pin.cx / stride - pin.gi, pin.cy / stride - pin.gj
         if not (0 < frac_x < 1 and 0 < frac_y < 1):
             notes.append(f"{where}: the centre must lie strictly inside the cell (σ reaches (0, 1) "
@@ -143,7 +178,7 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
     image_wh = torch.tensor([scene.width, scene.height], dtype=torch.float32, device=device)
 
     if trace is not None:
-        trace.record("scene.targets", "Targets from the drawn boxes",
+        trace.record("build_targets.inputs", "Targets from the drawn boxes",
                      "rows (image, class, cx, cy, w, h): cx and w divided by the image width, cy and h by "
                      "the height (the data loader's normalisation)",
                      code="utils/datasets.py ListDataset (labels)", tensors={"targets": (targets, "N 6")},
@@ -180,8 +215,10 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
                      "objectness-positive and class terms are nan (as upstream).")
 
     levels: list[LevelInfo] = []
+    box_cells = torch.zeros((N, len(YOLOV3_STRIDES), 2), dtype=torch.long)
+    check_parts: list[tuple] = []  # per level what _level_checks reads, copied to the CPU
     columns: dict[str, list[Tensor]] = {}
-    maps: dict[str, list[Tensor]] = {name: [] for name, _ in MAP_DOCS}
+    maps: dict[str, list[Tensor]] = {m.name: [] for m in MAPS}
     losses: dict[str, Tensor] = {}
     for level, stride in enumerate(YOLOV3_STRIDES):
         name = _LEVEL_NAMES[level]
@@ -194,7 +231,7 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
         logits = blend_logits(perfect, scene.progress, generator)
         _apply_pins(logits, scene, level, stride, anchors_px, notes)
         if trace is not None:
-            with trace.scope(name):
+            with trace.level(name):
                 result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh,
                                          obj_scale=obj_scale, noobj_scale=noobj_scale,
                                          lambda_scale=lambda_scale, positive_rows=positive_rows, trace=trace)
@@ -219,6 +256,11 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
             notes.append(f"{name}: no target's best anchor is on this level; darknet sums its deltas, so the "
                          f"positive terms add 0 here (the port's means over no positives would be nan).")
 
+        if N:
+            box_cells[:, level, 0], box_cells[:, level, 1] = built.gi.cpu(), built.gj.cpu()
+            check_parts.append((level, name, anchors_px.cpu(), built.wh_iou.cpu(), built.best_anchor.cpu(),
+                                built.gi.cpu(), built.gj.cpu()))
+
         # -- per-positive rows (one per target row positive here) --------------------------------
         rows = torch.arange(N, device=device) if positive_rows is None else positive_rows.nonzero().flatten()
         anchor_idx, gj, gi = built.best_anchor[rows], built.gj[rows], built.gi[rows]
@@ -240,8 +282,8 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
                 "best_iou": (built.wh_iou[:, rows].max(0).values if owner_level is None
                              else best_iou_all[rows]),
                 "tx": built.tx[slot], "ty": built.ty[slot], "tw": built.tw[slot], "th": built.th[slot],
-                "pred_box_px": decoded.pred_boxes[slot] * stride,
-                "target_box_px": target_boxes * stride,
+                "pred_box_px": xywh2xyxy(decoded.pred_boxes[slot] * stride),
+                "target_box_px": xywh2xyxy(target_boxes * stride),
                 "iou": built.iou_scores[slot],
                 "coord_scale": built.coord_scale[slot],
                 "two_minus_wh": 2 - targets[rows, 4] * targets[rows, 5],
@@ -287,13 +329,66 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
     positives = {key: torch.cat(parts) for key, parts in columns.items()}
     for term in _TERMS + ("total",):
         losses[term] = sum((losses[f"{term}.{name}"] for name in _LEVEL_NAMES), torch.zeros((), device=device))
+    composition = _composition(losses, obj_scale, noobj_scale)
     return SceneResult(
-        scheme="yolov3", levels=levels, positives=positives, rule_names=list(RULE_NAMES), maps=maps,
-        losses=losses, trace=trace, device=str(device), column_docs=dict(COLUMN_DOCS),
-        map_docs=dict(MAP_DOCS), notes=notes, targets=targets)
+        scheme="yolov3", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
+        device=str(device), composition=composition, box_cells=box_cells, notes=notes,
+        checks=lambda: [check for part in check_parts for check in _level_checks(
+            *part, ignore_thresh, None if owner_level is None else owner_level.cpu(),
+            None if owner_level is None else best_all.cpu())],
+        targets=targets)
 
 
-YOLOV3_SCHEME = register_scheme(SchemeSpec(
+def _composition(losses: dict[str, Tensor], obj_scale: float, noobj_scale: float) -> LossComposition:
+    """x + y + w + h + obj_scale·conf_obj + noobj_scale·conf_noobj + cls, each summed over the levels."""
+    gains = {"conf_obj": obj_scale, "conf_noobj": noobj_scale}
+    terms = []
+    for term in ("x", "y", "w", "h", "conf_obj", "conf_noobj", "cls"):
+        parts = tuple(LossPart(name, losses[f"{term}.{name}"]) for name in _LEVEL_NAMES)
+        gain = gains.get(term, 1.0)
+        value = losses[term] * gain if term in gains else losses[term]
+        terms.append(LossTerm(term, parts, losses[term], value, gain=gain))
+    return LossComposition(tuple(terms), sum((t.value for t in terms), torch.zeros_like(losses["total"])),
+                           losses["total"])
+
+
+def _level_checks(level: int, name: str, anchors_px: Tensor, wh_iou: Tensor, best_anchor: Tensor, gi: Tensor,
+                  gj: Tensor, ignore_thresh: float, owner_level: Tensor | None, best_all: Tensor | None
+                  ) -> list[Check]:
+    """Per target on this level: each anchor's wh-IoU (A, N), which one is the positive, which are
+    ignored."""
+    out = []
+    num_anchors = wh_iou.shape[0]
+    best = best_anchor.tolist()
+    gi, gj = gi.tolist(), gj.tolist()
+    owners = None if owner_level is None else owner_level.cpu().tolist()
+    best9 = None if best_all is None else best_all.cpu().tolist()
+    for gt in range(wh_iou.shape[1]):
+        here = owners is None or owners[gt] == level
+        for anchor in range(num_anchors):
+            aw, ah = anchors_px[anchor].tolist()
+            iou = float(wh_iou[anchor, gt])
+            label = f"{name} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g}"
+            if anchor == best[gt] and here:
+                source = "of this level" if owners is None else "of all 9 anchors"
+                out.append(Check(gt, level, anchor, gi[gt], gj[gt], "best_anchor", True,
+                                 f"{label}, the best {source}: positive", {"wh_iou": iou}))
+                continue
+            if anchor == best[gt]:
+                owner_anchor = best9[gt] % num_anchors
+                out.append(Check(gt, level, anchor, gi[gt], gj[gt], "best_anchor", False,
+                                 f"{label}, best of this level, but the best of all 9 anchors is on "
+                                 f"P{3 + owners[gt]} (anchor {owner_anchor}): not positive here (darknet)",
+                                 {"wh_iou": iou}))
+            ignored = iou > ignore_thresh
+            text = (f"{label} > ignore_thresh {ignore_thresh:g}: ignored (left out of the no-object loss)"
+                    if ignored else f"{label} ≤ ignore_thresh {ignore_thresh:g}: a negative (in the no-object loss)")
+            out.append(Check(gt, level, anchor, gi[gt], gj[gt], "ignore", not ignored, text,
+                             {"wh_iou": iou, "ignore_thresh": ignore_thresh}))
+    return out
+
+
+SPEC = SchemeSpec(
     name="yolov3",
     title="YOLOv3 (PyTorch-YOLOv3 legacy / darknet)",
     family="yolov3",
@@ -317,7 +412,6 @@ YOLOV3_SCHEME = register_scheme(SchemeSpec(
          "width-height IoU (per level as the PyTorch port, or of all 9 as darknet), anchors above "
          "ignore_thresh leave the no-object loss, coordinates are MSE (× 2 - w·h in darknet), "
          "objectness and classes BCE; every delta is p - y."),
-    maps=MAP_DOCS,
-    rule_names=RULE_NAMES,
-    anchors_px=YOLOV3_ANCHORS_PX,
-))
+    maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, phases=PHASES, anchors_px=YOLOV3_ANCHORS_PX,
+    level_names=_LEVEL_NAMES, pred_box="pred_box_px", target_box="target_box_px",
+)

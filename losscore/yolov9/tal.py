@@ -31,8 +31,8 @@ from typing import NamedTuple, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from .boxes import bbox_iou
-from .trace import Trace
+from ..boxes import bbox_iou
+from ..trace import Trace
 
 __all__ = [
     "make_anchors",

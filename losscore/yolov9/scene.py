@@ -1,6 +1,6 @@
 """The "yolov9" scheme: a learner's scene through the real YOLOv9 ``ComputeLoss``.
 
-Predictions for the single image come from :func:`losscore.scene.blended_heads`. The perfect head
+Predictions for the single image come from :func:`losscore.predictions.blended_heads`. The perfect head
 (progress 1) has, at every anchor whose centre lies inside a box (the smallest such box), box-bin
 logits whose softmax puts the two-bin weights of the true distances on their bins (``log`` of
 the weights, all other bins -20), so the expected distance equals the distance to the box, and a
@@ -15,11 +15,12 @@ import math
 import torch
 from torch import Tensor
 
-from .scene import (BlendedHeads, LevelInfo, ParamSpec, Pin, Scene, SceneResult, SchemeSpec, blended_heads,
-                    boxes_to_targets, register_scheme, resolve_device)
-from .tal import RULE_NAMES
-from .trace import Trace
-from .yolov9 import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
+from ..predictions import BlendedHeads, blended_heads
+from ..scene import (Check, ColumnSpec, FocalSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
+                     LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
+                     boxes_to_targets, resolve_device)
+from ..trace import Trace
+from .loss import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
 
 __all__ = ["explain_scene", "perfect_writes", "two_bin_logits", "SPEC"]
 
@@ -44,32 +45,68 @@ PARAMS = (
 )
 
 MAPS = (
-    ("align_metric", "alignment t = s^alpha * u^beta of each anchor, the largest over the targets whose box holds it"),
-    ("target_score", "normalised class target of each positive (0 elsewhere)"),
-    ("cls_bce", "class loss of each anchor, summed over the classes"),
-    ("candidates", "how many target boxes hold the anchor's centre"),
-    ("fg", "1 where the anchor is a positive"),
+    MapSpec("align_metric", "alignment t = s^alpha * u^beta of each anchor, the largest over the targets whose box "
+                            "holds it", "weight"),
+    MapSpec("target_score", "normalised class target of each positive (0 elsewhere)", "prob", range=(0.0, 1.0)),
+    MapSpec("cls_bce", "class loss of each anchor, summed over the classes", "loss"),
+    MapSpec("candidates", "how many target boxes hold the anchor's centre", "count", scale="count", reduce="sum"),
+    MapSpec("fg", "1 where the anchor is a positive", "bool", range=(0.0, 1.0)),
 )
-
-COLUMN_DOCS = {
-    "s": "predicted probability of the target's class at this anchor",
-    "u": "CIoU of the target against the predicted box, clamped at 0",
-    "align_metric": "t = s^alpha * u^beta",
-    "topk_rank": "rank in its target's top-k (0 = best); -1 when it came through a conflict only",
-    "target_score": "t * max(u) / (max(t) + eps) over its target's positives: the class target and loss weight",
-    "ltrb_target": "target distances l, t, r, b in cells, clamped to [0, 14.99]",
-    "dfl_expected": "expected distance per side under the softmax over 16 bins",
-    "bin_left": "lower target bin floor(d) per side",
-    "bin_right": "upper target bin floor(d) + 1 per side",
-    "weight_left": "weight of the lower bin, floor(d) + 1 - d",
-    "weight_right": "weight of the upper bin, d - floor(d)",
-    "pred_box_px": "decoded predicted box, xyxy pixels",
-    "target_box_px": "target box, xyxy pixels",
-    "ciou": "CIoU of predicted vs target box (yolov9 bbox_iou)",
-    "box_term": "(1 - CIoU) * target_score / target_scores_sum: this positive's share of the raw box loss",
-    "dfl_term": "DFL * target_score / target_scores_sum: this positive's share of the raw DFL",
-    "cls_bce": "class BCE at this positive's own class against its target score",
-}
+RULES = (
+    RuleSpec("top-k", "K", "in its target's top-k by t = s^alpha·u^beta, claimed by no other target"),
+    RuleSpec("top-k (conflict won)", "▲", "in the top-k of several targets; this target has the highest overlap u"),
+    RuleSpec("conflict won (outside own top-k)", "◆", "in another target's top-k, but this target has the highest "
+                                                      "overlap u over all targets (select_highest_overlaps)"),
+)
+XYXY = ("x1", "y1", "x2", "y2")
+LTRB = ("l", "t", "r", "b")
+COLUMNS = (
+    ColumnSpec("gt", "index of the ground-truth box", "index"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
+    ColumnSpec("anchor", "0: anchor-free, one anchor point per cell", "index"),
+    ColumnSpec("gi", "cell column (x)", "index"),
+    ColumnSpec("gj", "cell row (y)", "index"),
+    ColumnSpec("rule", "why the anchor is positive: top-k, or a conflict won", "index"),
+    ColumnSpec("s", "predicted probability of the target's class at this anchor", "prob"),
+    ColumnSpec("u", "CIoU of the target against the predicted box, clamped at 0", "iou"),
+    ColumnSpec("align_metric", "t = s^alpha * u^beta", "weight"),
+    ColumnSpec("topk_rank", "rank in its target's top-k (0 = best); -1 when it came through a conflict only", "index"),
+    ColumnSpec("target_score", "t * max(u) / (max(t) + eps) over its target's positives: the class target and loss "
+                               "weight", "prob"),
+    ColumnSpec("ltrb_target", "target distances l, t, r, b in cells, clamped to [0, 14.99]", "bins", LTRB),
+    ColumnSpec("dfl_expected", "expected distance per side under the softmax over 16 bins", "bins", LTRB),
+    ColumnSpec("dfl_probs", "softmax over the 16 bins per side (l, t, r, b)", "prob",
+               tuple(f"{side}{b}" for side in LTRB for b in range(16)), default=False),
+    ColumnSpec("bin_left", "lower target bin floor(d) per side", "index", LTRB),
+    ColumnSpec("bin_right", "upper target bin floor(d) + 1 per side", "index", LTRB),
+    ColumnSpec("weight_left", "weight of the lower bin, floor(d) + 1 - d", "weight", LTRB),
+    ColumnSpec("weight_right", "weight of the upper bin, d - floor(d)", "weight", LTRB),
+    ColumnSpec("pred_box_px", "decoded predicted box", "px", XYXY, box="xyxy"),
+    ColumnSpec("target_box_px", "target box", "px", XYXY, box="xyxy"),
+    ColumnSpec("ciou", "CIoU of predicted vs target box (yolov9 bbox_iou)", "iou"),
+    ColumnSpec("box_term", "(1 - CIoU) * target_score / target_scores_sum: this positive's share of the raw box loss",
+               "loss"),
+    ColumnSpec("dfl_term", "DFL * target_score / target_scores_sum: this positive's share of the raw DFL", "loss"),
+    ColumnSpec("cls_bce", "class BCE at this positive's own class against its target score", "loss"),
+)
+LOSSES = LossSpec(
+    terms=(
+        LossTermSpec("box", "Σ over positives of (1 - CIoU)·target_score", divisor="target_scores_sum",
+                     gain="box gain (hard-coded 7.5)"),
+        LossTermSpec("cls", "class BCE summed over every anchor and class", divisor="target_scores_sum",
+                     gain="cls gain (hard-coded 0.5)"),
+        LossTermSpec("dfl", "Σ over positives of DFL·target_score", divisor="target_scores_sum",
+                     gain="dfl gain (hard-coded 1.5)"),
+    ),
+    formula="(7.5·box + 0.5·cls + 1.5·dfl) × batch size",
+    multiplier="batch size",
+)
+PHASES = (
+    PhaseSpec("inputs", "Inputs", "split the head, anchor points, targets, decode the box bins"),
+    PhaseSpec("assigner", "Task-aligned assigner", "candidates inside boxes, top-k by t, conflicts, normalised scores"),
+    PhaseSpec("loss", "Loss", "class BCE, DFL, CIoU box loss, gains"),
+)
+FOCAL = FocalSpec(gamma="fl_gamma", alpha_value=0.25, off_at_zero=True, applies_to="the class BCE")
 
 
 def two_bin_logits(distance: Tensor, reg_max: int = REG_MAX) -> Tensor:
@@ -133,14 +170,9 @@ def perfect_writes(scene: Scene, nc: int, device: torch.device) -> tuple[Tensor,
 
 
 def _apply_pin(preds: BlendedHeads, pin: Pin, notes: list[str]) -> None:
-    if not 0 <= pin.level < len(STRIDES):
-        raise ValueError(f"predictions.pins: level {pin.level} is not one of 0..{len(STRIDES) - 1}")
-    if pin.anchor != 0:
-        raise ValueError("predictions.pins: yolov9 is anchor-free, anchor must be 0")
+    """Overwrite the bin logits of one anchor (validated by ``validate_scene``)."""
     stride = STRIDES[pin.level]
     H, W = preds[pin.level].shape[-2:]
-    if not (0 <= pin.gi < W and 0 <= pin.gj < H):
-        raise ValueError(f"predictions.pins: cell ({pin.gi}, {pin.gj}) is outside the {W}x{H} grid of P{pin.level + 3}")
     ax, ay = (pin.gi + 0.5) * stride, (pin.gj + 0.5) * stride
     sides = [(ax - (pin.cx - pin.w / 2)) / stride, (ay - (pin.cy - pin.h / 2)) / stride,
              (pin.cx + pin.w / 2 - ax) / stride, (pin.cy + pin.h / 2 - ay) / stride]
@@ -182,9 +214,10 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
     if topk > N:
         raise ValueError(f"params.topk: {topk} is more than the {N} anchors of this image")
     fl_gamma, cls_pw = float(scene.param("fl_gamma")), float(scene.param("cls_pw"))
+    recorder = trace if trace is not None else Trace()  # the checks are read back from the trace
     out = compute_loss(preds, targets, nc=nc, strides=STRIDES, reg_max=REG_MAX, cls_pw=cls_pw,
                        label_smoothing=float(scene.param("label_smoothing")), fl_gamma=fl_gamma, topk=topk,
-                       alpha=float(scene.param("alpha")), beta=float(scene.param("beta")), trace=trace)
+                       alpha=float(scene.param("alpha")), beta=float(scene.param("beta")), trace=recorder)
 
     # positives table
     result = out.assignment
@@ -214,7 +247,8 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
         empty = score.new_zeros(0)
         positives.update(s=empty, u=empty, align_metric=empty, topk_rank=long0, target_score=empty)
     positives.update(
-        ltrb_target=out.target_ltrb, dfl_expected=out.dfl_expected, bin_left=bin_left, bin_right=bin_left + 1,
+        ltrb_target=out.target_ltrb, dfl_expected=out.dfl_expected,
+        dfl_probs=out.dfl_probs.reshape(out.dfl_probs.shape[0], 4 * REG_MAX), bin_left=bin_left, bin_right=bin_left + 1,
         weight_left=(bin_left + 1).to(out.target_ltrb.dtype) - out.target_ltrb,
         weight_right=1 - ((bin_left + 1).to(out.target_ltrb.dtype) - out.target_ltrb),
         pred_box_px=out.pred_box_grid * stride, target_box_px=out.target_box_grid * stride, ciou=out.ciou,
@@ -263,17 +297,76 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
     if result is not None and bool((result.rule > 0).any()):
         won = int((result.rule > 0).sum())
         notes.append(f"{won} anchor(s) were claimed by several targets and went to the target with the highest CIoU.")
+    if not bool(torch.isfinite(out.total)):
+        notes.append("The total is not finite: " + _non_finite_reason(out))
+    composition = LossComposition(
+        tuple(LossTerm(name, (LossPart("all levels", raw * tss),), raw * tss, item, gain=gain, divisor=float(tss),
+                       normalised=raw)
+              for name, raw, item, gain in (("box", out.box, out.items[0], BOX_GAIN), ("cls", out.cls, out.items[1], CLS_GAIN),
+                                            ("dfl", out.dfl, out.items[2], DFL_GAIN))),
+        out.items.sum(), out.total.detach(), multiplier=float(preds[0].shape[0]))
     return SceneResult(
-        scheme="yolov9", levels=levels, positives=positives, rule_names=list(RULE_NAMES), maps=maps,
-        losses=losses, trace=trace, device=str(device), column_docs=dict(COLUMN_DOCS), map_docs=dict(MAPS),
-        notes=notes, targets=targets,
+        scheme="yolov9", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
+        device=str(device), composition=composition, notes=notes, targets=targets,
+        checks=_checks_builder(recorder, levels, sizes, topk),
     )
 
 
-SPEC = register_scheme(SchemeSpec(
+def _non_finite_reason(out) -> str:
+    return ("a prediction decodes to a degenerate box (zero width or height), where the CIoU's atan(w/h) and the "
+            "IoU are 0/0; upstream gives the same NaN on these logits.")
+
+
+def _checks_builder(trace: Trace, levels: list[LevelInfo], sizes: list[int], topk: int):
+    """Per candidate (box, anchor inside it): won a top-k place or not, and by how much."""
+    try:
+        candidates, ranked, normalised = (trace.get("assigner.candidates"), trace.get("assigner.topk"),
+                                          trace.get("assigner.normalise"))
+    except KeyError:  # no targets: the assigner did not run
+        return None
+    gt, anchor, t = candidates["gt"].cpu(), candidates["anchor"].cpu(), candidates["t"].cpu()
+    s, u = candidates["s"].cpu(), candidates["u"].cpu()
+    kth = ranked["topk_t"][0, :, -1].cpu()  # (M,) the k-th largest t of each target (0 beyond its candidates)
+    pos_anchor, pos_gt = normalised["anchor"].cpu(), normalised["gt"].cpu()
+    kept = ranked["kept"][0].cpu()  # (M, K)
+    topk_anchor = ranked["topk_anchor"][0].cpu()  # (M, K)
+    widths = [lv.grid[1] for lv in levels]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def build() -> list[Check]:
+        owner = dict(zip(pos_anchor.tolist(), pos_gt.tolist()))  # anchor -> the target it went to
+        in_topk = {(int(m), int(a)) for m, row in enumerate(topk_anchor) for a, k in zip(row.tolist(), kept[m].tolist()) if k}
+        out = []
+        for q, (m, a) in enumerate(zip(gt.tolist(), anchor.tolist())):
+            level = max(i for i, start in enumerate(starts) if a >= start)
+            cell = a - starts[level]
+            gi, gj = cell % widths[level], cell // widths[level]
+            name = levels[level].name
+            values = {"s": float(s[q]), "u": float(u[q]), "t": float(t[q]), "kth_t": float(kth[m]), "topk": topk}
+            head = f"{name} ({gi}, {gj}): s = {values['s']:.4g}, u = {values['u']:.4g}, t = s^α·u^β = {values['t']:.4g}"
+            if (m, a) in in_topk:
+                winner = owner.get(a)
+                if winner == m:
+                    out.append(Check(m, level, 0, gi, gj, "top_k", True, f"{head}: in its top-{topk}, positive",
+                                     values))
+                else:
+                    out.append(Check(m, level, 0, gi, gj, "conflict", False,
+                                     f"{head}: in its top-{topk}, but box {winner} has the higher overlap u here "
+                                     f"and takes the anchor", {**values, "winner": winner}))
+            else:
+                out.append(Check(m, level, 0, gi, gj, "top_k", False,
+                                 f"{head} below the {topk}-th best t of this box ({values['kth_t']:.4g}): "
+                                 f"not in its top-{topk}", values))
+        return out
+
+    return build
+
+
+SPEC = SchemeSpec(
     name="yolov9", title="YOLOv9 (TAL + DFL)", family="yolov9", strides=STRIDES, params=PARAMS,
     explain=explain_scene, upstream=UPSTREAM,
     doc="anchor-free: task-aligned top-k of anchors inside each box, BCE class loss on normalised scores, "
         "CIoU + DFL box loss",
-    maps=MAPS, rule_names=tuple(RULE_NAMES), anchors_px=None,
-))
+    maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, focal=FOCAL, phases=PHASES, anchors_px=None,
+    level_names=("P3", "P4", "P5"), pred_box="pred_box_px", target_box="target_box_px",
+)

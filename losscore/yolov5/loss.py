@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import bbox_iou
-from .trace import Trace
+from ..boxes import bbox_iou
+from ..trace import Trace
 
 __all__ = [
     "smooth_BCE",
@@ -665,7 +665,3 @@ def _elementwise(criterion: nn.Module, pred: Tensor, true: Tensor) -> Tensor:
         factors = criterion.factors(pred, true)
         return loss * (factors.alpha_factor * factors.modulating_factor)
     return F.binary_cross_entropy_with_logits(pred, true, pos_weight=criterion.pos_weight, reduction="none")
-
-
-from . import yolov5_conformance as _conformance  # noqa: E402,F401  registers the vector runners
-from . import yolov5_scene as _scene  # noqa: E402,F401  registers the "yolov5" scheme

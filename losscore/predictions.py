@@ -1,0 +1,187 @@
+"""Prediction heads for a learner's scene: an untrained random head blended with a perfect one.
+
+A scene has no network, so each scheme builds its raw head from ``seed`` and ``progress``:
+``(1 - progress) * noise + progress * perfect``, where ``noise`` is a standard normal times
+``scale`` drawn on the CPU from a seeded generator (the same seed gives the same scene on every
+device) and ``perfect`` is the head that decodes exactly to the scheme's targets. Dragging a box
+re-runs the same seed many times a second, so the scaled draw (and, for a head that is a constant
+background plus a few written slots, its blend with that background) is cached, keyed by the
+generator's exact state. Every function here returns the same bits as the plain formula.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+__all__ = ["blend_logits", "blend_sparse", "blended_heads", "BlendedHeads"]
+
+
+class _NoiseEntry:
+    """One cached draw: the generator state after it, ``(1 - progress) * noise`` and, with a
+    background, its blend with it; plus a scratch copy of that blend for :func:`blended_heads`."""
+
+    __slots__ = ("state", "scaled", "base", "scratch", "lock")
+
+    def __init__(self, state: torch.Tensor, scaled: torch.Tensor, base: torch.Tensor | None) -> None:
+        self.state, self.scaled, self.base = state, scaled, base
+        self.scratch: torch.Tensor | None = None  # == base outside a blended_heads block
+        self.lock = threading.Lock()  # held by the blended_heads block patching scratch
+
+
+_NOISE_CACHE: "OrderedDict[tuple, _NoiseEntry]" = OrderedDict()
+_NOISE_CACHE_SIZE = 12  # entries (one per level and seed/progress/background)
+# Bytes the cached draws may hold (scaled noise, blend and scratch copy each): the least recently
+# used go first, but the newest entry always stays. A 640x640 nc-80 YOLOv5 scene holds ~26 MB.
+_NOISE_CACHE_BYTES = 768 * 2**20
+_NOISE_LOCK = threading.Lock()
+
+
+def _entry_bytes(entry: _NoiseEntry) -> int:
+    copies = 1 if entry.base is None else 3  # scaled, plus base and its scratch copy
+    return copies * entry.scaled.numel() * entry.scaled.element_size()
+
+
+def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
+                 generator: torch.Generator, scale: float, background: torch.Tensor | None) -> _NoiseEntry:
+    """The cached draw for the generator's state (drawn on a miss); the generator is left in the
+    state after the draw either way, as if it had drawn again."""
+    state = generator.get_state()
+    bg_key = None if background is None else (tuple(background.shape), tuple(background.reshape(-1).tolist()))
+    key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), tuple(shape), dtype,
+           str(device), float(scale), float(progress), bg_key)
+    with _NOISE_LOCK:
+        hit = _NOISE_CACHE.get(key)
+        if hit is not None:
+            _NOISE_CACHE.move_to_end(key)
+    if hit is None:
+        # normal tensors even when drawn under torch.inference_mode (export.run_scene): the cache
+        # outlives the call, and a later caller without inference mode patches the scratch copy
+        with torch.inference_mode(False):
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
+            noise = noise.to(device=device, dtype=dtype)
+            scaled = (1.0 - progress) * noise
+            base = None if background is None else scaled + progress * background.expand(shape)
+        hit = _NoiseEntry(generator.get_state(), scaled, base)
+        with _NOISE_LOCK:
+            _NOISE_CACHE[key] = hit
+            held = sum(_entry_bytes(entry) for entry in _NOISE_CACHE.values())
+            while len(_NOISE_CACHE) > 1 and (len(_NOISE_CACHE) > _NOISE_CACHE_SIZE or held > _NOISE_CACHE_BYTES):
+                _, evicted = _NOISE_CACHE.popitem(last=False)
+                held -= _entry_bytes(evicted)
+    else:
+        generator.set_state(hit.state)
+    return hit
+
+
+def blend_logits(
+    perfect: torch.Tensor,
+    progress: float,
+    generator: torch.Generator,
+    scale: float = 2.0,
+) -> torch.Tensor:
+    """``(1 - progress) * random + progress * perfect``: an untrained head at 0, a perfect one at 1.
+
+    The random part is a standard normal times ``scale``, drawn on the CPU from ``generator`` (so the
+    same seed gives the same scene on every device), then moved to ``perfect``'s device. Dragging a
+    box re-runs a scene with the same seed, so the scaled draw is cached, keyed by the generator's
+    exact state; the result has the same bits as the plain formula. When the perfect head is a
+    constant background with a few written slots, :func:`blend_sparse` is faster.
+    """
+    entry = _noise_entry(tuple(perfect.shape), perfect.dtype, perfect.device, progress, generator, scale, None)
+    return entry.scaled + progress * perfect
+
+
+def blend_sparse(
+    shape: tuple[int, ...],
+    background: torch.Tensor | float,
+    index: torch.Tensor,
+    values: torch.Tensor,
+    progress: float,
+    generator: torch.Generator,
+    scale: float = 2.0,
+) -> torch.Tensor:
+    """:func:`blend_logits` of a perfect head given as a background plus a few written elements.
+
+    The perfect head is ``background`` (broadcast to ``shape``) with ``values`` written at the flat
+    row-major positions ``index`` (unique). Same bits as ``blend_logits`` of that dense head, but
+    only one pass over the full tensor (the copy of the cached background blend).
+    """
+    background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
+    entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
+    out = entry.base.clone()
+    out.view(-1)[index] = _blend_at(entry, index, values, progress)
+    return out
+
+
+def _blend_at(entry: _NoiseEntry, index: torch.Tensor, values: torch.Tensor, progress: float) -> torch.Tensor:
+    """The blend at the written flat positions ``index``: ``(1 - progress) * noise + progress * values``."""
+    return entry.scaled.reshape(-1)[index] + progress * values
+
+
+class BlendedHeads:
+    """The heads of a :func:`blended_heads` block, one per level, and :meth:`write` for more writes."""
+
+    def __init__(self) -> None:
+        self.heads: list[torch.Tensor] = []
+        self._undo: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (flat head, index, old values)
+
+    def __getitem__(self, level: int) -> torch.Tensor:
+        return self.heads[level]
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def write(self, level: int, index: torch.Tensor, values: torch.Tensor) -> None:
+        """``heads[level].view(-1)[index] = values``, undone when the block exits."""
+        flat = self.heads[level].view(-1)
+        self._undo.append((flat, index, flat[index]))
+        flat[index] = values
+
+
+@contextmanager
+def blended_heads(
+    shapes: list[tuple[int, ...]],
+    background: torch.Tensor,
+    writes: list[tuple[torch.Tensor, torch.Tensor]],
+    progress: float,
+    generator: torch.Generator,
+    scale: float = 2.0,
+) -> Iterator[BlendedHeads]:
+    """Per level the head :func:`blend_sparse` returns, valid only inside the ``with`` block.
+
+    ``writes``: per level ``(index, values)`` as for :func:`blend_sparse`. Each head is the cached
+    draw's scratch copy of the blended background with the writes applied in place; on exit every
+    write is undone, so the scratch copy equals the blended background again for the next block.
+    That saves a fresh copy of the whole head per call (6.5 MB for P3 at 640x640 and nc = 80, the
+    largest single cost of a drag). Same bits as :func:`blend_sparse`. A draw whose scratch copy is
+    in use by another thread gets a private copy instead. Do not keep a head (or a view of it)
+    beyond the block: compute what you need from it inside.
+    """
+    out = BlendedHeads()
+    locks: list[threading.Lock] = []
+    try:
+        for shape, (index, values) in zip(shapes, writes):
+            background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
+            entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
+            if entry.lock.acquire(blocking=False):
+                locks.append(entry.lock)
+                if entry.scratch is None:
+                    with torch.inference_mode(False):  # a normal tensor, as the entry's others
+                        entry.scratch = entry.base.clone()
+                head = entry.scratch
+            else:
+                head = entry.base.clone()
+            out.heads.append(head)
+            out.write(len(out.heads) - 1, index, _blend_at(entry, index, values, progress))
+        yield out
+    finally:
+        for flat, index, old in reversed(out._undo):
+            flat[index] = old
+        out._undo.clear()
+        for lock in locks:
+            lock.release()
