@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Iterator, Mapping
 
-from . import detr, mmdet, yolov3, yolov5, yolov9
+from . import detr, mmdet, ultralytics, yolov3, yolov5, yolov9, yolox
 from .family import Family, Runner, Tolerance
 from .scene import Scene, SceneResult, SchemeSpec, validate_scene
 from .trace import Trace
@@ -24,6 +24,8 @@ FAMILIES: tuple[Family, ...] = (
     yolov9.FAMILY,
     mmdet.FAMILY,
     detr.FAMILY,
+    yolox.FAMILY,
+    ultralytics.FAMILY,
 )
 
 
