@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Iterator, Mapping
 
-from . import detr, mmdet, ultralytics, yolov3, yolov5, yolov9, yolox
+from . import detr, mmdet, mmdet_assigners, ultralytics, yolov3, yolov5, yolov9, yolox
 from .family import Family, Runner, Tolerance
 from .scene import Scene, SceneResult, SchemeSpec, validate_scene
 from .trace import Trace
@@ -25,6 +25,7 @@ FAMILIES: tuple[Family, ...] = (
     mmdet.FAMILY,
     detr.FAMILY,
     yolox.FAMILY,
+    mmdet_assigners.FAMILY,
     ultralytics.FAMILY,
 )
 
