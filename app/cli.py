@@ -84,23 +84,29 @@ def _write(path: str | None, data: bytes | str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from .server import serve
 
-    # Workers are separate processes that build their own app from the environment.
-    os.environ["LOSSLAB_HOST"], os.environ["LOSSLAB_PORT"] = args.host, str(args.port)
-    os.environ["LOSSLAB_WORKERS"] = str(args.workers)
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, proxy_headers=False)
+    serve(args.host, args.port, args.workers, args.log_level)  # uvicorn with the limits of app/server.py
     return EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from losscore.export import build_export
+    from losscore.export import build_export, lazy_data
 
-    from .serialize import dumps
+    from .serialize import iter_json
 
     run = _run(load_scene(args.scene, args.device))
-    _write(args.output, dumps(build_export(run, arrays=True)))
+    with lazy_data():  # written piece by piece: any size, without the whole text in memory
+        pieces = iter_json(build_export(run, arrays=True))
+        if args.output in (None, "-"):
+            for piece in pieces:
+                sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.write(b"\n")
+            sys.stdout.flush()
+        else:
+            with open(args.output, "wb") as out:
+                for piece in pieces:
+                    out.write(piece)
     if args.output not in (None, "-"):
         total = run.result.losses.get("total")
         print(f"wrote {args.output}: {run.scene.scheme}, {len(run.scene.boxes)} boxes, "
@@ -140,13 +146,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _default_port() -> int:
+    return int(os.environ.get("LOSSLAB_PORT") or os.environ.get("PORT") or "8000")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="losslab", description="LossLab: label assignment and losses, exactly.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the web app and API (uvicorn)")
     serve.add_argument("--host", default=os.environ.get("LOSSLAB_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("LOSSLAB_PORT", "8000")))
+    serve.add_argument("--port", type=int, default=_default_port(),
+                       help="default: $LOSSLAB_PORT, else $PORT (set by hosted container platforms), else 8000")
     serve.add_argument("--workers", type=int, default=int(os.environ.get("LOSSLAB_WORKERS", "1")))
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)

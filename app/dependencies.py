@@ -1,11 +1,14 @@
 """Request dependencies as ``Annotated`` aliases."""
 from __future__ import annotations
 
+from email.message import Message
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, Request
 
+from fastapi import Depends, HTTPException, Request
+
+from .compute import Lanes
 from .settings import Settings
 
 
@@ -25,7 +28,31 @@ async def get_limiter(request: Request) -> anyio.CapacityLimiter:
 
     ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop per
     request (and GIL traffic with the computation) just to read an attribute."""
-    return request.app.state.compute_limiter
+    return request.app.state.lanes.light
 
 
 LimiterDep = Annotated[anyio.CapacityLimiter, Depends(get_limiter)]
+
+
+async def get_lanes(request: Request) -> Lanes:
+    """The worker's compute lanes and stream slots (:mod:`app.compute`)."""
+    return request.app.state.lanes
+
+
+LanesDep = Annotated[Lanes, Depends(get_lanes)]
+
+
+async def require_json_body(request: Request) -> None:
+    """A request with a body must send it as JSON (``415`` saying so otherwise; FastAPI alone
+    would answer a 422 about the body's shape). Every route has this dependency (``create_app``)."""
+    if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        return
+    value = request.headers.get("content-type", "")
+    message = Message()
+    message["content-type"] = value
+    subtype = message.get_content_subtype()
+    if message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json")):
+        return
+    shown = value if len(value) <= 60 else value[:60] + "…"
+    raise HTTPException(415, f"send the body as JSON with content-type application/json (got "
+                             f"{repr(shown) if value else 'no content-type'})")

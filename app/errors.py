@@ -7,8 +7,10 @@
 * Request validation errors are answered with only ``loc``, ``msg`` and ``type`` (the echoed input
   may hold NaN, which JSON cannot carry).
 * :class:`BodyLimitMiddleware` answers 413 to bodies over the limit, :class:`SecurityHeadersMiddleware`
-  adds CSP, nosniff and Referrer-Policy, :class:`CatchAllMiddleware` turns any unexpected exception
-  into a JSON 500 without traceback (the traceback goes to the server log only).
+  adds CSP, nosniff and Referrer-Policy (outermost, so every response has them, a 500 too),
+  :class:`CatchAllMiddleware` turns any unexpected exception into a JSON 500 without traceback (the
+  traceback goes to the server log only), :class:`HeadMiddleware` answers ``HEAD`` wherever ``GET``
+  works.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def scene_error_loc(message: str, prefix: str = "body") -> list[str | int]:
 def _split(message: str, prefix: str) -> tuple[list[str | int], str]:
     match = _PATH.match(message)
     if not match:
-        return [prefix], message
+        head = re.match(r"^([A-Za-z_]\w*)[.\[]", message)  # "params.<a cut-off name>…: ..."
+        return ([prefix, head.group(1)] if head and head.group(1) in SCENE_FIELDS else [prefix]), message
     path, rest = match.groups()
     loc: list[str | int] = [prefix]
     for index, name in _SEGMENT.findall(path):
@@ -173,6 +176,28 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class HeadMiddleware:
+    """``HEAD`` wherever ``GET`` works: the app answers it as a ``GET`` and the body is dropped
+    (headers, ``content-length`` included, are the ``GET``'s)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 # The page loads only its own scripts; Plotly injects <style> elements, hence 'unsafe-inline' for styles.

@@ -12,15 +12,19 @@ from typing import AsyncIterator
 
 import anyio
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from losscore import export, registry
 from losscore.scene import Box, Scene
 
-from .errors import BodyLimitMiddleware, CatchAllMiddleware, SecurityHeadersMiddleware, install_error_handlers
-from .routers import api, health, pages
+from .compute import Lanes
+from .dependencies import require_json_body
+from .errors import (BodyLimitMiddleware, CatchAllMiddleware, HeadMiddleware, SecurityHeadersMiddleware,
+                     install_error_handlers)
+from .routers import api, content, health, pages
+from .server import watch_parent
 from .settings import Settings, get_settings
 
 log = logging.getLogger("losslab")
@@ -53,18 +57,39 @@ def warm_up() -> dict[str, str]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     torch.set_num_threads(settings.torch_threads)
-    app.state.compute_limiter = anyio.CapacityLimiter(settings.compute_slots)
+    app.state.lanes = lanes = Lanes(settings)
+    app.state.compute_limiter = lanes.light
+    watch_parent()  # a worker of `losslab serve --workers N` exits when its supervisor dies
     app.state.warmup_errors = await anyio.to_thread.run_sync(warm_up) if settings.warmup else {}
     # Everything alive now (modules, torch, the app) lives as long as the worker: move it out of the
     # garbage collector's generations, so a full collection no longer walks ~200k objects (measured:
     # one every ~200 requests, ~140 ms each).
     gc.collect()
     gc.freeze()
-    yield
+    try:
+        yield
+    finally:
+        lanes.close()
+
+
+class PageMissing(RuntimeError):
+    """The page's files are not where the settings say (a broken install): the server does not start."""
+
+
+def check_page(settings: Settings) -> None:
+    """Refuse to start without the page: ``templates/index.html`` and ``static/js/main.js``."""
+    needed = [Path(settings.templates_dir) / "index.html", Path(settings.static_dir) / "js" / "main.js"]
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        raise PageMissing(
+            f"LossLab's page is missing ({', '.join(missing)} not found): the installed package ships it as "
+            "losslab_web/templates and losslab_web/static, so reinstall losslab, or point LOSSLAB_TEMPLATES_DIR "
+            "and LOSSLAB_STATIC_DIR at a checkout's templates/ and static/")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_page(settings)
     app = FastAPI(
         docs_url=None,  # served by pages.docs with Swagger UI from the installed fastapi-offline: no CDN
         redoc_url=None,
@@ -72,11 +97,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=export.library_versions()["losslab"],
         summary="Label assignment and losses of object detectors, computed by real PyTorch code.",
         lifespan=lifespan,
+        dependencies=[Depends(require_json_body)],  # a body that is not JSON is a 415 that says so
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api.router)
+    app.include_router(content.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(settings.static_dir), check_dir=False), name="static")
     app.mount("/vendor/swagger-ui", StaticFiles(directory=str(SWAGGER_UI_DIR)), name="swagger-ui")
@@ -84,8 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(CatchAllMiddleware)  # outermost of ours: nothing escapes as a traceback
+    app.add_middleware(HeadMiddleware)
+    app.add_middleware(CatchAllMiddleware)  # nothing escapes as a traceback
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost of ours: every response has them, a 500 too
     return app
 
 

@@ -141,6 +141,7 @@ class LimitsOut(_Open):
 
 class SchemesOut(_Open):
     schemes: list[SchemeOut]
+    scene_defaults: dict[str, Any]
     limits: LimitsOut
 
 
@@ -195,6 +196,7 @@ class ResultOut(_Open):
     image: dict[str, int]
     levels: list[LevelOut]
     rule_names: list[str]
+    boxes: list[dict[str, Any]]
     positives: list[dict[str, Any]]
     counts: dict[str, Any]
     maps: dict[str, MapOut]
@@ -202,6 +204,8 @@ class ResultOut(_Open):
     composition: dict[str, Any] | None
     focal: dict[str, Any] | None
     box_cells: list[list[list[int]]] | None
+    queries: list[dict[str, Any]] | None
+    matrices: dict[str, MapLevelOut] | None
     checks: list[dict[str, Any]]
     notes: list[str]
 

@@ -7,7 +7,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent
+
+
+def _page_dir(name: str) -> Path:
+    """Where the page's ``templates/`` or ``static/`` folder is: inside the installed package
+    (``losslab_web/static``, as the wheel ships it) or, in a checkout, next to ``app/``."""
+    installed = PACKAGE / name
+    return installed if installed.is_dir() else ROOT / name
 
 
 class Settings(BaseSettings):
@@ -22,8 +30,30 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=256)  # intra-op threads per worker (1 is fastest for these small ops)
     compute_slots: int = Field(1, ge=1, le=64)  # computations running at once per worker
     warmup: bool = True  # run every scheme once at start-up
-    templates_dir: Path = ROOT / "templates"
-    static_dir: Path = ROOT / "static"
+    # -- serving limits (losslab serve; app/server.py): per worker process ----------------------
+    max_connections: int = Field(512, ge=1)  # more get an immediate 503 and are closed
+    max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; more: 431
+    max_header_count: int = Field(100, ge=4)  # header fields; more: 431
+    timeout_keep_alive: int = Field(5, ge=1)  # s an idle connection (new or between requests) stays open
+    timeout_request: float = Field(30.0, gt=0)  # s from a request's first byte to its last; then 408
+    timeout_send: float = Field(30.0, gt=0)  # s a response may wait on a client that reads nothing; then abort
+    timeout_graceful_shutdown: int = Field(30, ge=1)  # s SIGTERM waits for requests in flight
+    backlog: int = Field(2048, ge=1)
+    # -- compute lanes and large responses (app/compute.py) ------------------------------------
+    # A scene whose prediction head (grid cells of all levels x 3 x (64 + nc), the library's own
+    # measure) is larger than this, and every export, runs in the heavy lane: its own thread at the
+    # lowest CPU priority, heavy_slots at once, so light scenes never queue behind it.
+    heavy_elements: int = Field(6_000_000, ge=0)
+    heavy_slots: int = Field(1, ge=1, le=16)
+    # A response estimated above stream_bytes is streamed as it is encoded; stream_slots of them at
+    # once per worker (each holds its scene's trace while the client reads); above max_response_bytes
+    # it is refused with 413 (``losslab explain`` writes any size to a file).
+    stream_bytes: int = Field(4 * 2**20, ge=0)
+    stream_slots: int = Field(2, ge=1, le=64)
+    max_response_bytes: int = Field(256 * 2**20, ge=2**20)
+    stream_wait: float = Field(10.0, ge=0)  # s a large response waits for a stream slot; then 503
+    templates_dir: Path = Field(default_factory=lambda: _page_dir("templates"))
+    static_dir: Path = Field(default_factory=lambda: _page_dir("static"))
 
 
 @lru_cache(maxsize=1)

@@ -16,8 +16,10 @@ import math
 import platform
 import re
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -26,8 +28,9 @@ import torch.nn.functional as F
 from . import registry
 from .mmdet.loss import py_focal_loss_with_prob
 from .scene import Box, Check, LossComposition, Pin, Scene, SceneResult, SchemeSpec, stage_parts
+from .text import render
 from .trace import Trace, encode_tensor
-from .wire import batch_stats, dtype_name, encode_map, flat_values, numpy_flat, plain, plain_float
+from .wire import LazyFlat, batch_stats, dtype_name, encode_map, flat_values, numpy_flat, plain, plain_float
 
 __all__ = [
     "FORMAT",
@@ -40,6 +43,7 @@ __all__ = [
     "run_scene",
     "result_to_dict",
     "build_export",
+    "lazy_data",
     "focal_state",
     "library_versions",
 ]
@@ -177,6 +181,13 @@ def _column_rows(tensor: torch.Tensor, arrays: bool) -> Any:
     return [values[i * width:(i + 1) * width] for i in range(array.shape[0])]
 
 
+def _rows(table: Mapping[str, torch.Tensor], arrays: bool) -> list[dict[str, Any]]:
+    """A table of columns (each (R,) or (R, k)) as R row dicts."""
+    columns = {name: _column_rows(tensor, arrays) for name, tensor in table.items()}
+    keys = list(columns)
+    return [dict(zip(keys, row)) for row in zip(*columns.values())]
+
+
 def _positive_rows(result: SceneResult, spec: SchemeSpec, only: Iterable[str] | None, arrays: bool
                    ) -> list[dict[str, Any]]:
     wanted = None if only is None else set(only)
@@ -195,7 +206,8 @@ def _number(value: torch.Tensor | float | None) -> float | str | None:
     return None if value is None else plain_float(float(value))
 
 
-def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec) -> dict[str, Any] | None:
+def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec, lang: str = "en"
+                        ) -> dict[str, Any] | None:
     """The loss composition with the declared labels next to each number."""
     if composition is None:
         return None
@@ -205,7 +217,7 @@ def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec) -
         label = labels.get(term.name)
         terms.append({
             "name": term.name,
-            "doc": "" if label is None else label.doc,
+            "doc": "" if label is None else render(label.doc, lang),
             "parts": [{"label": p.label, "raw": _number(p.raw), "factor": p.factor,
                        "value": _number(p.raw if p.value is None else p.value)} for p in term.parts],
             "part_factor": "" if label is None else label.part_factor,
@@ -222,7 +234,7 @@ def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec) -
         "sum": _number(composition.sum),
         "multiplier": composition.multiplier,
         "multiplier_label": "" if spec.losses is None else spec.losses.multiplier,
-        "formula": "" if spec.losses is None else spec.losses.formula,
+        "formula": "" if spec.losses is None else render(spec.losses.formula, lang),
         "total": _number(composition.total),
     }
 
@@ -230,8 +242,11 @@ def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec) -
 def _counts(result: SceneResult, spec: SchemeSpec) -> dict[str, Any]:
     """How many positives per level × anchor, per level, per box and rule: counted here, not in the page."""
     positives = result.positives
-    level, anchor = positives["level"].cpu(), positives["anchor"].cpu()
     gt, rule = positives["gt"].cpu(), positives["rule"].cpu()
+    if spec.kind == "queries":  # matched (query, target) pairs: no levels or anchors to count by
+        level = anchor = torch.zeros_like(gt)
+    else:
+        level, anchor = positives["level"].cpu(), positives["anchor"].cpu()
     per_level_anchor = []
     for index, info in enumerate(result.levels):
         anchors = 1 if info.anchors_px is None else int(info.anchors_px.shape[0])
@@ -302,9 +317,16 @@ def _positive_loss(p_t: torch.Tensor, gamma: float, alpha: float | None) -> torc
     return py_focal_loss_with_prob(p_t[:, None], positive[:, None], gamma=gamma, alpha=alpha, reduction="none")[:, 0]
 
 
-def _check_to_dict(check: Check) -> dict[str, Any]:
+def _box_dict(box: Box) -> dict[str, Any]:
+    """A drawn box in both formats: corners (x1, y1, x2, y2) and centre and size (cx, cy, w, h), px."""
+    return {"cls": box.cls, "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2,
+            "cx": (box.x1 + box.x2) / 2, "cy": (box.y1 + box.y2) / 2, "w": box.x2 - box.x1, "h": box.y2 - box.y1}
+
+
+def _check_to_dict(check: Check, lang: str) -> dict[str, Any]:
     return {"gt": check.gt, "level": check.level, "anchor": check.anchor, "gi": check.gi, "gj": check.gj,
-            "test": check.test, "passed": check.passed, "text": check.text, "values": plain(dict(check.values))}
+            "test": check.test, "passed": check.passed, "text": render(check.text, lang),
+            "label": render(check.label, lang), "values": plain(dict(check.values))}
 
 
 def result_to_dict(
@@ -316,6 +338,7 @@ def result_to_dict(
     columns: Iterable[str] | None = None,
     checks: bool = True,
     arrays: bool = False,
+    lang: str = "en",
 ) -> dict[str, Any]:
     """The ``POST /api/v1/explain`` response for a run.
 
@@ -324,6 +347,7 @@ def result_to_dict(
     default set unless asked). ``maps``: names of the maps to
     include (``None``: all of them). ``stage_data``: a stage tensor carries its flat ``data`` only
     when it has at most this many elements (``None``: always). ``arrays``: see :mod:`losscore.wire`.
+    ``lang``: the language of every text (notes, checks, stage titles; see :mod:`losscore.text`).
     """
     result, scene = run.result, run.scene
     spec = registry.get_scheme(scene.scheme)
@@ -345,20 +369,55 @@ def result_to_dict(
             for level in result.levels
         ],
         "rule_names": list(spec.rule_names),
+        "boxes": [_box_dict(b) for b in scene.boxes],
         "positives": _positive_rows(result, spec, columns, arrays),
         "counts": _counts(result, spec),
         "maps": {name: {"levels": [encode_map(t) for t in result.maps[name]]} for name in wanted},
         "losses": {name: plain_float(float(value)) for name, value in result.losses.items()},
-        "composition": composition_to_dict(result.composition, spec),
+        "composition": composition_to_dict(result.composition, spec, lang),
         "focal": focal_state(spec, scene.params, result, arrays),
         "box_cells": None if result.box_cells is None else result.box_cells.tolist(),
-        "checks": [_check_to_dict(c) for c in result.check_list()] if checks else [],
-        "notes": [str(n) for n in result.notes],
-        "stages": _stages_to_list(run.trace, stage_data, arrays) if stages else [],
+        "queries": None if result.queries is None else _rows(result.queries, arrays),
+        "matrices": None if result.matrices is None else {name: encode_map(m) for name, m in result.matrices.items()},
+        "checks": [_check_to_dict(c, lang) for c in result.check_list()] if checks else [],
+        "notes": [render(n, lang) for n in result.notes],
+        "stages": _stages_to_list(run.trace, stage_data, arrays, _stage_cells(result, lang), lang) if stages else [],
     }
 
 
-def _stages_to_list(trace: Trace, stage_data: int | None, arrays: bool = False) -> list[dict[str, Any]]:
+def _stage_cells(result: SceneResult, lang: str) -> Mapping[str, list[dict[str, Any]]]:
+    if result.stage_cells is None:
+        return {}
+    return {name: [{"gt": c.gt, "level": c.level, "anchor": c.anchor, "gi": c.gi, "gj": c.gj,
+                    "label": render(c.label, lang)}
+                   for c in cells] for name, cells in result.stage_cells().items()}
+
+
+_LAZY_DATA: ContextVar[int | None] = ContextVar("losscore_export_lazy_data", default=None)
+
+
+@contextmanager
+def lazy_data(min_elements: int = 4096) -> Iterator[None]:
+    """Inside the block, :func:`result_to_dict` and :func:`build_export` give the data of each stage
+    tensor of more than ``min_elements`` values as a :class:`~losscore.wire.LazyFlat` (a view of the
+    recorded tensor) instead of a list or array, for a writer that streams the document piece by
+    piece (``app.serialize.iter_json``); the document it writes is the same bytes."""
+    token = _LAZY_DATA.set(min_elements)
+    try:
+        yield
+    finally:
+        _LAZY_DATA.reset(token)
+
+
+def _stage_data(array: np.ndarray, finite: bool, arrays: bool) -> Any:
+    lazy = _LAZY_DATA.get()
+    if lazy is not None and array.size > lazy:
+        return LazyFlat(array, finite, arrays)
+    return flat_values(array, finite, arrays)
+
+
+def _stages_to_list(trace: Trace, stage_data: int | None, arrays: bool = False,
+                    cells: Mapping[str, list[dict[str, Any]]] | None = None, lang: str = "en") -> list[dict[str, Any]]:
     """Every stage as ``{name, phase, level, step, title, explain, code, values, tensors}``; each
     tensor with its dims, dtype, shape, min/max/mean and (when it has at most ``stage_data``
     elements) its data."""
@@ -375,14 +434,15 @@ def _stages_to_list(trace: Trace, stage_data: int | None, arrays: bool = False) 
             # min and max are finite exactly when every value is (NaN and inf reach them)
             finite = isinstance(stat["min"], float) and isinstance(stat["max"], float) if array.size else True
             tensors.append({"name": key, "dims": rec.dims, "dtype": dtype, "shape": list(t.shape),
-                            "data": flat_values(array, finite, arrays) if keep else None, **stat})
+                            "data": _stage_data(array, finite, arrays) if keep else None, **stat})
     out, start = [], 0
     for stage in stages:
         stop = start + len(stage.tensors)
         phase, level, step = stage_parts(stage.name)
-        out.append({"name": stage.name, "phase": phase, "level": level, "step": step, "title": stage.title,
-                    "explain": stage.explain, "code": stage.code, "values": plain(stage.values),
-                    "tensors": tensors[start:stop]})
+        out.append({"name": stage.name, "phase": phase, "level": level, "step": step,
+                    "title": render(stage.title, lang), "explain": render(stage.explain, lang), "code": stage.code,
+                    "values": plain(stage.values),
+                    "tensors": tensors[start:stop], "cells": (cells or {}).get(stage.name, [])})
         start = stop
     return out
 
@@ -410,10 +470,10 @@ def _upstream(upstream: str) -> dict[str, Any]:
     return {"repo": repo, "commit": commit, "files": rest, "pin": upstream}
 
 
-def build_export(run: Run, arrays: bool = False) -> dict[str, Any]:
+def build_export(run: Run, arrays: bool = False, lang: str = "en") -> dict[str, Any]:
     """The downloadable document: scene, params, versions, upstream pin, full result and stages."""
     spec = registry.get_scheme(run.scene.scheme)
-    result = result_to_dict(run, maps=None, stage_data=None, arrays=arrays)
+    result = result_to_dict(run, maps=None, stage_data=None, arrays=arrays, columns=None, lang=lang)
     stages = result.pop("stages")
     return {
         "format": FORMAT,

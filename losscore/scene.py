@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .text import render as _r
 from .trace import Trace
 
 __all__ = [
@@ -44,12 +45,14 @@ __all__ = [
     "LossTermSpec",
     "LossSpec",
     "PhaseSpec",
+    "InspectorSpec",
     "SchemeSpec",
     "LevelInfo",
     "LossPart",
     "LossTerm",
     "LossComposition",
     "Check",
+    "StageCell",
     "SceneResult",
     "validate_scene",
     "resolve_device",
@@ -199,10 +202,10 @@ class ParamSpec:
             raise ValueError(f"{where}: {value!r} is above the maximum {self.max}")
         return value
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
         return {
             "name": self.name, "default": self.default, "min": self.min, "max": self.max, "step": self.step,
-            "kind": self.kind, "choices": list(self.choices), "doc": self.doc, "upstream": self.upstream,
+            "kind": self.kind, "choices": list(self.choices), "doc": _r(self.doc, lang), "upstream": self.upstream,
         }
 
 
@@ -225,10 +228,12 @@ class ColumnSpec:
     parts: tuple[str, ...] = ()  # (P, k) columns: what each of the k values is
     box: str = ""  # "xyxy" for a box in image pixels, else ""
     default: bool = True  # in the explain response unless the request names its columns ("all" includes it)
+    group: str = ""  # the inspector group it belongs to: assignment, decode, iou, objectness, class, focal, dfl, loss
+    formula: str = ""  # the formula with {column} placeholders filled from the same row, e.g. "CIoU = {iou} - ..."
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "doc": self.doc, "unit": self.unit, "parts": list(self.parts), "box": self.box,
-                "default": self.default}
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"name": self.name, "doc": _r(self.doc, lang), "unit": self.unit, "parts": list(self.parts), "box": self.box,
+                "default": self.default, "group": self.group, "formula": _r(self.formula, lang)}
 
 
 @dataclass(frozen=True)
@@ -239,8 +244,8 @@ class RuleSpec:
     glyph: str  # one character drawn in the cell (shape, not colour, carries the rule)
     doc: str  # one line
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "glyph": self.glyph, "doc": self.doc}
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"name": self.name, "glyph": self.glyph, "doc": _r(self.doc, lang)}
 
 
 @dataclass(frozen=True)
@@ -259,8 +264,8 @@ class MapSpec:
     reduce: str = "max"
     range: tuple[float, float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "doc": self.doc, "unit": self.unit, "scale": self.scale, "reduce": self.reduce,
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"name": self.name, "doc": _r(self.doc, lang), "unit": self.unit, "scale": self.scale, "reduce": self.reduce,
                 "range": None if self.range is None else list(self.range)}
 
 
@@ -279,9 +284,9 @@ class FocalSpec:
     applies_to: str = ""  # which loss terms the focal wrapper touches ("class and objectness BCE")
     points: tuple[str, str] | None = None  # positives columns (p_t, per-element loss) to draw on the curve
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
         return {"gamma": self.gamma, "alpha": self.alpha, "alpha_value": self.alpha_value,
-                "off_at_zero": self.off_at_zero, "applies_to": self.applies_to,
+                "off_at_zero": self.off_at_zero, "applies_to": _r(self.applies_to, lang),
                 "points": None if self.points is None else list(self.points)}
 
 
@@ -295,8 +300,8 @@ class LossTermSpec:
     divisor: str = ""  # label of the divisor, e.g. "target_scores_sum"; "" = none
     gain: str = ""  # label of the gain, e.g. "hyp['box']"; "" = none
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "doc": self.doc, "part_factor": self.part_factor, "divisor": self.divisor,
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"name": self.name, "doc": _r(self.doc, lang), "part_factor": self.part_factor, "divisor": self.divisor,
                 "gain": self.gain}
 
 
@@ -308,8 +313,26 @@ class LossSpec:
     formula: str  # e.g. "(box + obj + cls) × batch size"
     multiplier: str = ""  # label of the final multiplier, e.g. "batch size"; "" = none
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"terms": [t.to_dict() for t in self.terms], "formula": self.formula, "multiplier": self.multiplier}
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"terms": [t.to_dict(lang) for t in self.terms], "formula": _r(self.formula, lang),
+                "multiplier": _r(self.multiplier, lang)}
+
+
+@dataclass(frozen=True)
+class InspectorSpec:
+    """What the inspector's first lines show for a hovered cell: the positives columns that are a
+    positive's target and its loss, and the maps that give any cell's target and loss."""
+
+    target_columns: tuple[str, ...] = ()
+    loss_columns: tuple[str, ...] = ()
+    target_map: str | None = None
+    loss_map: str | None = None
+    groups: tuple[tuple[str, str], ...] = ()  # (group name, title) in the order the inspector shows them
+
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"target_columns": list(self.target_columns), "loss_columns": list(self.loss_columns),
+                "target_map": self.target_map, "loss_map": self.loss_map,
+                "groups": [{"name": n, "title": _r(t, lang)} for n, t in self.groups]}
 
 
 @dataclass(frozen=True)
@@ -320,8 +343,8 @@ class PhaseSpec:
     title: str
     doc: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title, "doc": self.doc}
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"name": self.name, "title": _r(self.title, lang), "doc": _r(self.doc, lang)}
 
 
 @dataclass(frozen=True)
@@ -387,6 +410,20 @@ class Check:
     passed: bool
     text: str
     values: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""  # a few characters drawn on the grid ("frac 0.62 ≥ g", "r 3.13 < 4")
+
+
+@dataclass(frozen=True)
+class StageCell:
+    """A cell a trace stage is about (the stepper lights it up): which box, level, anchor, cell, and a
+    few words on what the stage did there ("kept, r 3.13", "rank 2, t 0.13")."""
+
+    gt: int
+    level: int
+    anchor: int
+    gi: int
+    gj: int
+    label: str = ""
 
 
 @dataclass
@@ -405,6 +442,7 @@ class SceneResult:
     ``checks``: the tests the code ran that a learner asks "why" about (anchor ratio, neighbour
       rules, top-k, ...), each with its numbers; built on demand (:meth:`check_list`), since a
       crowded TAL scene has thousands and the page asks for them only when a gesture ends.
+    ``stage_cells``: per stage name, the cells that stage is about (built on demand, like checks).
     ``notes``: sentences the page shows as they are.
     """
 
@@ -417,7 +455,10 @@ class SceneResult:
     device: str
     composition: LossComposition | None = None
     box_cells: torch.Tensor | None = None
+    queries: dict[str, torch.Tensor] | None = None  # kind "queries": one row per query (Q rows)
+    matrices: dict[str, torch.Tensor] | None = None  # kind "queries": name -> (Q, N) cost matrix
     checks: Callable[[], list[Check]] | None = None
+    stage_cells: Callable[[], Mapping[str, list[StageCell]]] | None = None  # stage name -> its cells
     notes: list[str] = field(default_factory=list)
     targets: torch.Tensor | None = None  # (N, 6) the target rows the code consumed
 
@@ -429,6 +470,7 @@ class SceneResult:
 
 
 REQUIRED_COLUMNS = ("gt", "level", "anchor", "gi", "gj", "rule")
+QUERY_REQUIRED_COLUMNS = ("gt", "query", "rule")  # kind "queries": a matched (query, target) pair per row
 
 
 @dataclass(frozen=True)
@@ -453,6 +495,17 @@ class SchemeSpec:
     level_names: tuple[str, ...] = ()  # e.g. ("P3", "P4", "P5"); default P{3 + i}
     pred_box: str | None = None  # the positives column holding each positive's predicted box (xyxy px)
     target_box: str | None = None  # the positives column holding its target box (xyxy px)
+    inspector: InspectorSpec = field(default_factory=InspectorSpec)
+    # "grid": positives are (level, anchor, cell) slots. "queries": a set-prediction head (DETR) whose
+    # positives are matched (query, target) pairs; SceneResult.queries holds one row per query
+    # (columns declared in query_columns) and SceneResult.matrices the (Q, N) cost matrices.
+    kind: str = "grid"
+    query_columns: tuple[ColumnSpec, ...] = ()
+    matrices: tuple[MapSpec, ...] = ()
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        return QUERY_REQUIRED_COLUMNS if self.kind == "queries" else REQUIRED_COLUMNS
 
     def column_set(self, which: str) -> tuple[str, ...]:
         """Named sets of positives columns: ``default`` (the explain response's), ``all``, and
@@ -460,7 +513,7 @@ class SchemeSpec:
         if which == "all":
             return tuple(c.name for c in self.columns)
         if which == "grid":
-            return REQUIRED_COLUMNS + ((self.pred_box,) if self.pred_box else ())
+            return self.required_columns + ((self.pred_box,) if self.pred_box else ())
         if which == "default":
             return tuple(c.name for c in self.columns if c.default)
         raise ValueError(f"columns: unknown set {which!r}; sets: default, all, grid")
@@ -487,25 +540,29 @@ class SchemeSpec:
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
         return {
             "name": self.name,
-            "title": self.title,
+            "title": _r(self.title, lang),
             "family": self.family,
             "strides": list(self.strides),
             "level_names": list(self.level_names or [f"P{3 + i}" for i in range(len(self.strides))]),
             "upstream": self.upstream,
-            "doc": self.doc,
-            "params": [p.to_dict() for p in self.params],
-            "maps": [m.to_dict() for m in self.maps],
-            "rules": [r.to_dict() for r in self.rules],
-            "columns": [c.to_dict() for c in self.columns],
-            "losses": None if self.losses is None else self.losses.to_dict(),
-            "focal": None if self.focal is None else self.focal.to_dict(),
-            "phases": [p.to_dict() for p in self.phases],
+            "doc": _r(self.doc, lang),
+            "params": [p.to_dict(lang) for p in self.params],
+            "maps": [m.to_dict(lang) for m in self.maps],
+            "rules": [r.to_dict(lang) for r in self.rules],
+            "columns": [c.to_dict(lang) for c in self.columns],
+            "losses": None if self.losses is None else self.losses.to_dict(lang),
+            "focal": None if self.focal is None else self.focal.to_dict(lang),
+            "phases": [p.to_dict(lang) for p in self.phases],
             "anchors_px": None if self.anchors_px is None else [[list(a) for a in lvl] for lvl in self.anchors_px],
             "pred_box": self.pred_box,
             "target_box": self.target_box,
+            "inspector": self.inspector.to_dict(lang),
+            "kind": self.kind,
+            "query_columns": [c.to_dict(lang) for c in self.query_columns],
+            "matrices": [m.to_dict(lang) for m in self.matrices],
         }
 
 
@@ -628,6 +685,17 @@ def _validate_pins(scene: Scene, spec: SchemeSpec) -> None:
         if pin.level >= len(spec.strides):
             raise ValueError(f"{where}.level: {pin.level} is not a level of {spec.name} "
                              f"(it has {len(spec.strides)})")
+        if spec.kind == "queries":  # a pin moves one query's predicted box: level 0, anchor = query, cell (0, 0)
+            queries = int(scene.params.get("num_queries", next((p.default for p in spec.params
+                                                               if p.name == "num_queries"), 100)))
+            if pin.level != 0 or pin.gi != 0 or pin.gj != 0:
+                raise ValueError(f"{where}: a query pin has level 0 and cell (0, 0); the query index goes in anchor")
+            if pin.anchor >= queries:
+                raise ValueError(f"{where}.anchor: query {pin.anchor} does not exist (there are {queries} queries)")
+            for name in ("w", "h"):
+                if not getattr(pin, name) > 0:
+                    raise ValueError(f"{where}.{name}: must be positive, got {getattr(pin, name):g}")
+            continue
         stride = spec.strides[pin.level]
         rows, columns = scene.height // stride, scene.width // stride
         anchors = 1 if spec.anchors_px is None else len(spec.anchors_px[pin.level])

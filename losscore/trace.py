@@ -52,8 +52,8 @@ class Stage:
     """One step of an algorithm, as recorded."""
 
     name: str
-    title: str
-    explain: str
+    title: Any  # str, or a losscore.text.Text rendered in the reader's language
+    explain: Any
     tensors: dict[str, Recorded] = field(default_factory=dict)
     code: str = ""
     values: dict[str, Any] = field(default_factory=dict)  # plain scalars/strings (hyp values, flags)
@@ -64,8 +64,8 @@ class Stage:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "title": self.title,
-            "explain": self.explain,
+            "title": str(self.title),
+            "explain": str(self.explain),
             "code": self.code,
             "values": {k: _plain(v) for k, v in self.values.items()},
             "tensors": [

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
 
 __all__ = ["plain", "plain_float", "encode_map", "decode_map", "numpy_flat", "flat_values", "compact",
-           "batch_stats", "dtype_name", "HALF"]
+           "batch_stats", "dtype_name", "HALF", "LazyFlat"]
 
 HALF = (torch.float16, torch.bfloat16)  # converted to float32 before numpy or lists
 
@@ -102,6 +102,20 @@ def flat_values(array: np.ndarray, finite: bool | None = None, arrays: bool = Fa
             return array if arrays and array.dtype.itemsize == 4 else array.tolist()
         return [plain_float(x) for x in array.tolist()]
     return array.tolist()
+
+
+class LazyFlat(NamedTuple):
+    """:func:`flat_values` of a large array, deferred: a writer that streams a document writes it
+    piece by piece (``app.serialize``), so the values never exist as one list or one string.
+
+    :meth:`values` is what :func:`flat_values` returns for the same arguments."""
+
+    array: np.ndarray  # flat
+    finite: bool
+    arrays: bool
+
+    def values(self, start: int = 0, stop: int | None = None) -> Any:
+        return flat_values(self.array[start:stop], self.finite, self.arrays)
 
 
 def compact(tensor: torch.Tensor, arrays: bool = False) -> Any:

@@ -199,7 +199,7 @@ def test_unexpected_error_is_json_500_without_traceback(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(serialize, "explain_bytes", boom)
+    monkeypatch.setattr(serialize, "prepare_explain", boom)
     with TestClient(create_app(Settings(warmup=False)), raise_server_exceptions=False) as c:
         r = c.post("/api/v1/explain", json=toy_body())
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
@@ -250,11 +250,12 @@ def test_the_load_benchmarks_default_request_is_under_300_kb(client, scheme):
     assert len(r.content) <= 300_000, f"{scheme} default explain payload {len(r.content)} bytes"
 
 
-def test_page_placeholder_until_the_template_exists(tmp_path):
-    with TestClient(create_app(Settings(warmup=False, templates_dir=tmp_path, static_dir=tmp_path))) as c:
-        page = c.get("/")
-        assert page.status_code == 200 and "coming" in page.text and "<script" not in page.text
-        assert c.get("/static/nothing.js").status_code == 404
+def test_without_its_page_the_server_refuses_to_start(tmp_path):
+    """No placeholder page: a broken install (no templates/static) says so and does not start."""
+    from app.main import PageMissing
+
+    with pytest.raises(PageMissing, match="reinstall losslab"):
+        create_app(Settings(warmup=False, templates_dir=tmp_path, static_dir=tmp_path))
 
 
 def test_focal_curve_reproduces_retinanet_figure_1(client):

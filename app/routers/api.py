@@ -1,11 +1,11 @@
 """``/api/v1``: the schemes, a scene explained, a scene exported (docs/api-contract.md)."""
 from __future__ import annotations
 
-from typing import Annotated
+import weakref
+from typing import Annotated, AsyncIterator
 
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
-import anyio.to_thread
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response, StreamingResponse
 
 from losscore import registry, wire
 from losscore.mmdet import focal_curve as mmdet_focal_curve
@@ -13,7 +13,8 @@ from losscore.scene import (BOX_MARGIN_FRAC, MAX_BOXES, MAX_HEAD_ELEMENTS, MAX_I
                             SchemeSpec)
 
 from .. import serialize
-from ..dependencies import LimiterDep
+from ..compute import Lanes
+from ..dependencies import LanesDep, SettingsDep
 from ..errors import SceneError, scene_error
 from ..schemas import ErrorOut, ExplainOut, ExportOut, FocalCurveOut, SceneIn, SchemesOut, ValidationErrorOut
 
@@ -21,10 +22,15 @@ router = APIRouter(prefix="/api/v1", tags=["api"])
 
 ERRORS = {
     400: {"model": ErrorOut, "description": "the body could not be read (e.g. not UTF-8)"},
-    413: {"model": ErrorOut, "description": "request body larger than 1 MiB"},
+    413: {"model": ErrorOut, "description": "request body larger than 1 MiB, or a response larger than the "
+                                            "server's LOSSLAB_MAX_RESPONSE_BYTES (the detail names the limit)"},
+    415: {"model": ErrorOut, "description": "the body is not sent as application/json"},
+    503: {"model": ErrorOut, "description": "every stream slot of this worker is busy with a large response; retry"},
     422: {"model": ValidationErrorOut, "description": "the scene or a query option is invalid; loc names the field"},
 }
 EXPORT_FILENAME = "losslab-trace.json"
+# The scene a new page starts from: the request model's own defaults (the page keeps no copy of its own).
+SCENE_DEFAULTS = SceneIn(scheme="_").model_dump(include={"image", "nc", "predictions", "device"})
 
 
 def _spec(scheme: str) -> SchemeSpec:
@@ -69,6 +75,7 @@ def parse_columns(spec: SchemeSpec, columns: str | None) -> list[str]:
 async def schemes() -> Response:
     content = {
         "schemes": [spec.to_dict() for spec in registry.all_schemes().values()],
+        "scene_defaults": SCENE_DEFAULTS,
         "limits": {"max_boxes": MAX_BOXES, "max_nc": MAX_NC, "max_image_side": MAX_IMAGE_SIDE,
                    "box_margin_frac": BOX_MARGIN_FRAC, "max_head_elements": MAX_HEAD_ELEMENTS,
                    "max_pins": MAX_PINS},
@@ -80,7 +87,8 @@ async def schemes() -> Response:
              summary="Run the scheme's real code on a scene: positives, maps, losses (and, with ?stages=true, every stage)")
 async def explain(
     body: SceneIn,
-    limiter: LimiterDep,
+    lanes: LanesDep,
+    settings: SettingsDep,
     maps: Annotated[str | None, Query(max_length=1000, pattern=r"^[A-Za-z0-9_.,\s-]*$",
                                       description="comma-separated map names, or 'all'")] = None,
     stage_data: Annotated[int, Query(ge=0, le=10_000_000,
@@ -99,10 +107,19 @@ async def explain(
     wanted = parse_maps(spec, maps)
     wanted_columns = parse_columns(spec, columns)
     scene = body.to_scene()
-    # torch work and encoding run in a worker thread, at most LOSSLAB_COMPUTE_SLOTS at once
-    payload = await anyio.to_thread.run_sync(serialize.explain_bytes, scene, wanted, stage_data, stages,
-                                             wanted_columns, checks, limiter=limiter)
-    return Response(payload, media_type="application/json")
+    # torch work and encoding run in the scene's lane (app.compute): light scenes never wait behind heavy ones
+    try:
+        prepared = await lanes.run(scene, serialize.prepare_explain, scene, wanted, stage_data, stages,
+                                   wanted_columns, checks, settings.stream_bytes, settings.max_response_bytes)
+    except serialize.TooLarge as exc:
+        raise HTTPException(413, f"this explain response would be {exc.args[0]}: ask for less stage data "
+                                 "(stage_data, stages) or fewer maps, or run `losslab explain scene.json -o "
+                                 "trace.json`, which writes any size to a file") from None
+    if prepared.payload is not None:
+        return Response(prepared.payload, media_type="application/json")
+    if not await lanes.acquire_stream(wait=False):
+        raise HTTPException(503, _STREAMS_BUSY, headers={"Retry-After": "5"})
+    return _stream(prepared.doc, lanes, {})
 
 
 @router.get("/focal_curve", response_model=FocalCurveOut, summary="Focal loss of one positive against p_t (RetinaNet Fig. 1)")
@@ -118,8 +135,52 @@ async def focal_curve(
 
 @router.post("/export", response_model=ExportOut, responses=ERRORS,
              summary="The full trace of a scene as a downloadable JSON document")
-async def export(body: SceneIn, limiter: LimiterDep) -> Response:
+async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep) -> Response:
+    """Computed in the heavy lane; a large document is streamed as it is encoded (holding one of
+    the worker's stream slots, taken before computing), one above LOSSLAB_MAX_RESPONSE_BYTES is a 413."""
     _spec(body.scheme)
-    payload = await anyio.to_thread.run_sync(serialize.export_bytes, body.to_scene(), limiter=limiter)
-    return Response(payload, media_type="application/json",
-                    headers={"Content-Disposition": f'attachment; filename="{EXPORT_FILENAME}"'})
+    scene = body.to_scene()
+    headers = {"Content-Disposition": f'attachment; filename="{EXPORT_FILENAME}"'}
+    if not await lanes.acquire_stream():
+        raise HTTPException(503, _STREAMS_BUSY, headers={"Retry-After": "5"})
+    try:
+        prepared = await lanes.run(scene, serialize.prepare_export, scene, settings.stream_bytes,
+                                   settings.max_response_bytes, heavy=True)
+    except serialize.TooLarge as exc:
+        lanes.release_stream()
+        raise HTTPException(413, f"the export of this scene would be {exc.args[0]} "
+                                 "(LOSSLAB_MAX_RESPONSE_BYTES); `losslab explain scene.json -o trace.json` "
+                                 "writes the same document, of any size, to a file") from None
+    except BaseException:
+        lanes.release_stream()
+        raise
+    if prepared.payload is not None:
+        lanes.release_stream()
+        return Response(prepared.payload, media_type="application/json", headers=headers)
+    return _stream(prepared.doc, lanes, headers)
+
+
+_STREAMS_BUSY = ("every stream slot of this worker (LOSSLAB_STREAM_SLOTS) is busy sending a large response; "
+                 "retry in a few seconds")
+
+
+def _stream(doc: dict, lanes: Lanes, headers: dict[str, str]) -> StreamingResponse:
+    """Stream ``doc`` (its large stage data lazy) as it is encoded; the caller holds a stream slot,
+    released here when the response ends, however it ends."""
+    pieces = serialize.iter_json(doc)
+    del doc
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                piece = await lanes.encode(next, pieces, None)
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            release()
+
+    stream = body()
+    # released when the stream ends, or when it is dropped without ever being started (a client gone early)
+    release = weakref.finalize(stream, lanes.release_stream)
+    return StreamingResponse(stream, media_type="application/json", headers=headers)

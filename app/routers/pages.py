@@ -1,4 +1,8 @@
-"""The page: ``GET /`` renders templates/index.html; Plotly.js is served from the installed package."""
+"""The page: ``GET /`` renders templates/index.html; Plotly.js is served from the installed package.
+
+The page ships with the package (``losslab_web/templates``, ``losslab_web/static``); ``create_app``
+refuses to start without it (:func:`app.main.check_page`), so there is no placeholder page.
+"""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -16,13 +20,6 @@ router = APIRouter(tags=["page"], include_in_schema=False)
 
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
-PLACEHOLDER = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>LossLab</title></head>
-<body><h1>LossLab</h1><p>The page is coming. Meanwhile the API is live: see <a href="/docs">/docs</a>
-and <a href="/api/v1/schemes">/api/v1/schemes</a>.</p></body></html>
-"""
-
-
 @lru_cache(maxsize=4)
 def _templates(directory: str) -> Jinja2Templates:
     return Jinja2Templates(directory=directory)
@@ -30,9 +27,6 @@ def _templates(directory: str) -> Jinja2Templates:
 
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request, settings: SettingsDep) -> Response:
-    template = Path(settings.templates_dir) / "index.html"
-    if not template.is_file():
-        return HTMLResponse(PLACEHOLDER)
     return _templates(str(settings.templates_dir)).TemplateResponse(
         request, "index.html", {"plotly_src": "/vendor/plotly.min.js"})
 

@@ -5,6 +5,7 @@
 * :mod:`.matcher`: ``HungarianMatcher`` and the cost matrices (``models/matcher.py``).
 * :mod:`.loss`: ``SetCriterion`` and its losses (``models/detr.py``), ``weighted_total``
   (``engine.py``).
+* :mod:`.scene`: the learner's query-based scheme ``detr``.
 * :mod:`.vectors`: the conformance runners for ``detr.json``.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .box_ops import (BoxIoU, GIoUTerms, box_area, box_cxcywh_to_xyxy, box_iou, 
 from .loss import (LOSS_NAMES, BoxLoss, LabelLoss, SetCriterion, SetLoss, build_weight_dict, count_boxes,
                    loss_boxes, loss_cardinality, loss_labels, set_criterion, weighted_total)
 from .matcher import HungarianMatcher, ImageCost, Match, MatchCost, Matching, hungarian_match, matching_cost
+from .scene import SPEC
 from .vectors import GROUPS, TOLERANCES
 
 __all__ = [
@@ -26,4 +28,4 @@ __all__ = [
     "FAMILY",
 ]
 
-FAMILY = Family(name="detr", schemes=(), vectors=GROUPS, tolerances=TOLERANCES)
+FAMILY = Family(name="detr", schemes=(SPEC,), vectors=GROUPS, tolerances=TOLERANCES)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..predictions import blend_logits
-from ..scene import (ColumnSpec, FocalSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
+from ..scene import (ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, StageCell, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
 from ..trace import Trace
@@ -19,20 +19,20 @@ _FOCAL_LOGIT = 8.0  # a perfect head: +8 for the right class, -8 for every other
 FOCAL_RULES = (RuleSpec("centre in box", "●", "the cell centre lies strictly inside a box of this class "
                                                "(the smallest box wins)"),)
 FOCAL_COLUMNS = (
-    ColumnSpec("gt", "index of the ground-truth box", "index"),
-    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
-    ColumnSpec("anchor", "0: one cell per location", "index"),
-    ColumnSpec("gi", "cell column (x)", "index"),
-    ColumnSpec("gj", "cell row (y)", "index"),
-    ColumnSpec("rule", "centre in box", "index"),
-    ColumnSpec("p", "σ(logit) of the cell's target class", "prob"),
-    ColumnSpec("p_t", "p_t of the target-class element (= p, the target is 1 there)", "prob"),
-    ColumnSpec("alpha_factor", "alpha (the element is positive)", "weight"),
-    ColumnSpec("modulating", "(1 - p_t)^gamma of the target-class element", "weight"),
-    ColumnSpec("focal_weight", "alpha_factor · modulating of the target-class element", "weight"),
-    ColumnSpec("bce", "BCE-with-logits of the target-class element", "loss"),
-    ColumnSpec("focal", "bce · focal_weight of the target-class element (unreduced)", "loss"),
-    ColumnSpec("focal_row", "focal loss of the cell summed over all C classes (its negatives included)", "loss"),
+    ColumnSpec("gt", "index of the ground-truth box", "index", group="assignment"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index", group="assignment"),
+    ColumnSpec("anchor", "0: one cell per location", "index", group="assignment"),
+    ColumnSpec("gi", "cell column (x)", "index", group="assignment"),
+    ColumnSpec("gj", "cell row (y)", "index", group="assignment"),
+    ColumnSpec("rule", "centre in box", "index", group="assignment"),
+    ColumnSpec("p", "σ(logit) of the cell's target class", "prob", group="focal"),
+    ColumnSpec("p_t", "p_t of the target-class element (= p, the target is 1 there)", "prob", group="focal"),
+    ColumnSpec("alpha_factor", "alpha (the element is positive)", "weight", group="focal"),
+    ColumnSpec("modulating", "(1 - p_t)^gamma of the target-class element", "weight", group="focal"),
+    ColumnSpec("focal_weight", "alpha_factor · modulating of the target-class element", "weight", group="focal"),
+    ColumnSpec("bce", "BCE-with-logits of the target-class element", "loss", group="focal"),
+    ColumnSpec("focal", "bce · focal_weight of the target-class element (unreduced)", "loss", group="focal", formula="focal = α_t·(1 − p_t)^γ·BCE = {alpha_factor}·{modulating}·{bce} = {focal}"),
+    ColumnSpec("focal_row", "focal loss of the cell summed over all C classes (its negatives included)", "loss", group="loss"),
 )
 FOCAL_MAPS = (
     MapSpec("loss", "focal loss per cell, summed over the C classes, before the reduction", "loss"),
@@ -186,9 +186,17 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
         (LossTerm("focal", parts, element_sum, total.detach(), gain=loss_weight, divisor=divisor,
                   normalised=None if divisor == 1.0 else element_sum / divisor),),
         total.detach(), total.detach())
+    def stage_cells() -> dict[str, list[StageCell]]:
+        cells = [StageCell(gt, L, 0, gi, gj, f"p_t {p:.2g}") for gt, L, gi, gj, p in zip(
+            positives["gt"].tolist(), positives["level"].tolist(), positives["gi"].tolist(), positives["gj"].tolist(),
+            positives["p_t"].tolist())]
+        names = ("assign.centre_in_box", "focal.p_t", "focal.alpha_factor", "focal.modulating", "focal.focal_weight",
+                 "focal.loss")
+        return {name: cells for name in names}
+
     return SceneResult(
         scheme="focal", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
-        device=str(device), composition=composition, notes=notes, targets=targets)
+        device=str(device), composition=composition, notes=notes, targets=targets, stage_cells=stage_cells)
 
 
 SPEC = SchemeSpec(
@@ -218,4 +226,7 @@ SPEC = SchemeSpec(
     focal=FocalSpec(gamma="gamma", alpha="alpha", off_at_zero=False, applies_to="the class loss of every cell",
                     points=("p_t", "focal")),
     phases=FOCAL_PHASES, anchors_px=None, level_names=_FOCAL_LEVELS,
+    inspector=InspectorSpec(groups=(("assignment", "Assignment"), ("focal", "Focal terms"), ("loss", "Loss")),
+                            target_columns=(), loss_columns=("focal", "focal_row"), target_map="positive",
+                            loss_map="loss"),
 )

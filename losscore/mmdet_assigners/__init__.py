@@ -3,7 +3,8 @@
 
 Modules: :mod:`.atss`, :mod:`.dsl` (the assigners), :mod:`.overlaps` (``bbox_overlaps``),
 :mod:`.priors` (anchor and point priors as the prior generators lay them out), :mod:`.result`
-(the ``AssignResult`` convention: 0 negative, -1 ignored, k > 0 the 1-based target), and
+(the ``AssignResult`` convention: 0 negative, -1 ignored, k > 0 the 1-based target),
+:mod:`.scene` (the learner's schemes ``atss`` and ``rtmdet``, with their heads' losses) and
 :mod:`.vectors` (conformance runners for ``mmdet_assigners.json``).
 
 Trace stages, in the order the code records them:
@@ -27,6 +28,7 @@ from ..family import Family
 from .loss import (INF, ZERO_POSITIVE_REASONS, AssignResult, ATSSAssigner, ATSSAssignResult, ATSSCandidates,
                    DSLAssignResult, DSLDetails, DynamicSoftLabelAssigner, Priors, anchor_priors, atss_assign,
                    bbox_overlaps, dsl_assign, featmap_sizes, point_priors)
+from .scene import ATSS_SPEC, RTMDET_SPEC
 from .vectors import GROUPS, TOLERANCES
 
 __all__ = [
@@ -35,4 +37,4 @@ __all__ = [
     "DynamicSoftLabelAssigner", "DSLAssignResult", "DSLDetails", "dsl_assign",
 ]
 
-FAMILY = Family(name="mmdet_assigners", schemes=(), vectors=GROUPS, tolerances=TOLERANCES)
+FAMILY = Family(name="mmdet_assigners", schemes=(ATSS_SPEC, RTMDET_SPEC), vectors=GROUPS, tolerances=TOLERANCES)

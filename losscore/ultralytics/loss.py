@@ -186,7 +186,7 @@ def _targets_tensor(batch: Any) -> Tensor:
 def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, strides: Sequence[float] = (8, 16, 32),
                    hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None, topk: int = 10,
                    topk2: int | None = None, alpha: float = 0.5, beta: float = 6.0,
-                   trace: Trace | None = None) -> DetectionLoss:
+                   assigner_stride: Sequence[float] | None = None, trace: Trace | None = None) -> DetectionLoss:
     """``v8DetectionLoss(model, tal_topk, tal_topk2)(preds, batch)`` without a model object.
 
     Args:
@@ -199,6 +199,9 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
         hyp: gains ``box``, ``cls``, ``dfl`` (defaults 7.5, 0.5, 1.5).
         class_weights (Tensor[C], optional): per-class factors on the BCE (``model.class_weights``).
         topk, topk2, alpha, beta: the assigner (every upstream loss uses alpha 0.5, beta 6.0).
+        assigner_stride: the ``stride`` list the assigner gets (None: ``strides``, as upstream). It
+            only sets ``stride_val``; ``[0]`` makes the small-object enlargement a no-op (no side is
+            shorter than 0), which is how a learner's scene switches it off.
 
     Returns:
         :class:`DetectionLoss`; ``loss`` and ``items`` are upstream's two return values.
@@ -240,7 +243,8 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
         pred_dist = pred_distri
     pred_bboxes = dist2bbox(pred_dist, anchor_points, xywh=False)  # (B, A, 4)
 
-    assigner = TaskAlignedAssigner(topk, C, alpha, beta, stride=[float(s) for s in strides], topk2=topk2)
+    assigner = TaskAlignedAssigner(topk, C, alpha, beta, topk2=topk2,
+                                   stride=[float(s) for s in (strides if assigner_stride is None else assigner_stride)])
     predictions = DensePredictions(pred_scores.detach().sigmoid(),
                                    (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype))
     result = assigner.assign(predictions, anchor_points * stride_tensor, gt_labels, gt_bboxes, mask_gt,
@@ -267,7 +271,7 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
             code=f"{LOSS_CODE} v8DetectionLoss.get_assigned_targets_and_loss (bce)",
             tensors={"cls_logit": (pred_scores[fg_batch, fg_anchor, fg_label], "P"),
                      "target_score": (target_scores[fg_batch, fg_anchor, fg_label], "P"),
-                     "bce_positive": (bce_pos, "P"), "loss_cls": loss_cls},
+                     "bce_positive": (bce_pos, "P"), "bce_per_anchor": (bce.sum(-1), "B A"), "loss_cls": loss_cls},
             values={"bce_sum": bce.sum().item(), "bce_positive_sum": bce_pos.sum().item(),
                     "target_scores_sum_raw": raw_score_sum.item(), "target_scores_sum": target_scores_sum.item(),
                     "class_weights": None if class_weights is None else class_weights.tolist()})
@@ -337,16 +341,18 @@ class v8DetectionLoss:  # noqa: N801 - upstream's name
 
     def __init__(self, nc: int = 80, reg_max: int = 16, strides: Sequence[float] = (8, 16, 32),
                  hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None, tal_topk: int = 10,
-                 tal_topk2: int | None = None) -> None:
+                 tal_topk2: int | None = None, assigner_stride: Sequence[float] | None = None) -> None:
         self.nc, self.reg_max, self.strides = nc, reg_max, tuple(float(s) for s in strides)
         self.hyp = {**DEFAULT_HYP, **dict(hyp or {})}
         self.class_weights = class_weights
         self.topk, self.topk2 = tal_topk, tal_topk2
+        self.assigner_stride = None if assigner_stride is None else tuple(float(s) for s in assigner_stride)
         self.loss_names = ("box_loss", "cls_loss", "dfl_loss" if reg_max > 1 else "l1_loss")
 
     def breakdown(self, preds: Any, batch: Any, trace: Trace | None = None) -> DetectionLoss:
         return detection_loss(preds, batch, nc=self.nc, reg_max=self.reg_max, strides=self.strides, hyp=self.hyp,
-                              class_weights=self.class_weights, topk=self.topk, topk2=self.topk2, trace=trace)
+                              class_weights=self.class_weights, topk=self.topk, topk2=self.topk2,
+                              assigner_stride=self.assigner_stride, trace=trace)
 
     def __call__(self, preds: Any, batch: Any, trace: Trace | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.breakdown(preds, batch, trace)
@@ -403,9 +409,12 @@ class E2EDetectLoss:
     """
 
     def __init__(self, nc: int = 80, reg_max: int = 16, strides: Sequence[float] = (8, 16, 32),
-                 hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None) -> None:
-        self.one2many = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=10)
-        self.one2one = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=1)
+                 hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None,
+                 assigner_stride: Sequence[float] | None = None) -> None:
+        self.one2many = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=10,
+                                        assigner_stride=assigner_stride)
+        self.one2one = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=1,
+                                       assigner_stride=assigner_stride)
 
     def breakdown(self, preds: Any, batch: Any, trace: Trace | None = None) -> E2EBreakdown:
         p_o2m, p_o2o = _branch_preds(preds)
@@ -447,9 +456,12 @@ class E2ELoss:
     """
 
     def __init__(self, nc: int = 80, reg_max: int = 1, strides: Sequence[float] = (8, 16, 32),
-                 hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None) -> None:
-        self.one2many = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=10)
-        self.one2one = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=7, tal_topk2=1)
+                 hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None,
+                 assigner_stride: Sequence[float] | None = None) -> None:
+        self.one2many = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=10,
+                                        assigner_stride=assigner_stride)
+        self.one2one = v8DetectionLoss(nc, reg_max, strides, hyp, class_weights, tal_topk=7, tal_topk2=1,
+                                       assigner_stride=assigner_stride)
         self.epochs = int((hyp or {}).get("epochs", 100))  # cfg/default.yaml epochs
         self.updates = 0
         self.o2m, self.o2o = e2e_weights(0, self.epochs)

@@ -394,12 +394,15 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
         & ((pair_box[:, 2] - pair_x) > 1e-9) & ((pair_box[:, 3] - pair_y) > 1e-9)
     if trace is not None:
         count_in_box = torch.bincount(pair_gt_flat[in_box], minlength=B * M).view(B, M)
-        trace.record(
-            "assigner.candidates", "Candidate anchors",
-            f"only anchors whose centre lies strictly inside a target (every side > eps) can be positive; "
+        enlargement = (
             f"first every real target side shorter than stride_val = {stride_val:g} px is raised to "
             f"{stride_val:g} px about the box centre, so tiny boxes still get candidates (in_box False: "
-            "added by that enlargement)",
+            "added by that enlargement)" if stride_val > 0 else
+            f"stride_val = {stride_val:g}: no side is shorter than that, so no box is enlarged")
+        trace.record(
+            "assigner.candidates", "Candidate anchors",
+            "only anchors whose centre lies strictly inside a target (every side > eps) can be positive; "
+            + enlargement,
             code=f"{TAL_CODE}.select_candidates_in_gts",
             tensors={"gt_box": (gt_bboxes, "B M 4"), "enlarged_box": (boxes_e, "B M 4"),
                      "enlarged": (enlarged, "B M 2"), "in_box_count": (count_in_box, "B M"),

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..boxes import bbox_iou, xywh2xyxy
 from ..predictions import blend_logits
-from ..scene import (Check, ColumnSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
+from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, StageCell, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
 from ..trace import Trace
@@ -47,40 +47,40 @@ _TERMS = ("x", "y", "w", "h", "conf_obj", "conf_noobj", "conf", "cls")
 XYXY = ("x1", "y1", "x2", "y2")
 
 COLUMNS = (
-    ColumnSpec("gt", "index of the ground-truth box", "index"),
-    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
-    ColumnSpec("anchor", "anchor index within the level", "index"),
-    ColumnSpec("gi", "cell column (x)", "index"),
-    ColumnSpec("gj", "cell row (y)", "index"),
-    ColumnSpec("rule", "why the slot is positive: the best anchor of this level, or of all 9", "index"),
+    ColumnSpec("gt", "index of the ground-truth box", "index", group="assignment"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index", group="assignment"),
+    ColumnSpec("anchor", "anchor index within the level", "index", group="assignment"),
+    ColumnSpec("gi", "cell column (x)", "index", group="assignment"),
+    ColumnSpec("gj", "cell row (y)", "index", group="assignment"),
+    ColumnSpec("rule", "why the slot is positive: the best anchor of this level, or of all 9", "index", group="assignment"),
     ColumnSpec("wh_iou", "width-height IoU of the target with each anchor of this level (centres aligned)", "iou",
-               ("a0", "a1", "a2")),
-    ColumnSpec("best_iou", "the highest of those (darknet mode: over all 9 anchors)", "iou"),
+               ("a0", "a1", "a2"), group="assignment"),
+    ColumnSpec("best_iou", "the highest of those (darknet mode: over all 9 anchors)", "iou", group="assignment", formula="wh-IoU with the anchors of this level {wh_iou}: the best, {best_iou}, takes the target"),
     ColumnSpec("tx", "target x: fraction of the centre inside its cell, in the slot (last write wins on shared "
-                     "slots)", "grid"),
-    ColumnSpec("ty", "target y: fraction of the centre inside its cell", "grid"),
-    ColumnSpec("tw", "target w: log(w / anchor_w) + 1e-16 inside the log", "logit"),
-    ColumnSpec("th", "target h: log(h / anchor_h)", "logit"),
+                     "slots)", "grid", group="decode"),
+    ColumnSpec("ty", "target y: fraction of the centre inside its cell", "grid", group="decode"),
+    ColumnSpec("tw", "target w: log(w / anchor_w) + 1e-16 inside the log", "logit", group="decode"),
+    ColumnSpec("th", "target h: log(h / anchor_h)", "logit", group="decode"),
     ColumnSpec("pred_box_px", "decoded prediction: centre (σ(tx)+gi)·s, (σ(ty)+gj)·s, size exp(tw)·anchor", "px",
-               XYXY, box="xyxy"),
-    ColumnSpec("target_box_px", "the target box as the loss sees it", "px", XYXY, box="xyxy"),
+               XYXY, box="xyxy", group="decode"),
+    ColumnSpec("target_box_px", "the target box as the loss sees it", "px", XYXY, box="xyxy", group="decode"),
     ColumnSpec("iou", "iou_scores: IoU of prediction and target with upstream's +1 pixel convention (lower than "
-                      "a true IoU)", "iou"),
-    ColumnSpec("coord_scale", "scale on the coordinate MSE: darknet's 2 - w·h when lambda_scale, else 1", "weight"),
-    ColumnSpec("two_minus_wh", "2 - w·h with w, h as image fractions (darknet), whether applied or not", "weight"),
-    ColumnSpec("sq_x", "coord_scale·(σ(tx) - tx)² (the loss x term is the mean of these over positives)", "loss"),
-    ColumnSpec("sq_y", "coord_scale·(σ(ty) - ty)²", "loss"),
-    ColumnSpec("sq_w", "coord_scale·(tw_pred - tw)² on the raw output", "loss"),
-    ColumnSpec("sq_h", "coord_scale·(th_pred - th)²", "loss"),
-    ColumnSpec("bce_obj", "BCE(σ(obj), 1) at this slot (mean of these × obj_scale is conf_obj)", "loss"),
-    ColumnSpec("bce_cls", "sum over classes of BCE(σ(cls), tcls) at this slot", "loss"),
-    ColumnSpec("grad_x", "darknet gradient p - y for x: coord_scale·(σ(tx) - tx) (delta = -gradient)", "grad"),
-    ColumnSpec("grad_y", "coord_scale·(σ(ty) - ty)", "grad"),
-    ColumnSpec("grad_w", "coord_scale·(tw_pred - tw)", "grad"),
-    ColumnSpec("grad_h", "coord_scale·(th_pred - th)", "grad"),
-    ColumnSpec("grad_obj", "σ(obj) - 1", "grad"),
-    ColumnSpec("grad_cls_target", "σ(cls) - 1 on the target class", "grad"),
-    ColumnSpec("grad_cls_max_other", "largest σ(cls) - 0 over the other classes", "grad"),
+                      "a true IoU)", "iou", group="iou"),
+    ColumnSpec("coord_scale", "scale on the coordinate MSE: darknet's 2 - w·h when lambda_scale, else 1", "weight", group="loss", formula="coordinate scale = 2 − w·h = {two_minus_wh} (applied: {coord_scale})"),
+    ColumnSpec("two_minus_wh", "2 - w·h with w, h as image fractions (darknet), whether applied or not", "weight", group="loss"),
+    ColumnSpec("sq_x", "coord_scale·(σ(tx) - tx)² (the loss x term is the mean of these over positives)", "loss", group="loss"),
+    ColumnSpec("sq_y", "coord_scale·(σ(ty) - ty)²", "loss", group="loss"),
+    ColumnSpec("sq_w", "coord_scale·(tw_pred - tw)² on the raw output", "loss", group="loss"),
+    ColumnSpec("sq_h", "coord_scale·(th_pred - th)²", "loss", group="loss"),
+    ColumnSpec("bce_obj", "BCE(σ(obj), 1) at this slot (mean of these × obj_scale is conf_obj)", "loss", group="objectness"),
+    ColumnSpec("bce_cls", "sum over classes of BCE(σ(cls), tcls) at this slot", "loss", group="class"),
+    ColumnSpec("grad_x", "darknet gradient p - y for x: coord_scale·(σ(tx) - tx) (delta = -gradient)", "grad", group="gradient"),
+    ColumnSpec("grad_y", "coord_scale·(σ(ty) - ty)", "grad", group="gradient"),
+    ColumnSpec("grad_w", "coord_scale·(tw_pred - tw)", "grad", group="gradient"),
+    ColumnSpec("grad_h", "coord_scale·(th_pred - th)", "grad", group="gradient"),
+    ColumnSpec("grad_obj", "σ(obj) - 1", "grad", group="gradient"),
+    ColumnSpec("grad_cls_target", "σ(cls) - 1 on the target class", "grad", group="gradient"),
+    ColumnSpec("grad_cls_max_other", "largest σ(cls) - 0 over the other classes", "grad", group="gradient"),
 )
 
 MAPS = (
@@ -330,9 +330,25 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
     for term in _TERMS + ("total",):
         losses[term] = sum((losses[f"{term}.{name}"] for name in _LEVEL_NAMES), torch.zeros((), device=device))
     composition = _composition(losses, obj_scale, noobj_scale)
+
+    def stage_cells() -> dict[str, list[StageCell]]:
+        out: dict[str, list[StageCell]] = {}
+        rows = list(zip(positives["gt"].tolist(), positives["level"].tolist(), positives["anchor"].tolist(),
+                        positives["gi"].tolist(), positives["gj"].tolist(), positives["best_iou"].tolist()))
+        for level, name in enumerate(_LEVEL_NAMES):
+            here = [r for r in rows if r[1] == level]
+            cells = [StageCell(n, level, -1, int(box_cells[n, level, 0]), int(box_cells[n, level, 1]), "centre cell")
+                     for n in range(N)]
+            for step in ("scale_to_grid", "wh_iou", "ignore", "offsets", "coord_scale", "classes"):
+                out[f"build_targets.{name}.{step}"] = cells
+            positive = [StageCell(n, L, a, gi, gj, f"wh-IoU {iou:.2f}") for n, L, a, gi, gj, iou in here]
+            for step in ("decode", "terms", "gradients", "metrics"):
+                out[f"yolo_layer.{name}.{step}"] = positive
+        return out
+
     return SceneResult(
         scheme="yolov3", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
-        device=str(device), composition=composition, box_cells=box_cells, notes=notes,
+        device=str(device), composition=composition, box_cells=box_cells, notes=notes, stage_cells=stage_cells,
         checks=lambda: [check for part in check_parts for check in _level_checks(
             *part, ignore_thresh, None if owner_level is None else owner_level.cpu(),
             None if owner_level is None else best_all.cpu())],
@@ -372,19 +388,20 @@ def _level_checks(level: int, name: str, anchors_px: Tensor, wh_iou: Tensor, bes
             if anchor == best[gt] and here:
                 source = "of this level" if owners is None else "of all 9 anchors"
                 out.append(Check(gt, level, anchor, gi[gt], gj[gt], "best_anchor", True,
-                                 f"{label}, the best {source}: positive", {"wh_iou": iou}))
+                                 f"{label}, the best {source}: positive", {"wh_iou": iou}, label=f"★ best {iou:.2f}"))
                 continue
             if anchor == best[gt]:
                 owner_anchor = best9[gt] % num_anchors
                 out.append(Check(gt, level, anchor, gi[gt], gj[gt], "best_anchor", False,
                                  f"{label}, best of this level, but the best of all 9 anchors is on "
                                  f"P{3 + owners[gt]} (anchor {owner_anchor}): not positive here (darknet)",
-                                 {"wh_iou": iou}))
+                                 {"wh_iou": iou}, label=f"best here {iou:.2f}, not of 9"))
             ignored = iou > ignore_thresh
             text = (f"{label} > ignore_thresh {ignore_thresh:g}: ignored (left out of the no-object loss)"
                     if ignored else f"{label} ≤ ignore_thresh {ignore_thresh:g}: a negative (in the no-object loss)")
             out.append(Check(gt, level, anchor, gi[gt], gj[gt], "ignore", not ignored, text,
-                             {"wh_iou": iou, "ignore_thresh": ignore_thresh}))
+                             {"wh_iou": iou, "ignore_thresh": ignore_thresh},
+                             label=f"∅ ignored {iou:.2f}" if ignored else f"negative {iou:.2f}"))
     return out
 
 
@@ -414,4 +431,8 @@ SPEC = SchemeSpec(
          "objectness and classes BCE; every delta is p - y."),
     maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, phases=PHASES, anchors_px=YOLOV3_ANCHORS_PX,
     level_names=_LEVEL_NAMES, pred_box="pred_box_px", target_box="target_box_px",
+    inspector=InspectorSpec(groups=(("assignment", "Assignment"), ("decode", "Targets"), ("iou", "IoU"), ("loss", "Loss terms"), ("objectness", "Objectness"), ("class", "Class"), ("gradient", "Darknet gradients")),
+                            target_columns=("tx", "ty", "tw", "th"), loss_columns=("sq_x", "sq_y", "sq_w", "sq_h",
+                                                                                  "bce_obj", "bce_cls"),
+                            target_map="obj_mask", loss_map="obj_bce"),
 )

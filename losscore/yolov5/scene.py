@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ..boxes import ciou_alpha_paper
 from ..predictions import BlendedHeads, blended_heads
-from ..scene import (Check, ColumnSpec, FocalSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
-                     LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
+from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
+                     LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, StageCell,
                      boxes_to_targets, resolve_device)
 from ..trace import Trace
 from .loss import NEIGHBOUR_REASONS, UPSTREAM, ComputeLoss, default_balance, last_write_mask
@@ -96,33 +96,33 @@ FOCAL = FocalSpec(gamma="fl_gamma", alpha="fl_alpha", off_at_zero=True,
 
 XYXY = ("x1", "y1", "x2", "y2")
 COLUMNS = (
-    ColumnSpec("gt", "index of the ground-truth box", "index"),
-    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
-    ColumnSpec("anchor", "anchor index within the level", "index"),
-    ColumnSpec("gi", "cell column (x), clamped into the grid", "index"),
-    ColumnSpec("gj", "cell row (y), clamped into the grid", "index"),
-    ColumnSpec("rule", "why the cell is positive: centre, or the left/up/right/down neighbour rule", "index"),
-    ColumnSpec("r_max", "max(w/aw, aw/w, h/ah, ah/h) of the box against this anchor (kept when < anchor_t)", "ratio"),
+    ColumnSpec("gt", "index of the ground-truth box", "index", group="assignment"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index", group="assignment"),
+    ColumnSpec("anchor", "anchor index within the level", "index", group="assignment"),
+    ColumnSpec("gi", "cell column (x), clamped into the grid", "index", group="assignment"),
+    ColumnSpec("gj", "cell row (y), clamped into the grid", "index", group="assignment"),
+    ColumnSpec("rule", "why the cell is positive: centre, or the left/up/right/down neighbour rule", "index", group="assignment"),
+    ColumnSpec("r_max", "max(w/aw, aw/w, h/ah, ah/h) of the box against this anchor (kept when < anchor_t)", "ratio", group="assignment"),
     ColumnSpec("offset", "target centre minus the assigned cell, grid units (= tbox xy; in (-0.5, 1.5))", "grid",
-               ("x", "y")),
-    ColumnSpec("tbox", "target (x offset, y offset, w, h) in grid units of the level", "grid", ("x", "y", "w", "h")),
-    ColumnSpec("anch", "anchor (w, h) in grid units of the level", "grid", ("w", "h")),
-    ColumnSpec("pxy", "decoded prediction offset 2σ(t) - 0.5, grid units", "grid", ("x", "y")),
-    ColumnSpec("pwh", "decoded prediction size (2σ(t))²·anchor, grid units", "grid", ("w", "h")),
-    ColumnSpec("pred_box_px", "decoded predicted box", "px", XYXY, box="xyxy"),
-    ColumnSpec("target_box_px", "target box", "px", XYXY, box="xyxy"),
-    ColumnSpec("iou", "IoU of predicted and target box", "iou"),
-    ColumnSpec("rho2", "squared distance between the centres (grid units²)", "grid"),
-    ColumnSpec("c2", "squared diagonal of the smallest enclosing box (grid units²)", "grid"),
-    ColumnSpec("v", "aspect-ratio term (4/π²)(atan(w/h) - atan(w'/h'))²", "ratio"),
-    ColumnSpec("alpha", "CIoU trade-off v / (v - IoU + 1), no gradient, no iou > 0.5 gate (YOLOv5)", "weight"),
-    ColumnSpec("ciou", "CIoU = IoU - rho²/c² - alpha·v; the box loss is the mean of 1 - CIoU", "iou"),
-    ColumnSpec("tobj", "objectness target this row writes: (1 - gr) + gr·clamp(CIoU, 0)", "prob"),
-    ColumnSpec("tobj_written", "True when this row's write survived (the last write to a slot wins)", "bool"),
-    ColumnSpec("obj_bce", "objectness BCE at this row's slot, against the slot's final target", "loss"),
+               ("x", "y"), group="decode", formula="offset = box centre − cell ({gi}, {gj}) = {offset} cells (target xy, in (−0.5, 1.5))"),
+    ColumnSpec("tbox", "target (x offset, y offset, w, h) in grid units of the level", "grid", ("x", "y", "w", "h"), group="decode"),
+    ColumnSpec("anch", "anchor (w, h) in grid units of the level", "grid", ("w", "h"), group="decode"),
+    ColumnSpec("pxy", "decoded prediction offset 2σ(t) - 0.5, grid units", "grid", ("x", "y"), group="decode", formula="decoded xy = 2σ(t_xy) − 0.5 = {pxy} vs target {offset}"),
+    ColumnSpec("pwh", "decoded prediction size (2σ(t))²·anchor, grid units", "grid", ("w", "h"), group="decode", formula="decoded wh = (2σ(t_wh))²·anchor {anch} = {pwh} cells vs target {tbox}"),
+    ColumnSpec("pred_box_px", "decoded predicted box", "px", XYXY, box="xyxy", group="decode"),
+    ColumnSpec("target_box_px", "target box", "px", XYXY, box="xyxy", group="decode"),
+    ColumnSpec("iou", "IoU of predicted and target box", "iou", group="iou"),
+    ColumnSpec("rho2", "squared distance between the centres (grid units²)", "grid", group="iou"),
+    ColumnSpec("c2", "squared diagonal of the smallest enclosing box (grid units²)", "grid", group="iou"),
+    ColumnSpec("v", "aspect-ratio term (4/π²)(atan(w/h) - atan(w'/h'))²", "ratio", group="iou"),
+    ColumnSpec("alpha", "CIoU trade-off v / (v - IoU + 1), no gradient, no iou > 0.5 gate (YOLOv5)", "weight", group="iou"),
+    ColumnSpec("ciou", "CIoU = IoU - rho²/c² - alpha·v; the box loss is the mean of 1 - CIoU", "iou", group="iou", formula="CIoU = IoU − ρ²/c² − α·v = {iou} − {rho2}/{c2} − {alpha}·{v} = {ciou}; box loss term 1 − CIoU"),
+    ColumnSpec("tobj", "objectness target this row writes: (1 - gr) + gr·clamp(CIoU, 0)", "prob", group="objectness", formula="tobj = (1 − gr) + gr·clamp(CIoU, 0) = {tobj} (write kept: {tobj_written})"),
+    ColumnSpec("tobj_written", "True when this row's write survived (the last write to a slot wins)", "bool", group="objectness"),
+    ColumnSpec("obj_bce", "objectness BCE at this row's slot, against the slot's final target", "loss", group="objectness"),
     ColumnSpec("obj_bce_floor", "BCE(t, t) for the slot's final target t: the entropy floor a soft target leaves "
-                                "even when σ(obj) = t exactly (0 only for t = 0 or 1; at obj_pw = 1)", "loss"),
-    ColumnSpec("cls_bce", "class BCE of this row averaged over the C classes (0 when nc == 1: no class loss)", "loss"),
+                                "even when σ(obj) = t exactly (0 only for t = 0 or 1; at obj_pw = 1)", "loss", group="objectness", formula="BCE(t, t) = {obj_bce_floor}: the least objectness loss this soft target allows"),
+    ColumnSpec("cls_bce", "class BCE of this row averaged over the C classes (0 when nc == 1: no class loss)", "loss", group="class"),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 
@@ -262,6 +262,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         scheme="yolov5", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
         device=str(device), composition=_composition(recorder, compute, losses), box_cells=box_cells,
         checks=lambda: _checks(scene, recorder, compute, levels, box_cells), notes=notes, targets=targets,
+        stage_cells=lambda: _stage_cells(recorder, compute, levels, box_cells, positives),
     )
 
 
@@ -298,6 +299,55 @@ def _box_cells(scene: Scene, trace: Trace, levels: list[LevelInfo]) -> Tensor:
     return cells
 
 
+def _stage_cells(trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], cells: Tensor,
+                 positives: dict[str, Tensor]) -> dict[str, list[StageCell]]:
+    """For the stepper: the cells each stage is about, with what it did there."""
+    out: dict[str, list[StageCell]] = {}
+    rule_names = [r.name for r in RULES]
+    gt_all, lv_all = positives["gt"].tolist(), positives["level"].tolist()
+    an_all, gi_all, gj_all = positives["anchor"].tolist(), positives["gi"].tolist(), positives["gj"].tolist()
+    for level, info in enumerate(levels):
+        name = info.name
+        rows = [k for k, lv in enumerate(lv_all) if lv == level]
+        centre = [StageCell(n, level, -1, int(c[0]), int(c[1]), "centre cell") for n, c in enumerate(cells[:, level].tolist())]
+        out[f"build_targets.{name}.scale"] = centre
+        try:
+            ratio = trace.get(f"build_targets.{name}.anchor_filter")
+        except KeyError:
+            ratio = None
+        if ratio is not None:
+            r_max, keep = ratio["r_max"].cpu().tolist(), ratio["keep"].cpu().tolist()
+            out[f"build_targets.{name}.anchor_filter"] = [
+                StageCell(n, level, a, c.gi, c.gj, f"a{a} r {r_max[a][n]:.3g} {'✓' if keep[a][n] else '✗'}")
+                for n, c in enumerate(centre) for a in range(len(r_max))]
+            stage = trace.get(f"build_targets.{name}.neighbours")
+            target, anchor = stage["target"].cpu().tolist(), stage["anchor"].cpu().tolist()
+            fired = stage["fired"].cpu().tolist()
+            steps = ((-1, 0), (0, -1), (1, 0), (0, 1))
+            cells_here = []
+            for k, (n, a) in enumerate(zip(target, anchor)):
+                for d, direction in enumerate(("left", "up", "right", "down")):
+                    gi, gj = centre[n].gi + steps[d][0], centre[n].gj + steps[d][1]
+                    cells_here.append(StageCell(n, level, a, gi, gj, f"{direction} {'✓' if fired[k][d] else '✗'}"))
+            out[f"build_targets.{name}.neighbours"] = cells_here
+        positive_cells = [StageCell(gt_all[k], level, an_all[k], gi_all[k], gj_all[k], rule_names[int(positives['rule'][k])])
+                          for k in rows]
+        out[f"build_targets.{name}.rows"] = positive_cells
+        for step, column, fmt in (("decode", "pxy", "xy"), ("bbox_iou", "ciou", "CIoU"), ("box_loss", "ciou", "1-CIoU"),
+                                  ("objectness_target", "tobj", "tobj"), ("class", "cls_bce", "BCE"),
+                                  ("objectness", "obj_bce", "BCE"), ("level_losses", "obj_bce", "BCE")):
+            values = positives[column]
+            out[f"loss.{name}.{step}"] = [
+                StageCell(c.gt, c.level, c.anchor, c.gi, c.gj,
+                          f"{fmt} {_short(values[k])}") for c, k in zip(positive_cells, rows)]
+    return out
+
+
+def _short(value: Tensor) -> str:
+    flat = value.reshape(-1).tolist()
+    return ", ".join(f"{v:.3g}" for v in flat)
+
+
 def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], cells: Tensor
             ) -> list[Check]:
     """The tests build_targets ran for each box: the anchor-ratio test per anchor (at the centre
@@ -322,7 +372,8 @@ def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[Level
                         f"max({w:.4g}/{aw:g}, {aw:g}/{w:.4g}, {h:.4g}/{ah:g}, {ah:g}/{h:.4g}) = {r:.4g} "
                         f"{'<' if kept else '≥'} anchor_t {anchor_t:g}: {verdict}")
                 checks.append(Check(gt, level, anchor, gi, gj, "anchor_ratio", kept, text,
-                                    {"w": w, "h": h, "aw": aw, "ah": ah, "r_max": r, "anchor_t": anchor_t}))
+                                    {"w": w, "h": h, "aw": aw, "ah": ah, "r_max": r, "anchor_t": anchor_t},
+                                    label=f"r {r:.3g} {'<' if kept else '≥'} {anchor_t:g} {'✓' if kept else '✗'}"))
         try:
             stage = trace.get(f"build_targets.{name}.neighbours")
         except KeyError:
@@ -344,6 +395,7 @@ def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[Level
                 if ok:
                     text = (f"{direction} neighbour: frac({symbol}) = {frac:.4g} < g = {g:g} and {symbol} = "
                             f"{coord:.4g} > 1: added")
+                    label = f"{direction} ✓\n{frac:.2f} < g"
                 else:
                     parts = []
                     if NEIGHBOUR_REASONS[why] in ("fraction >= g", "both"):
@@ -351,9 +403,11 @@ def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[Level
                     if NEIGHBOUR_REASONS[why] in ("centre within 1 cell of the border", "both"):
                         parts.append(f"{symbol} = {coord:.4g} ≤ 1 (centre within one cell of the border)")
                     text = f"{direction} neighbour: {' and '.join(parts)}: not added"
+                    label = (f"{direction} ✗\n{frac:.2f} ≥ g" if NEIGHBOUR_REASONS[why] != "centre within 1 cell of the border"
+                             else f"{direction} ✗\nborder")
                 di, dj = steps[d]
                 checks.append(Check(gt, level, anchor, gi + di, gj + dj, f"neighbour.{direction}", ok, text,
-                                    {"fraction": frac, "g": g, "coordinate": coord, "centre": [gi, gj]}))
+                                    {"fraction": frac, "g": g, "coordinate": coord, "centre": [gi, gj]}, label=label))
     return checks
 
 
@@ -528,4 +582,7 @@ SPEC = SchemeSpec(
     doc="Anchor-ratio filter, up to two neighbour cells per level, CIoU box loss, IoU objectness targets.",
     maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, focal=FOCAL, phases=PHASES,
     anchors_px=DEFAULT_ANCHORS_PX, level_names=("P3", "P4", "P5"), pred_box="pred_box_px", target_box="target_box_px",
+    inspector=InspectorSpec(groups=(("assignment", "Assignment"), ("decode", "Decode"), ("iou", "IoU terms"), ("objectness", "Objectness"), ("class", "Class")),
+                            target_columns=("tbox", "tobj"), loss_columns=("ciou", "obj_bce", "cls_bce"),
+                            target_map="tobj", loss_map="obj_bce"),
 )

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ..predictions import BlendedHeads, blended_heads
-from ..scene import (Check, ColumnSpec, FocalSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
+from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
-                     boxes_to_targets, resolve_device)
+                     StageCell, boxes_to_targets, resolve_device)
 from ..trace import Trace
 from .loss import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
 
@@ -61,33 +61,33 @@ RULES = (
 XYXY = ("x1", "y1", "x2", "y2")
 LTRB = ("l", "t", "r", "b")
 COLUMNS = (
-    ColumnSpec("gt", "index of the ground-truth box", "index"),
-    ColumnSpec("level", "detection level (0 = P3/8)", "index"),
-    ColumnSpec("anchor", "0: anchor-free, one anchor point per cell", "index"),
-    ColumnSpec("gi", "cell column (x)", "index"),
-    ColumnSpec("gj", "cell row (y)", "index"),
-    ColumnSpec("rule", "why the anchor is positive: top-k, or a conflict won", "index"),
-    ColumnSpec("s", "predicted probability of the target's class at this anchor", "prob"),
-    ColumnSpec("u", "CIoU of the target against the predicted box, clamped at 0", "iou"),
-    ColumnSpec("align_metric", "t = s^alpha * u^beta", "weight"),
-    ColumnSpec("topk_rank", "rank in its target's top-k (0 = best); -1 when it came through a conflict only", "index"),
+    ColumnSpec("gt", "index of the ground-truth box", "index", group="assignment"),
+    ColumnSpec("level", "detection level (0 = P3/8)", "index", group="assignment"),
+    ColumnSpec("anchor", "0: anchor-free, one anchor point per cell", "index", group="assignment"),
+    ColumnSpec("gi", "cell column (x)", "index", group="assignment"),
+    ColumnSpec("gj", "cell row (y)", "index", group="assignment"),
+    ColumnSpec("rule", "why the anchor is positive: top-k, or a conflict won", "index", group="assignment"),
+    ColumnSpec("s", "predicted probability of the target's class at this anchor", "prob", group="assignment"),
+    ColumnSpec("u", "CIoU of the target against the predicted box, clamped at 0", "iou", group="assignment"),
+    ColumnSpec("align_metric", "t = s^alpha * u^beta", "weight", group="assignment", formula="t = s^α · u^β = {s}^α · {u}^β = {align_metric}; rank {topk_rank} in its box's top-k"),
+    ColumnSpec("topk_rank", "rank in its target's top-k (0 = best); -1 when it came through a conflict only", "index", group="assignment"),
     ColumnSpec("target_score", "t * max(u) / (max(t) + eps) over its target's positives: the class target and loss "
-                               "weight", "prob"),
-    ColumnSpec("ltrb_target", "target distances l, t, r, b in cells, clamped to [0, 14.99]", "bins", LTRB),
-    ColumnSpec("dfl_expected", "expected distance per side under the softmax over 16 bins", "bins", LTRB),
+                               "weight", "prob", group="class", formula="target score = t · max(u) / max(t) = {target_score}"),
+    ColumnSpec("ltrb_target", "target distances l, t, r, b in cells, clamped to [0, 14.99]", "bins", LTRB, group="dfl"),
+    ColumnSpec("dfl_expected", "expected distance per side under the softmax over 16 bins", "bins", LTRB, group="dfl", formula="expected distance per side Σ bin·softmax = {dfl_expected} vs target {ltrb_target}"),
     ColumnSpec("dfl_probs", "softmax over the 16 bins per side (l, t, r, b)", "prob",
-               tuple(f"{side}{b}" for side in LTRB for b in range(16)), default=False),
-    ColumnSpec("bin_left", "lower target bin floor(d) per side", "index", LTRB),
-    ColumnSpec("bin_right", "upper target bin floor(d) + 1 per side", "index", LTRB),
-    ColumnSpec("weight_left", "weight of the lower bin, floor(d) + 1 - d", "weight", LTRB),
-    ColumnSpec("weight_right", "weight of the upper bin, d - floor(d)", "weight", LTRB),
-    ColumnSpec("pred_box_px", "decoded predicted box", "px", XYXY, box="xyxy"),
-    ColumnSpec("target_box_px", "target box", "px", XYXY, box="xyxy"),
-    ColumnSpec("ciou", "CIoU of predicted vs target box (yolov9 bbox_iou)", "iou"),
+               tuple(f"{side}{b}" for side in LTRB for b in range(16)), default=False, group="dfl"),
+    ColumnSpec("bin_left", "lower target bin floor(d) per side", "index", LTRB, group="dfl"),
+    ColumnSpec("bin_right", "upper target bin floor(d) + 1 per side", "index", LTRB, group="dfl"),
+    ColumnSpec("weight_left", "weight of the lower bin, floor(d) + 1 - d", "weight", LTRB, group="dfl", formula="target bins {bin_left} / {bin_right} with weights {weight_left} / {weight_right}"),
+    ColumnSpec("weight_right", "weight of the upper bin, d - floor(d)", "weight", LTRB, group="dfl"),
+    ColumnSpec("pred_box_px", "decoded predicted box", "px", XYXY, box="xyxy", group="decode"),
+    ColumnSpec("target_box_px", "target box", "px", XYXY, box="xyxy", group="decode"),
+    ColumnSpec("ciou", "CIoU of predicted vs target box (yolov9 bbox_iou)", "iou", group="iou"),
     ColumnSpec("box_term", "(1 - CIoU) * target_score / target_scores_sum: this positive's share of the raw box loss",
-               "loss"),
-    ColumnSpec("dfl_term", "DFL * target_score / target_scores_sum: this positive's share of the raw DFL", "loss"),
-    ColumnSpec("cls_bce", "class BCE at this positive's own class against its target score", "loss"),
+               "loss", group="loss"),
+    ColumnSpec("dfl_term", "DFL * target_score / target_scores_sum: this positive's share of the raw DFL", "loss", group="loss"),
+    ColumnSpec("cls_bce", "class BCE at this positive's own class against its target score", "loss", group="class"),
 )
 LOSSES = LossSpec(
     terms=(
@@ -309,7 +309,54 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
         scheme="yolov9", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
         device=str(device), composition=composition, notes=notes, targets=targets,
         checks=_checks_builder(recorder, levels, sizes, topk),
+        stage_cells=lambda: _stage_cells(recorder, levels, sizes, positives),
     )
+
+
+def _anchor_cells(anchors: list[int], levels: list[LevelInfo], sizes: list[int]) -> list[tuple[int, int, int]]:
+    """Flat anchor indices (level by level, row by row) -> (level, gi, gj)."""
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    out = []
+    for a in anchors:
+        level = max(i for i, start in enumerate(starts) if a >= start)
+        cell = a - starts[level]
+        width = levels[level].grid[1]
+        out.append((level, cell % width, cell // width))
+    return out
+
+
+def _stage_cells(trace: Trace, levels: list[LevelInfo], sizes: list[int], positives: dict[str, Tensor]
+                 ) -> dict[str, list[StageCell]]:
+    """For the stepper: the anchors each stage is about, as cells, with what it did there."""
+    out: dict[str, list[StageCell]] = {}
+    try:
+        candidates, ranked, normalised = (trace.get("assigner.candidates"), trace.get("assigner.topk"),
+                                          trace.get("assigner.normalise"))
+    except KeyError:
+        return out
+    gt, anchor, t = candidates["gt"].tolist(), candidates["anchor"].tolist(), candidates["t"].tolist()
+    out["assigner.candidates"] = [StageCell(m, L, 0, gi, gj, f"t {tq:.2g}")
+                                  for m, tq, (L, gi, gj) in zip(gt, t, _anchor_cells(anchor, levels, sizes))]
+    kept, topk_anchor = ranked["kept"][0].tolist(), ranked["topk_anchor"][0].tolist()
+    picks = [(m, rank, a) for m, row in enumerate(topk_anchor) for rank, a in enumerate(row) if kept[m][rank]]
+    out["assigner.topk"] = [StageCell(m, L, 0, gi, gj, f"rank {rank}")
+                            for (m, rank, _), (L, gi, gj) in zip(picks, _anchor_cells([p[2] for p in picks], levels, sizes))]
+    try:
+        conflicts = trace.get("assigner.conflicts")
+        c_anchor, c_winner = conflicts["anchor"].tolist(), conflicts["winner"].tolist()
+        out["assigner.conflicts"] = [StageCell(w, L, 0, gi, gj, f"won by #{w}")
+                                     for w, (L, gi, gj) in zip(c_winner, _anchor_cells(c_anchor, levels, sizes))]
+    except KeyError:
+        pass
+    score = normalised["score"].tolist()
+    fg = _anchor_cells(normalised["anchor"].tolist(), levels, sizes)
+    out["assigner.normalise"] = [StageCell(m, L, 0, gi, gj, f"score {sc:.2g}")
+                                 for m, sc, (L, gi, gj) in zip(normalised["gt"].tolist(), score, fg)]
+    rows = list(zip(positives["gt"].tolist(), positives["level"].tolist(), positives["gi"].tolist(), positives["gj"].tolist()))
+    for step, column, label in (("cls", "cls_bce", "BCE"), ("dfl", "dfl_term", "DFL"), ("box", "ciou", "CIoU")):
+        values = positives[column].tolist()
+        out[f"loss.{step}"] = [StageCell(m, L, 0, gi, gj, f"{label} {v:.3g}") for (m, L, gi, gj), v in zip(rows, values)]
+    return out
 
 
 def _non_finite_reason(out) -> str:
@@ -348,15 +395,16 @@ def _checks_builder(trace: Trace, levels: list[LevelInfo], sizes: list[int], top
                 winner = owner.get(a)
                 if winner == m:
                     out.append(Check(m, level, 0, gi, gj, "top_k", True, f"{head}: in its top-{topk}, positive",
-                                     values))
+                                     values, label=f"t {values['t']:.2g} ✓"))
                 else:
                     out.append(Check(m, level, 0, gi, gj, "conflict", False,
                                      f"{head}: in its top-{topk}, but box {winner} has the higher overlap u here "
-                                     f"and takes the anchor", {**values, "winner": winner}))
+                                     f"and takes the anchor", {**values, "winner": winner},
+                                     label=f"lost to #{winner}"))
             else:
                 out.append(Check(m, level, 0, gi, gj, "top_k", False,
                                  f"{head} below the {topk}-th best t of this box ({values['kth_t']:.4g}): "
-                                 f"not in its top-{topk}", values))
+                                 f"not in its top-{topk}", values, label=f"t {values['t']:.2g} < {values['kth_t']:.2g}"))
         return out
 
     return build
@@ -369,4 +417,8 @@ SPEC = SchemeSpec(
         "CIoU + DFL box loss",
     maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, focal=FOCAL, phases=PHASES, anchors_px=None,
     level_names=("P3", "P4", "P5"), pred_box="pred_box_px", target_box="target_box_px",
+    inspector=InspectorSpec(groups=(("assignment", "Task alignment"), ("class", "Class target"), ("decode", "Decode"), ("iou", "IoU"), ("dfl", "DFL"), ("loss", "Loss shares")),
+                            target_columns=("target_score", "ltrb_target"), loss_columns=("box_term", "dfl_term",
+                                                                                         "cls_bce"),
+                            target_map="target_score", loss_map="cls_bce"),
 )

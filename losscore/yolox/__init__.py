@@ -33,13 +33,14 @@ from .loss import (
     make_grid,
     yolox_loss,
 )
+from .scene import SPEC
 from .vectors import GROUPS, TOLERANCES
 
 __all__ = [
     "RULE_NAMES", "VERSIONS", "SimOTAVersion", "Assignment", "Geometry", "Matching", "bboxes_iou",
     "class_cost", "geometry_constraint", "get_assignments", "simota_matching", "REG_WEIGHT", "AnchorGrid",
     "Decoded", "IOUloss", "LossBreakdown", "get_l1_target", "get_losses", "get_output_and_grid", "iou_loss",
-    "make_grid", "yolox_loss", "GROUPS", "TOLERANCES", "FAMILY",
+    "make_grid", "yolox_loss", "GROUPS", "TOLERANCES", "SPEC", "FAMILY",
 ]
 
-FAMILY = Family(name="yolox", schemes=(), vectors=GROUPS, tolerances=TOLERANCES)
+FAMILY = Family(name="yolox", schemes=(SPEC,), vectors=GROUPS, tolerances=TOLERANCES)

@@ -577,6 +577,12 @@ def _assign(gt_bboxes: Tensor, gt_classes: Tensor, bboxes_preds: Tensor, cls_pre
             stage["tensors"]["sel_cls_cost"] = (cls_cost[sel_gt, sel_col], "S")
             stage["tensors"]["sel_iou_cost"] = (iou_cost[sel_gt, sel_col], "S")
             stage["tensors"]["sel_penalty"] = (penalty * (~relation[sel_gt, sel_col]), "S")
+        elif step == "conflicts":  # the breakdown of each winner's cost (it may not have taken the anchor)
+            win_gt = stage["tensors"]["conflict_winner"][0]
+            win_col = (fg_mask.cumsum(0) - 1)[stage["tensors"]["conflict_anchor"][0]]
+            stage["tensors"]["conflict_winner_cls_cost"] = (cls_cost[win_gt, win_col], "X")
+            stage["tensors"]["conflict_winner_iou_cost"] = (iou_cost[win_gt, win_col], "X")
+            stage["tensors"]["conflict_winner_penalty"] = (penalty * (~relation[win_gt, win_col]), "X")
         stages.append((step, stage))
     return assignment, _AssignmentDetails(stages, cost, pair_wise_ious)
 

@@ -431,7 +431,8 @@ def _record_loss(trace: Trace, fg_meta, outputs, pred_boxes, reg_targets, cls_ta
             "BCE-with-logits of EVERY anchor's objectness (all images) against 1 at positives and 0 elsewhere, "
             "summed and divided by num_fg: the background term counts too",
             code=f"{HEAD_CODE}.get_losses (loss_obj)",
-            tensors={"fg_loss": (obj_flat[fg_flat], "P"), "conf_loss": loss_obj},
+            tensors={"fg_loss": (obj_flat[fg_flat], "P"), "obj_bce": (obj_terms.view(outputs.shape[:2]), "B A"),
+                     "conf_loss": loss_obj},
             values={"positive_sum": obj_flat[fg_flat].sum().item(),
                     "background_sum": obj_flat[~fg_flat].sum().item(), "anchors": int(obj_flat.numel()),
                     "num_fg": num_fg})

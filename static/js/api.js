@@ -1,6 +1,7 @@
 // Talking to the server: fetch wrappers, decoding of maps, and a request coalescer
 // (one request in flight, the latest wins, stale answers are dropped by sequence number).
-import { API_BASE, DRAG_COLUMNS, STAGE_DATA_LIMIT } from './config.js';
+import { API_BASE, STAGE_DATA_LIMIT } from './config.js';
+import { fmtLoc } from './views/format.js';
 
 export class ApiError extends Error {
   constructor(status, message, detail) {
@@ -26,7 +27,7 @@ async function parse(response) {
     let detail = [];
     if (body && Array.isArray(body.detail)) {
       detail = body.detail;
-      message = detail.map((d) => `${(d.loc || []).filter((p) => p !== 'body').join('.')}: ${d.msg}`).join('\n');
+      message = detail.map((d) => `${fmtLoc(d.loc)}: ${d.msg}`).join('\n');
     } else if (body && typeof body.detail === 'string') {
       message = body.detail;
     }
@@ -39,14 +40,37 @@ export async function getSchemes() {
   return parse(await fetch(`${API_BASE}/schemes`));
 }
 
-export async function explain(scene, { maps = [], stageData = STAGE_DATA_LIMIT, light = false, stages = !light, signal } = {}) {
+export async function getPresets(scheme, scene) {
+  const query = new URLSearchParams({ scheme, width: scene.image.width, height: scene.image.height, nc: scene.nc });
+  return parse(await fetch(`${API_BASE}/presets?${query}`));
+}
+
+/**
+ * POST /explain. `kind`: 'light' while a box or slider moves (the grid's columns and the shown heat
+ * map only), 'full' when a gesture ends (every map and column, the stage list and the checks),
+ * 'compare' for the compare column (every map, no stages), 'probe' to validate a scene (nothing heavy).
+ */
+export async function explain(scene, { kind = 'full', heat = '', lang = 'en', signal } = {}) {
   const query = new URLSearchParams();
-  if (maps.length) query.set('maps', maps.join(','));
-  query.set('stage_data', String(stageData));
-  // while dragging: no stage list and only the grid's columns (docs/api-contract.md); the stage
-  // list for the stepper and every column follow on release
-  if (light) query.set('columns', DRAG_COLUMNS.join(','));
-  if (stages) query.set('stages', '1');
+  if (kind === 'light') {
+    query.set('columns', 'grid');
+    query.set('stage_data', '0');
+    if (heat) query.set('maps', heat);
+  } else if (kind === 'full') {
+    query.set('maps', 'all');
+    query.set('columns', 'all');
+    query.set('stages', '1');
+    query.set('checks', '1');
+    query.set('stage_data', String(STAGE_DATA_LIMIT));
+  } else if (kind === 'compare') {
+    query.set('maps', 'all');
+    query.set('checks', '1');
+    query.set('stage_data', '0');
+  } else {
+    query.set('stage_data', '0');
+    query.set('columns', 'grid');
+  }
+  query.set('lang', lang);
   const response = await fetch(`${API_BASE}/explain?${query}`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(scene), signal,
   });
@@ -67,14 +91,9 @@ export async function exportTrace(scene) {
 
 /** base64 little-endian float32 -> Float32Array. */
 export function decodeFloat32(b64) {
-  let bytes;
-  if (typeof Uint8Array.fromBase64 === 'function') bytes = Uint8Array.fromBase64(b64);
-  else {
-    const text = atob(b64);
-    bytes = new Uint8Array(text.length);
-    for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
-  }
-  return new Float32Array(bytes.buffer, 0, bytes.byteLength >> 2);
+  const bytes = typeof Uint8Array.fromBase64 === 'function'
+    ? Uint8Array.fromBase64(b64) : Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer); // a fresh buffer holding exactly the float32 values
 }
 
 /** One level of a map: {shape: [A, H, W], data: Float32Array}. Accepts b64 or flat data. */
@@ -99,20 +118,21 @@ export class Coalescer {
     this.send = send;
     this.onResult = onResult;
     this.onError = onError;
-    this.nextSeq = 1;
-    this.deliveredSeq = 0;
+    this.submitted = []; // every job, in submission order: a job's sequence number is its position (from 1)
     this.inFlight = false;
     this.queued = null;
   }
 
   submit(payload, meta = {}) {
-    const seq = this.nextSeq++;
-    this.queued = { seq, payload, meta };
+    const job = { payload, meta };
+    job.seq = this.submitted.push(job);
+    this.queued = job;
     if (!this.inFlight) this.pump();
-    return seq;
+    return job.seq;
   }
 
   async pump() {
+    // one request in flight; a newer submission replaces the queued one, so answers arrive in order
     while (this.queued) {
       const job = this.queued;
       this.queued = null;
@@ -121,9 +141,9 @@ export class Coalescer {
         job.sentAt = performance.now();
         const result = await this.send(job.payload);
         job.receivedAt = performance.now();
-        if (job.seq > this.deliveredSeq) { this.deliveredSeq = job.seq; this.onResult(result, job); }
+        this.onResult(result, job);
       } catch (error) {
-        if (job.seq > this.deliveredSeq && !this.queued) this.onError(error, job);
+        if (!this.queued) this.onError(error, job); // a newer request is on its way: its answer decides
       } finally {
         this.inFlight = false;
       }

@@ -1,38 +1,50 @@
-// Wiring: state -> serialise -> request -> render. One state object (state.js); views are
-// idempotent render functions of (element, server result).
-import { deserialize, serialize, toScene, fromScene, defaults } from './state.js';
-import { getSchemes, explain, exportTrace, Coalescer, ApiError } from './api.js';
-import { setLanguage, t } from './i18n.js';
-import { HASH_THROTTLE_MS, STAGE_DATA_LIMIT, ruleMark } from './config.js';
-import { SceneView, viridis } from './views/scene.js';
-import { renderCellInfo } from './views/cellinfo.js';
-import { renderCounts, renderPositivesTable, renderNotes } from './views/tables.js';
-import { renderLosses, renderFocal } from './views/losses.js';
-import { renderStageList, renderStage } from './views/stages.js';
+// Wiring, in one direction: state -> URL -> request -> render (TensorFlow Playground's loop).
+// One state object (state.js); views are idempotent render functions of (element, declaration,
+// result) and never fetch; the server's answer is the only source of a number on screen.
+import { deserialize, serialize, toScene, sceneFromImport } from './state.js';
+import { getSchemes, getPresets, explain, exportTrace, Coalescer, ApiError } from './api.js';
+import { setLanguage, t, language } from './i18n.js';
+import { HASH_THROTTLE_MS } from './config.js';
+import { GridView, renderAnchorStrip } from './views/grid.js';
+import { renderInspector } from './views/inspector.js';
+import { renderPositivesTable, renderCounts } from './views/table.js';
+import { renderWaterfall, renderTermBars, renderFocal } from './views/losses.js';
+import { renderPipeline, renderStageSelect, renderStage } from './views/stepper.js';
 import { renderControls, showParamError, clearErrors } from './views/controls.js';
-import { fmt, el } from './views/format.js';
-import { PRESETS } from './presets.js';
+import { paintLegend } from './views/colour.js';
+import { fmt, fmtLoc, el } from './views/format.js';
+import * as geo from './views/geometry.js';
+import { Lessons } from './lessons.js';
 
 const $ = (id) => document.getElementById(id);
 
 const app = {
   state: deserialize(location.hash),
-  schemes: {},
-  result: null,
+  schemes: {},           // name -> declaration (GET /api/v1/schemes)
+  sceneDefaults: null,   // the server's default scene
+  result: null,          // the last good answer for the main view
   cmpResult: null,
-  selected: -1,
-  hoverCell: null,
-  exportCache: null, // {key, promise}
+  error: null,           // the last failed request's error (the view keeps the last good result)
+  hover: null,           // {gi, gj} under the pointer
+  picked: null,          // {gi, gj} kept in the inspector by a click
+  glow: null,            // cells lit by a linked view
+  presets: new Map(),    // "scheme|w|h|nc" -> presets
   lastHash: '',
   hashTimer: null,
   slowTimer: null,
 };
 
-// Instrumentation for the e2e tests and benchmarks/page_latency.py.
-const probe = { latencies: [], renderTimes: [], renderMs: [], roundTripMs: [], computeMs: [], renders: 0, renderedSeq: 0, submittedSeq: 0, errors: 0 };
+// Instrumentation for the e2e tests and benchmarks/page_latency.py: raw timestamps only.
+const probe = { frames: [], renders: [], errors: [], renderedSeq: 0, submittedSeq: 0, requests: [] };
 window.__losslab = probe;
 
-// ---- hash ------------------------------------------------------------------------------------
+const spec = (name = app.state.scheme) => app.schemes[name];
+probe.scene = () => sceneOf();            // the request body the page sends for its main view
+probe.state = () => structuredClone(app.state);
+const sceneOf = (which = 'main') => toScene(app.state, app.sceneDefaults, which);
+const levelIndex = () => geo.clampIndex(app.state.level, app.result?.levels.length || 1);
+
+// ---- URL -------------------------------------------------------------------------------------
 function writeHash(now = false) {
   const write = () => {
     app.hashTimer = null;
@@ -45,93 +57,81 @@ function writeHash(now = false) {
 window.addEventListener('hashchange', () => {
   if (location.hash === app.lastHash) return;
   app.state = deserialize(location.hash);
-  app.selected = -1;
   syncControls();
+  lessons.sync();
   update();
 });
 
 // ---- requests --------------------------------------------------------------------------------
-function neededMaps(dragging, heat) {
-  if (!dragging) return ['all'];
-  return heat ? [heat] : [];
-}
-
 const mainRequests = new Coalescer(
-  ({ scene, maps, stageData }) => explain(scene, { maps, stageData, light: stageData === 0 }),
-  { onResult: (result, job) => onResult(result, job), onError: (error, job) => onError(error, job, '') },
+  ({ scene, kind, heat }) => explain(scene, { kind, heat, lang: app.state.lang }),
+  { onResult: (result, job) => onResult(result, job), onError: (error, job) => onError(error, job) },
 );
 const cmpRequests = new Coalescer(
-  ({ scene, maps, stageData }) => explain(scene, { maps, stageData, stages: false }), // the compare column has no stepper
-  { onResult: (result) => { app.cmpResult = result; renderCompare(); }, onError: (error, job) => onError(error, job, 'cmp-') },
+  ({ scene }) => explain(scene, { kind: 'compare', lang: app.state.lang }),
+  { onResult: (result) => { app.cmpResult = result; renderCompare(); }, onError: (error) => showError(error, 'cmp-') },
 );
 
-/** Zoom around the selected (else first) box; not called during a drag so the view holds still. */
-function applyZoom() {
-  const focus = app.state.boxes[app.selected] ?? app.state.boxes[0];
-  const cx = focus ? (focus.x1 + focus.x2) / 2 : app.state.width / 2;
-  const cy = focus ? (focus.y1 + focus.y2) / 2 : app.state.height / 2;
-  sceneView.setZoom(app.state.zoom, cx, cy);
-  cmpView.setZoom(app.state.zoom, cx, cy);
-}
-
-// dragging: a box or a slider thumb is moving; its requests are light ones (api.js explain)
+/** A state change: write the URL, ask the server, render its answer. dragging: a light request. */
 function update({ dragging = false, pointerTime = null } = {}) {
   writeHash(!dragging);
-  sceneView.setImage(app.state.width, app.state.height);
-  if (!dragging) applyZoom();
-  // while dragging, the scene view has already redrawn the dragged box itself
-  if (!dragging) sceneView.renderBoxes(app.state.boxes, app.selected);
-  const scene = toScene(app.state);
-  const maps = neededMaps(dragging, app.state.heat);
-  const seq = mainRequests.submit({ scene, maps, stageData: dragging ? 0 : STAGE_DATA_LIMIT }, { pointerTime, dragging });
+  const scene = sceneOf();
+  gridView.setImage(scene.image.width, scene.image.height);
+  if (!dragging) {
+    gridView.renderBoxes(app.state.boxes, app.state.sel);
+    applyView();
+  }
+  const seq = mainRequests.submit({ scene, kind: dragging ? 'light' : 'full', heat: heatName() }, { pointerTime, dragging });
   probe.submittedSeq = seq;
+  probe.requests.push({ seq, kind: dragging ? 'light' : 'full' });
   if (app.state.compare) {
-    cmpView.setImage(app.state.width, app.state.height);
-    cmpView.renderBoxes(app.state.boxes, -1);
-    cmpRequests.submit({ scene: toScene(app.state, 'compare'), maps: neededMaps(dragging, ''), stageData: 0 }, {});
+    cmpView.setImage(scene.image.width, scene.image.height);
+    cmpView.renderBoxes(app.state.boxes, app.state.sel);
+    if (!dragging) cmpRequests.submit({ scene: sceneOf('compare') }, {});
   }
 }
 
 function onResult(result, job) {
   app.result = result;
-  clearErrors($('param-controls'));
-  $('scene-error').textContent = '';
-  $('scheme-error').textContent = '';
+  app.error = null;
+  clearErrors(document.body);
+  $('stale').hidden = true;
   setStatus('');
-  const t0 = performance.now();
-  renderFast(job.seq, { dragging: job.meta.dragging });
-  probe.renderMs.push(performance.now() - t0);
-  if (job.meta.dragging) {
-    probe.roundTripMs.push(job.receivedAt - job.sentAt);
-    probe.computeMs.push(result.compute_ms);
-  }
+  renderFast(job.seq);
+  probe.renders.push({ seq: job.seq, kind: job.meta.dragging ? 'light' : 'full', sent: job.sentAt, received: job.receivedAt, compute_ms: result.compute_ms });
   if (job.meta.pointerTime !== null && job.meta.pointerTime !== undefined) {
-    // pointer event -> the frame that shows the grid for it (measured at the next animation frame)
-    requestAnimationFrame(() => {
-      probe.latencies.push(performance.now() - job.meta.pointerTime);
-      probe.renderTimes.push(performance.now());
-      performance.mark(`losslab-render-${job.seq}`);
-    });
+    requestAnimationFrame(() => probe.frames.push({ seq: job.seq, pointer: job.meta.pointerTime, frame: performance.now() }));
   }
-  probe.renders += 1;
   probe.renderedSeq = job.seq;
-  // the heavy views (table, plots, stepper) wait until the pointer rests: the drag's last
-  // request is sent with dragging = false
   clearTimeout(app.slowTimer);
   if (!job.meta.dragging) app.slowTimer = setTimeout(renderSlow, 0);
+  lessons.onResult(result);
 }
 
-function onError(error, job, prefix) {
-  probe.errors += 1;
-  const message = error instanceof ApiError ? error.message : `${t('status.error')}: ${error.message || error}`;
+function onError(error, job) {
+  app.error = error;
+  probe.errors.push(String(error.message || error));
+  probe.renderedSeq = job.seq; // answered: the view stays on the last good result
+  showError(error, '');
+}
+
+/** Put each 422 detail beside the control it names; the last good view stays, marked as such. */
+function showError(error, prefix) {
+  clearErrors(document.body);
   let placed = false;
+  const scoped = (id) => $(`${prefix}${id}`) || $(id);
   for (const d of error.detail || []) {
-    const loc = (d.loc || []).filter((p) => p !== 'body');
-    if (loc[0] === 'params' && loc[1]) placed = showParamError($(prefix ? 'cmp-param-controls' : 'param-controls'), loc[1], d.msg, prefix) || placed;
-    else if (loc[0] === 'boxes' || loc[0] === 'image' || loc[0] === 'nc') { $('scene-error').textContent = `${loc.join('.')}: ${d.msg}`; placed = true; }
-    else if (loc[0] === 'scheme') { $(prefix ? 'cmp-scheme-error' : 'scheme-error').textContent = d.msg; placed = true; }
+    const loc = (d.loc || []).filter((p) => p !== 'body' && p !== 'query');
+    const text = `${fmtLoc(d.loc)}: ${d.msg}`;
+    if (loc[0] === 'params' && loc[1]) placed = showParamError(scoped('param-controls'), loc[1], d.msg, prefix) || placed;
+    else if (loc[0] === 'scheme') { scoped('scheme-error').textContent = d.msg; placed = true; }
+    else if (loc[0] === 'predictions' && loc[1] === 'progress') { $('progress-error').textContent = d.msg; placed = true; }
+    else if (loc[0] === 'predictions' && loc[1] === 'seed') { $('seed-error').textContent = d.msg; placed = true; }
+    else { $('scene-error').textContent = text; placed = true; }
   }
-  setStatus(message, true); // the last good view stays as it is
+  const message = error instanceof ApiError ? error.message : `${t('status.error')}: ${error.message || error}`;
+  setStatus(placed ? message : message, true);
+  $('stale').hidden = !app.result;
 }
 
 function setStatus(text, isError = false) {
@@ -141,201 +141,313 @@ function setStatus(text, isError = false) {
 }
 
 // ---- rendering -------------------------------------------------------------------------------
-function levelIndex(result = app.result) {
-  return Math.max(0, Math.min(app.state.level, (result?.levels.length || 1) - 1));
+function heatName() {
+  const s = spec();
+  if (app.state.heat === '-') return '';
+  if (app.state.heat && s?.maps.some((m) => m.name === app.state.heat)) return app.state.heat;
+  return s?.maps[0]?.name || '';
 }
 
-function renderFast(seq, { dragging = false } = {}) {
+/** The view: the state's, else around the selected box on the shown level. */
+function currentView() {
+  const scene = sceneOf();
+  if (app.state.view) return app.state.view;
+  const stride = app.result?.levels[levelIndex()]?.stride ?? spec()?.strides[0] ?? 8;
+  return geo.focusView(scene.image.width, scene.image.height, app.state.boxes[app.state.sel], stride);
+}
+
+function applyView() {
+  const view = currentView();
+  gridView.setView(view);
+  if (app.state.compare) cmpView.setView(view);
+}
+
+function setView(view) {
+  app.state.view = view;
+  applyView();
+  writeHash();
+}
+
+function renderFast(seq) {
   const r = app.result;
-  if (!r) return;
-  syncViewSelects(r);
-  sceneView.renderResult(r, { levelIndex: levelIndex(), anchor: app.state.anchor, heat: app.state.heat, preds: app.state.preds, boxes: app.state.boxes, seq });
-  $('positive-count').textContent = String(r.positives.length);
+  const s = spec(r?.scheme);
+  if (!r || !s) return;
+  syncLevelControls(r);
+  const L = levelIndex();
+  gridView.renderResult(r, { spec: s, levelIndex: L, anchor: app.state.anchor, heat: heatName(), selected: app.state.sel, seq });
+  gridView.highlight(app.glow);
+  renderAnchorStrip($('anchor-strips'), r, L, app.state.sel, app.state.anchor, (a) => { app.state.anchor = a; writeHash(true); renderFast(probe.renderedSeq); });
+  $('positive-count').textContent = String(r.counts.total);
   $('loss-total').textContent = fmt(r.losses.total);
-  $('compute-ms').textContent = `${r.family} · ${r.device} · ${fmt(r.compute_ms)} ms`;
-  renderCounts($('counts'), r);
-  if (dragging) return; // legend and inspector follow when the pointer rests
+  $('compute-ms').textContent = `${s.title} · ${r.device} · ${fmt(r.compute_ms)} ms`;
   renderHeatLegend();
-  renderCell();
+  renderBoxEntry();
 }
 
 function renderSlow() {
   const r = app.result;
-  if (!r) return;
-  renderNotes($('notes'), r);
-  renderPositivesTable($('positives-table'), r, (row) => {
-    app.state.level = row.level; app.state.anchor = -1;
-    app.hoverCell = { gi: row.gi, gj: row.gj };
-    writeHash(true);
-    renderFast(probe.renderedSeq);
-    sceneView.showCell(row.gi, row.gj);
+  const s = spec(r?.scheme);
+  if (!r || !s) return;
+  renderInspectorNow();
+  renderRuleLegend(s);
+  renderNotes(r);
+  renderCounts($('counts'), s, r);
+  renderPositivesTable($('positives-table'), s, r, {
+    onHover: (row) => glowCells(row ? [row] : null),
+    onPick: (row) => { app.state.level = row.level; app.picked = { gi: row.gi, gj: row.gj }; app.state.view = gridView.viewOnCell(row.gi, row.gj); writeHash(true); applyView(); renderFast(probe.renderedSeq); renderInspectorNow(); },
   });
-  renderLosses($('loss-bar'), $('loss-table'), r);
+  renderWaterfall($('waterfall'), r, (term, part) => glowCells(term ? termCells(r, term, part) : null));
+  renderTermBars($('loss-bar'), r, { log: $('loss-log').checked });
   renderFocal($('focal-plot'), $('focal-note'), r);
-  const stage = renderStageList($('stage-select'), r, app.state.stage);
-  renderStage($('stage-detail'), r, stage, fetchExport);
-  renderLegend();
+  renderStepper();
 }
 
-function renderCell() {
-  if (!app.hoverCell) return;
-  renderCellInfo($('cell-info'), { result: app.result, levelIndex: levelIndex(), gi: app.hoverCell.gi, gj: app.hoverCell.gj, boxes: app.state.boxes, params: {} });
+function renderInspectorNow() {
+  const cell = app.picked ?? app.hover;
+  if (!cell || !app.result) return;
+  renderInspector($('cell-info'), { spec: spec(app.result.scheme), result: app.result, levelIndex: levelIndex(), gi: cell.gi, gj: cell.gj });
+  if (app.picked) el('p', { cls: 'hint', text: t('insp.pinned') }, $('cell-info'));
+}
+
+/** The cells a loss term (or one level's part of it) comes from: its positives, as the server lists them. */
+function termCells(result, term, part) {
+  const level = part ? result.levels.findIndex((l) => l.name === part) : -1;
+  return result.positives.filter((r) => level === -1 || r.level === level);
+}
+
+function glowCells(cells) {
+  app.glow = cells;
+  gridView.highlight(cells);
+}
+
+function renderStepper() {
+  const r = app.result;
+  const s = spec(r?.scheme);
+  const chosen = renderStageSelect($('stage-select'), r, app.state.stage);
+  renderPipeline($('pipeline'), s, r, chosen, (name) => pickStage(name));
+  renderStage($('stage-detail'), r, chosen, app.state.sel);
+  const stage = r?.stages?.find((x) => x.name === chosen);
+  glowCells(stage?.cells?.length ? stage.cells : null);
+}
+
+function pickStage(name) {
+  app.state.stage = name;
+  const stage = app.result?.stages?.find((x) => x.name === name);
+  if (stage?.level) {
+    const L = app.result.levels.findIndex((l) => l.name === stage.level);
+    if (L !== -1) app.state.level = L;
+  }
+  writeHash(true);
+  renderFast(probe.renderedSeq);
+  renderStepper();
 }
 
 function renderHeatLegend() {
   const root = $('heat-legend');
   root.replaceChildren();
-  const range = sceneView.heatRange;
+  const range = gridView.heatRange;
   if (!range) return;
-  const canvas = el('canvas', {}, null);
-  canvas.width = 140; canvas.height = 1;
-  const ctx = canvas.getContext('2d');
-  for (let x = 0; x < 140; x++) { const [r, g, b] = viridis(x / 139); ctx.fillStyle = `rgb(${r},${g},${b})`; ctx.fillRect(x, 0, 1, 1); }
-  root.append(`${range.name} (${range.reduce}): ${fmt(range.lo)}`, canvas, fmt(range.hi));
-  const doc = app.result?.map_names?.[range.name];
-  if (doc) el('span', { text: `— ${doc}` }, root);
+  const canvas = el('canvas', { cls: 'legendbar' });
+  paintLegend(canvas);
+  el('strong', { text: range.name }, root);
+  root.append(` ${fmt(range.lo)} `, canvas, ` ${fmt(range.hi)}${range.scale === 'log' ? ' (log)' : ''}${range.reduce ? ` · ${range.reduce} over anchors` : ''}`);
+  el('span', { cls: 'coldoc', text: ` — ${range.doc}` }, root);
 }
 
-function renderLegend() {
-  const root = $('legend');
+function renderRuleLegend(s) {
+  const root = $('rule-legend');
   root.replaceChildren();
-  const r = app.result;
-  if (!r) return;
-  root.append(`${t('legend.rules')}: `);
-  r.rule_names.forEach((name, i) => el('span', { text: `${ruleMark(name, i)} ${name}` }, root));
-  el('span', { text: `· ${t('legend.lines')}` }, root);
+  for (const rule of s.rules) {
+    const item = el('span', { cls: 'rule', attrs: { title: rule.doc, 'data-rule': rule.name } }, root);
+    el('b', { text: rule.glyph }, item);
+    item.append(` ${rule.name}`);
+  }
+}
+
+function renderNotes(r) {
+  const root = $('notes');
+  root.replaceChildren();
+  for (const note of r.notes) el('li', { text: note }, root);
 }
 
 function renderCompare() {
   const r = app.cmpResult;
   $('cmp-col').hidden = !app.state.compare;
   if (!r || !app.state.compare) return;
-  $('cmp-title').textContent = `${r.scheme} ${Object.entries(app.state.cmpParams).map(([k, v]) => `${k}=${v}`).join(' ')}`;
-  $('cmp-positive-count').textContent = String(r.positives.length);
+  const s = spec(r.scheme);
+  $('cmp-title').textContent = `${s?.title ?? r.scheme} ${Object.entries(app.state.cmpParams).map(([k, v]) => `${k} ${v}`).join(', ')}`;
+  $('cmp-positive-count').textContent = String(r.counts.total);
   $('cmp-loss-total').textContent = fmt(r.losses.total);
-  const L = Math.max(0, Math.min(app.state.level, r.levels.length - 1));
-  cmpView.renderResult(r, { levelIndex: L, anchor: app.state.anchor, heat: '', preds: false, boxes: app.state.boxes, seq: 0 });
-  renderCounts($('cmp-counts'), r);
-}
-
-function fetchExport() {
-  const key = JSON.stringify(toScene(app.state));
-  if (!app.exportCache || app.exportCache.key !== key) {
-    app.exportCache = { key, promise: exportTrace(toScene(app.state)).then((x) => x.data) };
-  }
-  return app.exportCache.promise;
+  cmpView.renderResult(r, { spec: s, levelIndex: geo.clampIndex(app.state.level, r.levels.length), anchor: app.state.anchor, heat: '', selected: app.state.sel, seq: 0 });
 }
 
 // ---- controls --------------------------------------------------------------------------------
-function schemeSpec(name = app.state.scheme) { return app.schemes[name]; }
-
-function fillSchemeSelect(select, value) {
+function fillSchemeSelect(select, value, blank = '') {
   select.replaceChildren();
-  for (const spec of Object.values(app.schemes)) { const o = el('option', { text: `${spec.title} (${spec.name})` }, select); o.value = spec.name; }
+  if (blank) { const o = el('option', { text: blank }, select); o.value = ''; }
+  for (const s of Object.values(app.schemes)) { const o = el('option', { text: s.title }, select); o.value = s.name; }
   select.value = value;
 }
 
-function syncViewSelects(result) {
-  const level = $('level-select');
-  const names = result.levels.map((l) => `${l.name} · stride ${l.stride} · ${l.grid[1]}×${l.grid[0]}`);
-  if ([...level.options].map((o) => o.textContent).join('|') !== names.join('|')) {
-    level.replaceChildren();
-    names.forEach((n, i) => { const o = el('option', { text: n }, level); o.value = i; });
+function syncLevelControls(r) {
+  const tabs = $('level-tabs');
+  const L = levelIndex();
+  const names = r.levels.map((l) => `${l.name} · /${l.stride} · ${l.grid[1]}×${l.grid[0]}`);
+  if ([...tabs.children].map((b) => b.textContent).join('|') !== names.join('|')) {
+    tabs.replaceChildren();
+    names.forEach((n, i) => {
+      const b = el('button', { cls: 'tab', text: n, attrs: { type: 'button', role: 'tab', 'data-level': i, 'data-testid': 'level-tab' } }, tabs);
+      b.addEventListener('click', () => { app.state.level = i; writeHash(true); renderFast(probe.renderedSeq); renderInspectorNow(); });
+    });
+    const select = $('level-select');
+    select.replaceChildren();
+    names.forEach((n, i) => { const o = el('option', { text: n }, select); o.value = i; });
   }
-  level.value = String(levelIndex(result));
-  const anchors = result.levels[levelIndex(result)].anchors;
-  const anchorNames = [t('view.allAnchors'), ...(anchors || []).map((a, i) => `a${i} · ${a.map(fmt).join('×')} px`)];
-  const anchorSel = $('anchor-select');
-  if ([...anchorSel.options].map((o) => o.textContent).join('|') !== anchorNames.join('|')) {
-    anchorSel.replaceChildren();
-    anchorNames.forEach((n, i) => { const o = el('option', { text: n }, anchorSel); o.value = i - 1; });
-  }
-  anchorSel.value = String(Math.min(app.state.anchor, (anchors?.length || 0) - 1));
+  [...tabs.children].forEach((b, i) => b.classList.toggle('on', i === L));
+  $('level-select').value = String(L);
   const heat = $('heat-select');
-  const mapNames = ['', ...Object.keys(result.map_names || {})];
-  if ([...heat.options].map((o) => o.value).join('|') !== mapNames.join('|')) {
+  const s = spec(r.scheme);
+  const options = ['-', ...s.maps.map((m) => m.name)];
+  if ([...heat.options].map((o) => o.value).join('|') !== options.join('|')) {
     heat.replaceChildren();
-    for (const m of mapNames) { const o = el('option', { text: m || t('view.noHeat') }, heat); o.value = m; if (m) o.title = result.map_names[m]; }
+    for (const name of options) {
+      const o = el('option', { text: name === '-' ? t('view.noHeat') : name }, heat);
+      o.value = name;
+      const declared = s.maps.find((m) => m.name === name);
+      if (declared) o.title = declared.doc;
+    }
   }
-  heat.value = app.state.heat;
+  heat.value = heatName() || '-';
+}
+
+function renderBoxEntry() {
+  const box = app.result?.boxes?.[app.state.sel];
+  const fields = ['cx', 'cy', 'w', 'h', 'x1', 'y1', 'x2', 'y2'];
+  $('box-none').hidden = Boolean(box);
+  for (const f of fields) {
+    const input = $(`box-${f}`);
+    input.disabled = !box;
+    if (document.activeElement !== input) input.value = box ? String(box[f]) : '';
+  }
 }
 
 function syncControls() {
   setLanguage(app.state.lang);
-  $('lang-toggle').textContent = app.state.lang === 'zh' ? 'English' : '中文';
+  const other = app.state.lang === 'zh' ? 'en' : 'zh';
+  $('lang-switch').textContent = other === 'zh' ? '中文' : 'English';
+  $('lang-switch').lang = other;
   fillSchemeSelect($('scheme-select'), app.state.scheme);
-  const spec = schemeSpec();
-  $('scheme-doc').textContent = spec ? `${spec.doc} — ${spec.upstream}` : '';
-  renderControls($('param-controls'), spec, app.state.params, (name, value, { live = false } = {}) => { app.state.params = { ...app.state.params, [name]: value }; update({ dragging: live }); });
-  $('progress').value = app.state.progress; $('progress-out').textContent = fmt(app.state.progress);
-  $('seed').value = app.state.seed;
-  $('img-w').value = app.state.width; $('img-h').value = app.state.height;
-  $('nc').value = app.state.nc; $('cls-picker').value = app.state.cls; $('cls-picker').max = app.state.nc - 1;
-  $('show-preds').checked = app.state.preds;
-  $('zoom-select').value = String(app.state.zoom);
+  const s = spec();
+  $('scheme-doc').textContent = s ? `${s.doc} — ${s.upstream}` : '';
+  renderControls($('param-controls'), s, app.state.params, (name, value, { live = false } = {}) => {
+    app.state.params = { ...app.state.params, [name]: value };
+    update({ dragging: live });
+  });
+  const d = app.sceneDefaults;
+  const progress = app.state.progress ?? d.predictions.progress;
+  $('progress').value = progress; $('progress-out').textContent = fmt(progress);
+  $('seed').value = app.state.seed ?? d.predictions.seed;
+  $('img-w').value = app.state.width ?? d.image.width;
+  $('img-h').value = app.state.height ?? d.image.height;
+  $('nc').value = app.state.nc ?? d.nc;
+  $('cls-picker').value = app.state.boxes[app.state.sel]?.cls ?? 0;
   $('compare-on').checked = app.state.compare;
   $('compare-controls').hidden = !app.state.compare;
   $('cmp-col').hidden = !app.state.compare;
-  fillSchemeSelect($('cmp-scheme-select'), app.state.cmpScheme);
-  renderControls($('cmp-param-controls'), schemeSpec(app.state.cmpScheme), app.state.cmpParams, (name, value, { live = false } = {}) => { app.state.cmpParams = { ...app.state.cmpParams, [name]: value }; update({ dragging: live }); }, 'cmp-');
-  const presets = $('preset-select');
-  presets.replaceChildren();
-  for (const key of ['choose', ...Object.keys(PRESETS)]) { const o = el('option', { text: t(`preset.${key}`) }, presets); o.value = key === 'choose' ? '' : key; }
+  fillSchemeSelect($('cmp-scheme-select'), app.state.cmpScheme, t('compare.same'));
+  renderControls($('cmp-param-controls'), spec(app.state.cmpScheme || app.state.scheme), app.state.cmpParams, (name, value, { live = false } = {}) => {
+    app.state.cmpParams = { ...app.state.cmpParams, [name]: value };
+    update({ dragging: live });
+  }, 'cmp-');
+  loadPresets();
+}
+
+async function loadPresets() {
+  const scene = sceneOf();
+  const key = `${scene.scheme}|${scene.image.width}|${scene.image.height}|${scene.nc}`;
+  if (!app.presets.has(key)) {
+    try { app.presets.set(key, (await getPresets(scene.scheme, scene)).presets); } catch { app.presets.set(key, []); }
+  }
+  const select = $('preset-select');
+  select.replaceChildren();
+  const blank = el('option', { text: '—' }, select); blank.value = '';
+  for (const p of app.presets.get(key)) { const o = el('option', { text: p.title }, select); o.value = p.name; o.title = p.doc; }
+  app.presetList = app.presets.get(key);
+}
+
+/** An integer from a number field, or null when the field does not hold one (the server says why). */
+function intField(input) {
+  const v = Number(input.value);
+  return input.value === '' || !Number.isInteger(v) ? input.value : v;
 }
 
 function bindControls() {
   $('scheme-select').addEventListener('change', (e) => {
-    app.state.scheme = e.target.value; app.state.params = {}; app.state.stage = '';
-    const spec = schemeSpec(); app.state.heat = spec ? Object.keys(spec.maps || {})[0] || '' : '';
+    app.state.scheme = e.target.value; app.state.params = {}; app.state.stage = ''; app.state.heat = ''; app.state.level = 0; app.state.anchor = -1; app.state.pins = [];
     syncControls(); update();
   });
   $('cmp-scheme-select').addEventListener('change', (e) => { app.state.cmpScheme = e.target.value; app.state.cmpParams = {}; syncControls(); update(); });
   const setProgress = (e, live) => { app.state.progress = Number(e.target.value); $('progress-out').textContent = fmt(app.state.progress); update({ dragging: live }); };
-  $('progress').addEventListener('input', (e) => setProgress(e, true)); // light requests while sliding
+  $('progress').addEventListener('input', (e) => setProgress(e, true));
   $('progress').addEventListener('change', (e) => setProgress(e, false));
-  $('seed').addEventListener('change', (e) => { app.state.seed = Math.max(0, parseInt(e.target.value, 10) || 0); update(); });
-  $('img-w').addEventListener('change', (e) => { app.state.width = parseInt(e.target.value, 10) || app.state.width; update(); });
-  $('img-h').addEventListener('change', (e) => { app.state.height = parseInt(e.target.value, 10) || app.state.height; update(); });
-  $('nc').addEventListener('change', (e) => { app.state.nc = parseInt(e.target.value, 10) || app.state.nc; update(); });
+  $('seed').addEventListener('change', (e) => { app.state.seed = intField(e.target); update(); });
+  $('img-w').addEventListener('change', (e) => { app.state.width = intField(e.target); app.state.view = null; update(); });
+  $('img-h').addEventListener('change', (e) => { app.state.height = intField(e.target); app.state.view = null; update(); });
+  $('nc').addEventListener('change', (e) => { app.state.nc = intField(e.target); update(); });
   $('cls-picker').addEventListener('change', (e) => {
-    app.state.cls = Math.max(0, parseInt(e.target.value, 10) || 0);
-    if (app.selected >= 0 && app.state.boxes[app.selected]) { app.state.boxes[app.selected].cls = app.state.cls; }
-    update();
+    const cls = intField(e.target);
+    const box = app.state.boxes[app.state.sel];
+    if (box) { box.cls = cls; update(); }
   });
-  $('level-select').addEventListener('change', (e) => { app.state.level = Number(e.target.value); app.state.anchor = -1; writeHash(true); renderFast(probe.renderedSeq); });
-  $('anchor-select').addEventListener('change', (e) => { app.state.anchor = Number(e.target.value); writeHash(true); renderFast(probe.renderedSeq); });
-  $('heat-select').addEventListener('change', (e) => { app.state.heat = e.target.value; writeHash(true); renderFast(probe.renderedSeq); });
-  $('zoom-select').addEventListener('change', (e) => { app.state.zoom = Number(e.target.value); writeHash(true); applyZoom(); renderFast(probe.renderedSeq); });
-  $('show-preds').addEventListener('change', (e) => { app.state.preds = e.target.checked; writeHash(true); renderFast(probe.renderedSeq); });
-  $('compare-on').addEventListener('change', (e) => { app.state.compare = e.target.checked; if (app.state.compare && !app.state.cmpScheme) app.state.cmpScheme = app.state.scheme; syncControls(); update(); });
-  $('stage-select').addEventListener('change', (e) => { app.state.stage = e.target.value; writeHash(true); renderStage($('stage-detail'), app.result, app.state.stage, fetchExport); });
-  const step = (d) => {
-    const sel = $('stage-select');
-    const i = Math.max(0, Math.min(sel.options.length - 1, sel.selectedIndex + d));
-    if (sel.options[i]) { sel.selectedIndex = i; sel.dispatchEvent(new Event('change')); }
+  for (const f of ['cx', 'cy', 'w', 'h', 'x1', 'y1', 'x2', 'y2']) {
+    $(`box-${f}`).addEventListener('change', () => {
+      const box = app.state.boxes[app.state.sel];
+      if (!box) return;
+      const v = (name) => Number($(`box-${name}`).value);
+      app.state.boxes[app.state.sel] = ['cx', 'cy', 'w', 'h'].includes(f)
+        ? geo.boxFromCentre(box.cls, v('cx'), v('cy'), v('w'), v('h'))
+        : geo.roundBox({ cls: box.cls, x1: v('x1'), y1: v('y1'), x2: v('x2'), y2: v('y2') });
+      update();
+    });
+  }
+  $('level-select').addEventListener('change', (e) => { app.state.level = Number(e.target.value); writeHash(true); renderFast(probe.renderedSeq); });
+  $('heat-select').addEventListener('change', (e) => { app.state.heat = e.target.value; update(); });
+  $('loss-log').addEventListener('change', () => renderTermBars($('loss-bar'), app.result, { log: $('loss-log').checked }));
+  $('zoom-in').addEventListener('click', () => setView(geo.zoomView(currentView(), 1.5, geo.rectCentre(viewRect()), gridView.width, gridView.height)));
+  $('zoom-out').addEventListener('click', () => setView(geo.zoomView(currentView(), 0.66, geo.rectCentre(viewRect()), gridView.width, gridView.height)));
+  $('zoom-fit').addEventListener('click', () => setView(geo.fullView(gridView.width, gridView.height)));
+  $('zoom-focus').addEventListener('click', () => { app.state.view = null; applyView(); writeHash(); });
+  $('compare-on').addEventListener('change', (e) => { app.state.compare = e.target.checked; syncControls(); update(); });
+  const step = (next) => {
+    const current = $('stage-select').selectedOptions[0];
+    const target = next ? current?.nextElementSibling : current?.previousElementSibling;
+    if (target) pickStage(target.value);
   };
-  $('stage-prev').addEventListener('click', () => step(-1));
-  $('stage-next').addEventListener('click', () => step(1));
+  $('stage-prev').addEventListener('click', () => step(false));
+  $('stage-next').addEventListener('click', () => step(true));
+  $('stage-select').addEventListener('change', (e) => pickStage(e.target.value));
   $('preset-select').addEventListener('change', (e) => {
-    const make = PRESETS[e.target.value];
-    if (!make) return;
-    const spec = schemeSpec();
-    const strides = spec?.strides || [8, 16, 32];
-    const anchorT = app.state.params.anchor_t ?? spec?.params.find((p) => p.name === 'anchor_t')?.default;
-    app.state.boxes = make({ width: app.state.width, height: app.state.height, nc: app.state.nc, strides, anchors: spec?.anchors_px ?? app.result?.levels.map((l) => l.anchors), anchorT });
-    app.selected = app.state.boxes.length ? 0 : -1;
+    const preset = app.presetList?.find((p) => p.name === e.target.value);
+    if (!preset) return;
+    app.state.boxes = preset.boxes.map((b) => ({ ...b }));
+    app.state.params = { ...app.state.params, ...preset.params };
+    app.state.sel = preset.boxes.length ? 0 : -1;
+    app.state.view = null; app.state.pins = [];
     e.target.value = '';
-    update();
+    syncControls(); update();
   });
   $('delete-box').addEventListener('click', () => {
-    if (app.selected < 0) return;
-    app.state.boxes.splice(app.selected, 1); app.selected = -1; update();
+    if (!app.state.boxes[app.state.sel]) return;
+    app.state.boxes.splice(app.state.sel, 1); app.state.sel = -1; app.state.pins = []; update();
   });
-  $('clear-boxes').addEventListener('click', () => { app.state.boxes = []; app.selected = -1; update(); });
-  $('lang-toggle').addEventListener('click', () => { app.state.lang = app.state.lang === 'zh' ? 'en' : 'zh'; syncControls(); writeHash(true); renderFast(probe.renderedSeq); renderSlow(); });
+  $('clear-boxes').addEventListener('click', () => { app.state.boxes = []; app.state.sel = -1; app.state.pins = []; update(); });
+  $('lang-switch').addEventListener('click', () => {
+    app.state.lang = app.state.lang === 'zh' ? 'en' : 'zh';
+    syncControls(); lessons.sync(); update();
+  });
   $('export-json').addEventListener('click', async () => {
     try {
-      const { blob, filename } = await exportTrace(toScene(app.state));
+      const { blob, filename } = await exportTrace(sceneOf());
       const url = URL.createObjectURL(blob);
       const a = el('a', { attrs: { href: url, download: filename } }, document.body);
       a.click(); a.remove();
@@ -344,19 +456,8 @@ function bindControls() {
   });
   $('import-json').addEventListener('change', async (e) => {
     const file = e.target.files?.[0];
-    if (!file) return;
-    try {
-      const data = JSON.parse(await file.text());
-      const scene = data.format === 'losslab-trace' ? data.scene : data;
-      app.state = fromScene(scene, app.state);
-      // an export lists every parameter; keep only those that differ from the upstream defaults
-      const spec = schemeSpec();
-      for (const p of spec?.params || []) if (app.state.params[p.name] === p.default) delete app.state.params[p.name];
-      app.selected = -1;
-      syncControls(); update();
-      setStatus(t('status.imported'));
-    } catch (error) { setStatus(`import: ${error.message}`, true); }
     e.target.value = '';
+    if (file) await importFile(file);
   });
   $('copy-link').addEventListener('click', async () => {
     writeHash(true);
@@ -364,50 +465,92 @@ function bindControls() {
   });
   $('bg-file').addEventListener('change', (e) => {
     const file = e.target.files?.[0];
-    sceneView.setBackground(file ? URL.createObjectURL(file) : null); // a blob: URL, never uploaded
+    gridView.setBackground(file ? URL.createObjectURL(file) : null); // a blob: URL, never uploaded
   });
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && app.picked) { app.picked = null; renderInspectorNow(); } });
+}
+
+function viewRect() { const v = currentView(); return { x: v.x0, y: v.y0, w: v.w, h: v.h }; }
+
+/**
+ * Import a scene or an export: the server checks it first (a probe request); only a scene it
+ * accepts replaces the current one, and the status line says which happened and why.
+ */
+async function importFile(file) {
+  let data;
+  try { data = JSON.parse(await file.text()); } catch (error) { setStatus(`${t('status.importFailed')}: ${file.name}: not JSON (${error.message})`, true); return; }
+  const imported = sceneFromImport(data);
+  if (imported instanceof Error) { setStatus(`${t('status.importFailed')}: ${file.name}: ${imported.message}`, true); return; }
+  const candidate = { ...app.state, ...imported, sel: imported.boxes.length ? 0 : -1, view: null, stage: '' };
+  try {
+    await explain(toScene(candidate, app.sceneDefaults), { kind: 'probe', lang: app.state.lang });
+  } catch (error) {
+    const where = (error.detail || []).map((d) => `${fmtLoc(d.loc)}: ${d.msg}`).join('; ');
+    setStatus(`${t('status.importFailed')}: ${file.name}: ${where || error.message}`, true);
+    return;
+  }
+  const s = app.schemes[imported.scheme];
+  for (const p of s?.params || []) if (candidate.params[p.name] === p.default) delete candidate.params[p.name];
+  app.state = candidate;
+  syncControls(); update();
+  setStatus(`${t('status.imported')}: ${file.name} · ${imported.scheme} · ${imported.boxes.length} ${imported.boxes.length === 1 ? 'box' : 'boxes'}`);
 }
 
 // ---- start -----------------------------------------------------------------------------------
-const sceneView = new SceneView($('scene-wrap'), {
+const gridView = new GridView($('scene-wrap'), {
   editable: true,
   testid: 'scene',
-  currentClass: () => Math.min(app.state.cls, app.state.nc - 1),
+  currentClass: () => Number($('cls-picker').value) || 0,
   nudgeStride: () => app.result?.levels[levelIndex()]?.stride ?? 8,
   onSelect: (index, { silent } = {}) => {
-    app.selected = index;
-    if (index >= 0 && app.state.boxes[index]) { app.state.cls = app.state.boxes[index].cls; $('cls-picker').value = app.state.cls; }
-    if (!silent) { sceneView.renderBoxes(app.state.boxes, index); applyZoom(); }
+    app.state.sel = index;
+    $('cls-picker').value = app.state.boxes[index]?.cls ?? $('cls-picker').value;
+    if (!silent) { gridView.renderBoxes(app.state.boxes, index); writeHash(); if (app.result) { renderFast(probe.renderedSeq); renderSlow(); } }
   },
   onBoxes: (boxes, { dragging, pointerTime }) => {
     app.state.boxes = boxes.map((b) => ({ ...b }));
+    if (!dragging) app.state.pins = [];
     update({ dragging, pointerTime });
   },
-  onHover: (cell) => { if (cell) { app.hoverCell = cell; renderCell(); } },
+  onHover: (cell) => { app.hover = cell; if (cell && !app.picked) renderInspectorNow(); },
+  onPick: (cell) => {
+    if (lessons.picking()) { lessons.toggleGuess(levelIndex(), cell); return; }
+    app.picked = app.picked && app.picked.gi === cell.gi && app.picked.gj === cell.gj ? null : cell;
+    renderInspectorNow();
+  },
+  onView: (view) => setView(view),
 });
-const cmpView = new SceneView($('cmp-scene-wrap'), { editable: false, testid: 'cmp-scene' });
+const cmpView = new GridView($('cmp-scene-wrap'), { editable: false, testid: 'cmp-scene', onView: (view) => setView(view) });
+
+const lessons = new Lessons({
+  app, $, update, syncControls, setStatus, gridView,
+  levelIndex, writeHash,
+  setState: (patch) => { Object.assign(app.state, patch); },
+});
 
 async function start() {
   setLanguage(app.state.lang);
   setStatus(t('status.loading'));
   try {
-    const { schemes } = await getSchemes();
-    for (const s of schemes) app.schemes[s.name] = s;
+    const body = await getSchemes();
+    for (const s of body.schemes) app.schemes[s.name] = s;
+    app.sceneDefaults = body.scene_defaults;
   } catch (error) {
     setStatus(error.message, true);
     return;
   }
-  if (!app.schemes[app.state.scheme]) app.state.scheme = Object.keys(app.schemes)[0] || app.state.scheme;
-  if (!app.schemes[app.state.cmpScheme]) app.state.cmpScheme = app.state.scheme;
+  if (!app.schemes[app.state.scheme]) app.state.scheme = Object.keys(app.schemes)[0] || '';
   if (!location.hash) {
-    app.state.heat = Object.keys(schemeSpec()?.maps || {})[0] || '';
-    app.state.boxes = PRESETS.learners19();
+    const presets = (await getPresets(app.state.scheme, sceneOf())).presets;
+    app.state.boxes = presets.find((p) => p.name === 'learners19')?.boxes.map((b) => ({ ...b })) ?? [];
   }
   syncControls();
   bindControls();
+  await lessons.start();
   update();
+  setStatus('');
   document.body.dataset.ready = '1';
 }
 
 start();
-export { app, defaults };
+export { app };

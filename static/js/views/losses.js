@@ -1,116 +1,99 @@
-// Loss panel: every term the server computed (table), a stacked bar per level where the code
-// splits a term by level, and the focal-loss curve (server points only).
-import { fmt, el } from './format.js';
+// The loss, as it adds up: a waterfall per term built from the server's composition (each part's
+// raw value, × its factor, the sum, ÷ the divisor, × the gain), then the total; a bar chart of the
+// terms on a log scale so a small box loss is not hidden by a large class loss; the focal curve from
+// the server's points. Every number, product and sum shown is the server's.
+import { el, fmt } from './format.js';
 import { t } from '../i18n.js';
-import { OKABE_ITO } from '../config.js';
-import { decodeLevel, plain } from '../api.js';
+import { BOX_COLOURS, boxColour } from './colour.js';
+import { barChartHeight } from './geometry.js';
+import { plain } from '../api.js';
 
-const LAYOUT = { margin: { l: 50, r: 10, t: 30, b: 40 }, font: { size: 11 }, barmode: 'stack', showlegend: true, legend: { orientation: 'h' } };
-const CONFIG = { displayModeBar: false, responsive: true, staticPlot: false };
+const CONFIG = { displayModeBar: false, responsive: true };
+const plotlyReady = () => typeof window.Plotly !== 'undefined';
 
-function plotlyReady() { return typeof window.Plotly !== 'undefined'; }
+function factor(parent, symbol, value, label, cls = 'factor') {
+  const node = el('span', { cls, attrs: { 'data-factor': label || symbol } }, parent);
+  node.append(`${symbol} ${fmt(value)}`);
+  if (label) el('small', { text: ` ${label}` }, node);
+  return node;
+}
 
-export function renderLosses(barEl, tableEl, result) {
-  tableEl.replaceChildren();
-  if (!result) return;
-  const losses = result.losses || {};
-  const head = el('tr', {}, el('thead', {}, tableEl));
-  el('th', { text: t('loss.term') }, head); el('th', { text: t('loss.value') }, head);
-  const body = el('tbody', {}, tableEl);
-  for (const [name, value] of Object.entries(losses)) {
-    const tr = el('tr', {}, body);
-    tr.dataset.term = name;
-    el('td', { text: name }, tr); el('td', { text: fmt(value) }, tr);
+/**
+ * The waterfall (data-testid="loss-waterfall"). onHover(termName | null, partLabel | null) lets the
+ * page light up the cells a term or a level's part comes from.
+ */
+export function renderWaterfall(root, result, onHover) {
+  root.replaceChildren();
+  const c = result?.composition;
+  if (!c) { el('p', { cls: 'hint', text: t('loss.noComposition') }, root); return; }
+  const table = el('div', { cls: 'waterfall', attrs: { 'data-testid': 'loss-waterfall' } }, root);
+  for (const term of c.terms) {
+    const row = el('div', { cls: 'wrow', attrs: { 'data-term': term.name } }, table);
+    row.addEventListener('mouseenter', () => onHover?.(term.name, null));
+    row.addEventListener('mouseleave', () => onHover?.(null, null));
+    el('span', { cls: 'wname', text: term.name, attrs: { title: term.doc } }, row);
+    const parts = el('span', { cls: 'wparts' }, row);
+    term.parts.forEach((p, i) => {
+      if (i) parts.append(' + ');
+      const part = el('span', { cls: 'wpart', attrs: { 'data-part': p.label, 'data-raw': plain(p.raw), 'data-factor-value': p.factor, 'data-value': plain(p.value) } }, parts);
+      part.addEventListener('mouseenter', (e) => { e.stopPropagation(); onHover?.(term.name, p.label); });
+      part.append(`${p.label} ${fmt(p.raw)}`);
+      if (p.factor !== 1) { factor(part, '×', p.factor, term.part_factor); part.append(` = ${fmt(p.value)}`); }
+    });
+    const steps = el('span', { cls: 'wsteps' }, row);
+    if (term.parts.length !== 1 || term.parts[0].factor !== 1) steps.append(` = Σ ${fmt(term.sum)}`);
+    if (term.divisor !== 1) { factor(steps, '÷', term.divisor, term.divisor_label); steps.append(` = ${fmt(term.normalised)}`); }
+    if (term.gain !== 1) factor(steps, '×', term.gain, term.gain_label, 'factor gain');
+    el('strong', { cls: 'wvalue', text: ` = ${fmt(term.value)}`, attrs: { 'data-testid': 'term-value', 'data-value': plain(term.value) } }, steps);
   }
-  if (!plotlyReady()) return;
-  const levelNames = result.levels.map((l) => l.name);
-  // raw (before gains) and bookkeeping entries stay in the table; the chart shows the terms
-  const terms = Object.keys(losses).filter((k) => !k.includes('.') && k !== 'total' && !/_raw$|_sum$/.test(k));
-  // x: for each term split by level, "Σ term.Pk" stacked by level, then the term after its gain;
-  // then the total stacked from the terms. All heights are the server's numbers.
-  const x = [];
-  for (const term of terms) {
-    if (levelNames.some((lvl) => `${term}.${lvl}` in losses)) x.push(`Σ ${term}.P*`);
-    x.push(term);
-  }
-  x.push('total');
-  const traces = [];
-  levelNames.forEach((lvl, i) => {
-    const y = x.map((cat) => { const term = cat.startsWith('Σ ') ? cat.slice(2, -3) : null; return term && `${term}.${lvl}` in losses ? plain(losses[`${term}.${lvl}`]) : null; });
-    if (y.some((v) => v !== null)) traces.push({ type: 'bar', name: lvl, x, y, marker: { color: OKABE_ITO[i % 7] } });
-  });
-  // the total bar is stacked from the terms only when they add up to it (as the server reports them)
-  const sum = terms.reduce((acc, term) => acc + plain(losses[term]), 0);
-  const total = plain(losses.total);
-  const stacksToTotal = Math.abs(sum - total) <= 1e-4 * Math.max(1, Math.abs(total));
-  if (!stacksToTotal) traces.push({ type: 'bar', name: 'total', x: ['total'], y: [total], marker: { color: '#000000' } });
-  terms.forEach((term, i) => {
-    const colour = OKABE_ITO[(i + 3) % 7];
-    const y = x.map((cat) => (cat === term || (cat === 'total' && stacksToTotal) ? plain(losses[term]) : null));
-    traces.push({ type: 'bar', name: term, x, y, marker: { color: colour, pattern: { shape: ['/', '.', 'x', '-'][i % 4] } } });
-  });
-  const layout = { ...LAYOUT, title: { text: `${t('loss.bar')} · total = ${fmt(losses.total)}`, font: { size: 12 } } };
-  window.Plotly.react(barEl, traces, layout, CONFIG);
+  const total = el('div', { cls: 'wrow wtotal' }, table);
+  el('span', { cls: 'wname', text: t('loss.total') }, total);
+  const sum = el('span', { cls: 'wparts' }, total);
+  sum.append(`(${c.terms.map((x) => `${x.name} ${fmt(x.value)}`).join(' + ')}) = ${fmt(c.sum)}`);
+  const steps = el('span', { cls: 'wsteps' }, total);
+  if (c.multiplier !== 1 || c.multiplier_label) factor(steps, '×', c.multiplier, c.multiplier_label);
+  el('strong', { cls: 'wvalue', text: ` = ${fmt(c.total)}`, attrs: { 'data-testid': 'waterfall-total', 'data-value': plain(c.total) } }, steps);
+  if (c.formula) el('div', { cls: 'hint', text: `${t('loss.formula')}: ${c.formula}` }, root);
 }
 
-let curveCache = new Map(); // "gamma,alpha" -> points | null (endpoint missing)
-
-let curveEndpoint = null; // Promise<boolean>: does the server offer GET /api/v1/focal_curve?
-
-function hasCurveEndpoint() {
-  curveEndpoint ??= fetch('/openapi.json').then((r) => r.json()).then((o) => Boolean(o.paths?.['/api/v1/focal_curve'])).catch(() => false);
-  return curveEndpoint;
+/** Term values as horizontal bars on a log axis (the server's values). */
+export function renderTermBars(plotEl, result, { log = true } = {}) {
+  const c = result?.composition;
+  if (!plotlyReady() || !c) { plotEl.hidden = true; return; }
+  plotEl.hidden = false;
+  const names = c.terms.map((x) => x.name);
+  const values = c.terms.map((x) => plain(x.value));
+  const trace = { type: 'bar', orientation: 'h', y: names, x: values, text: values.map((v) => fmt(v)), textposition: 'auto',
+                  marker: { color: names.map((_, i) => boxColour(i + 4)) }, hoverinfo: 'y+text' };
+  const layout = { margin: { l: 80, r: 20, t: 8, b: 36 }, height: barChartHeight(names.length), font: { size: 11 },
+                   xaxis: { type: log ? 'log' : 'linear', title: { text: log ? t('loss.logAxis') : t('loss.linearAxis') }, automargin: true },
+                   yaxis: { automargin: true } };
+  window.Plotly.react(plotEl, [trace], layout, CONFIG);
 }
 
-async function fetchCurve(gamma, alpha) {
-  const key = `${gamma},${alpha}`;
-  if (curveCache.has(key)) return curveCache.get(key);
-  let points = null;
-  if (!(await hasCurveEndpoint())) return null;
-  try {
-    const response = await fetch(`/api/v1/focal_curve?gamma=${encodeURIComponent(gamma)}&alpha=${encodeURIComponent(alpha)}`);
-    if (response.ok) points = await response.json();
-  } catch { points = null; }
-  curveCache.set(key, points);
-  return points;
-}
-
-function findMap(result, test) {
-  return Object.keys(result.maps || {}).find(test);
-}
-
-export async function renderFocal(plotEl, noteEl, result) {
-  if (!result || !plotlyReady()) return;
-  const params = result.scene?.params || {};
-  const gammaName = ['fl_gamma', 'gamma'].find((k) => k in params);
-  if (!gammaName) {
-    noteEl.textContent = `${result.scheme}: no focal γ parameter in this scheme.`;
-    window.Plotly.react(plotEl, [], { ...LAYOUT, title: { text: t('focal.title'), font: { size: 12 } } }, CONFIG);
+/** The focal curve of the scheme (none when it has no focal term): the server's curve, marks and points. */
+export function renderFocal(plotEl, noteEl, result) {
+  const f = result?.focal;
+  if (!f) {
+    plotEl.hidden = true;
+    noteEl.textContent = t('focal.none');
     return;
   }
-  const gamma = params[gammaName];
-  const alphaName = ['fl_alpha', 'alpha'].find((k) => k in params);
-  const alpha = alphaName ? params[alphaName] : 0.25;
-  const traces = [];
-  const curve = await fetchCurve(gamma, alpha);
-  if (curve && Array.isArray(curve.p_t)) {
-    traces.push({ type: 'scatter', mode: 'lines', name: `γ=${fmt(gamma)} α=${fmt(alpha)}`, x: curve.p_t.map(plain), y: (curve.loss || curve.focal).map(plain), line: { color: OKABE_ITO[4] } });
-    if (curve.ce) traces.push({ type: 'scatter', mode: 'lines', name: 'CE (γ=0)', x: curve.p_t.map(plain), y: curve.ce.map(plain), line: { color: '#999', dash: 'dot' } });
-    noteEl.textContent = '';
-  } else {
-    noteEl.textContent = t('focal.noCurve');
+  noteEl.textContent = `${f.on ? t('focal.on') : t('focal.off')}: ${f.formula} · γ = ${fmt(f.gamma)}${f.alpha === null ? '' : ` · α = ${fmt(f.alpha)}`} · ${t('focal.appliesTo')} ${f.applies_to}`;
+  if (!plotlyReady()) return;
+  plotEl.hidden = false;
+  const x = f.curve.p_t.map(plain);
+  const traces = [
+    { type: 'scatter', mode: 'lines', name: f.on ? `γ ${fmt(f.gamma)}${f.alpha === null ? '' : `, α ${fmt(f.alpha)}`}` : 'BCE', x, y: f.curve.loss.map(plain), line: { color: BOX_COLOURS[4], width: 2.5 }, hovertemplate: 'p_t %{x:.3f}<br>loss %{y:.4g}<extra></extra>' },
+    { type: 'scatter', mode: 'lines', name: 'CE (γ 0)', x, y: f.curve.ce.map(plain), line: { color: '#888', dash: 'dot' }, hovertemplate: 'p_t %{x:.3f}<br>CE %{y:.4g}<extra></extra>' },
+    { type: 'scatter', mode: 'markers+text', name: 'RetinaNet Fig. 1', x: f.marks.map((m) => m.p_t), y: f.marks.map((m) => plain(m.loss)),
+      text: f.marks.map((m) => fmt(m.loss)), textposition: 'top right', marker: { size: 9, color: BOX_COLOURS[3], symbol: 'diamond' }, hovertemplate: 'p_t %{x}<br>loss %{y:.6g}<extra></extra>' },
+  ];
+  if (f.points && f.points.p_t.length) {
+    traces.push({ type: 'scatter', mode: 'markers', name: t('focal.cells'), x: f.points.p_t.map(plain), y: f.points.loss.map(plain),
+                  marker: { size: 5, color: BOX_COLOURS[5], opacity: 0.7 }, hovertemplate: 'p_t %{x:.3f}<br>%{y:.4g}<extra></extra>' });
   }
-  const ptName = findMap(result, (n) => n === 'p_t' || n.endsWith('p_t'));
-  const flName = findMap(result, (n) => n !== ptName && /focal|fl_|loss/.test(n));
-  if (ptName && flName) {
-    const xs = [], ys = [];
-    result.maps[ptName].levels.forEach((lvl, L) => {
-      const p = decodeLevel(lvl).data, f = decodeLevel(result.maps[flName].levels[L]).data;
-      const stride = Math.max(1, Math.floor(p.length / 700)); // at most ~700 points per level (SVG scatter: scattergl needs eval, which the CSP forbids)
-      for (let k = 0; k < p.length; k += stride) { xs.push(p[k]); ys.push(f[k]); }
-    });
-    traces.push({ type: 'scatter', mode: 'markers', name: `cells (${ptName}, ${flName})`, x: xs, y: ys, marker: { size: 4, color: OKABE_ITO[5] } });
-  }
-  const layout = { ...LAYOUT, barmode: undefined, title: { text: `${t('focal.title')} · ${gammaName}=${fmt(gamma)}`, font: { size: 12 } }, xaxis: { title: { text: 'p_t' }, range: [0, 1] }, yaxis: { title: { text: 'loss' } } };
+  const layout = { margin: { l: 50, r: 10, t: 10, b: 40 }, height: 260, font: { size: 11 }, legend: { orientation: 'h', y: -0.25 },
+                   xaxis: { title: { text: 'p_t' }, range: [0, 1] }, yaxis: { title: { text: t('focal.lossAxis') }, rangemode: 'tozero' } };
   window.Plotly.react(plotEl, traces, layout, CONFIG);
 }
