@@ -20,6 +20,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, StageCell,
                      boxes_to_targets, resolve_device)
+from ..text import T
 from ..trace import Trace
 from .loss import NEIGHBOUR_REASONS, UPSTREAM, ComputeLoss, default_balance, last_write_mask
 
@@ -518,12 +519,15 @@ def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str
     if overwritten:
         notes.append(f"{overwritten} positive rows share a slot with a later row: their objectness target "
                      "was overwritten (last write wins; tobj_written is False).")
-    if count and not bool(torch.isfinite(positives["ciou"]).all()):
-        bad = int((~torch.isfinite(positives["ciou"])).sum())
-        notes.append(f"{bad} positive row(s) have a NaN CIoU, so their objectness target, the box loss and the total "
-                     "are NaN: the prediction reproduces the target box exactly, and upstream's CIoU alpha = v / "
-                     "(v - IoU + (1 + eps)) is then 0 / 0 (v = 0 and IoU rounds to 1 + eps). This is upstream's own "
-                     "number on these logits; any progress below 1 avoids it.")
+    broken = ~(torch.isfinite(positives["ciou"]) & torch.isfinite(positives["tobj"])) if count else None
+    if count and bool(broken.any()):
+        notes.append(T("{bad} positive row(s) have a NaN CIoU, so their objectness target, the box loss and the "
+                       "total are NaN: the prediction reproduces the target box exactly, and upstream's CIoU alpha = "
+                       "v / (v - IoU + (1 + eps)) is then 0 / 0 (v = 0 and IoU rounds to 1 + eps). This is upstream's "
+                       "own number on these logits; any progress below 1 avoids it.", bad=int(broken.sum())))
+    elif not bool(torch.isfinite(losses["total"])):
+        notes.append(T("The total is not finite ({total}): a loss term overflowed on these logits, as upstream's "
+                       "would.", total=float(losses["total"])))
     if count:
         gated = []
         for name in compute.level_names:
