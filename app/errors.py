@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("losslab")
 
-SCENE_FIELDS = {"scheme", "image", "nc", "boxes", "params", "predictions", "device"}
+SCENE_FIELDS = {"scheme", "image", "nc", "boxes", "params", "predictions", "device", "levels"}
 _PATH = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*):\s*(.*)$", re.S)
 _SEGMENT = re.compile(r"\[(\d+)\]|\.?([A-Za-z_]\w*)")
 

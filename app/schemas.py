@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from losscore.scene import MAX_BOXES, MAX_PINS, Box, Pin, Scene
+from losscore.scene import MAX_BOXES, MAX_PINS, Box, LevelSpec, Pin, Scene
 ParamValue = Union[bool, int, float, str]
 FloatOut = Union[float, Literal["nan", "inf", "-inf"]]  # non-finite floats travel as strings
 
@@ -44,6 +44,11 @@ class PinIn(_Strict):
     h: float = Field(description="predicted height, px (> 0)")
 
 
+class LevelIn(_Strict):
+    stride: int = Field(description="px per cell of this level")
+    anchors: list[list[float]] = Field(max_length=9, description="anchors [[w, h], ...] in pixels")
+
+
 class PredictionsIn(_Strict):
     seed: int = Field(0, description="noise seed of the untrained head, in [0, 2^31)")
     progress: float = Field(0.5, description="0 = untrained random head, 1 = perfect head")
@@ -62,6 +67,8 @@ class SceneIn(_Strict):
                                           description="omitted -> upstream defaults; unknown -> 422")
     predictions: PredictionsIn = Field(default_factory=PredictionsIn)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    levels: list[LevelIn] | None = Field(None, max_length=6, description="custom levels and anchors for "
+                                         "anchor-based schemes (GET /api/v1/schemes custom_levels); null: the scheme's")
 
     def to_scene(self) -> Scene:
         """The losscore scene (not yet validated against its scheme)."""
@@ -71,6 +78,8 @@ class SceneIn(_Strict):
             params=dict(self.params), seed=self.predictions.seed, progress=self.predictions.progress,
             pins=tuple(Pin(p.level, p.anchor, p.gi, p.gj, p.cx, p.cy, p.w, p.h) for p in self.predictions.pins),
             device=self.device,
+            levels=None if self.levels is None else tuple(
+                LevelSpec(lv.stride, tuple(tuple(a) for a in lv.anchors)) for lv in self.levels),
         )
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from . import registry
 from .mmdet.loss import py_focal_loss_with_prob
-from .scene import Box, Check, LossComposition, Pin, Scene, SceneResult, SchemeSpec, stage_parts
+from .scene import Box, Check, LevelSpec, LossComposition, Pin, Scene, SceneResult, SchemeSpec, stage_parts
 from .text import render
 from .trace import Trace, encode_tensor
 from .wire import LazyFlat, batch_stats, dtype_name, encode_map, flat_values, numpy_flat, plain, plain_float
@@ -74,6 +74,8 @@ def scene_to_dict(scene: Scene) -> dict[str, Any]:
             ],
         },
         "device": scene.device,
+        **({} if scene.levels is None else
+           {"levels": [{"stride": lv.stride, "anchors": [list(a) for a in lv.anchors]} for lv in scene.levels]}),
     }
 
 
@@ -114,6 +116,13 @@ def scene_from_dict(body: Mapping[str, Any]) -> Scene:
     params = body.get("params") or {}
     if not isinstance(params, Mapping):
         raise ValueError("params: expected an object")
+    levels = body.get("levels")
+    if levels is not None:
+        if not isinstance(levels, list):
+            raise ValueError("levels: expected a list")
+        levels = tuple(LevelSpec(_field(lv, "stride", f"levels[{i}]"),
+                                 tuple(tuple(a) for a in _field(lv, "anchors", f"levels[{i}]")))
+                       for i, lv in enumerate(levels))
     return Scene(
         scheme=_field(body, "scheme", ""),
         width=_field(image, "width", "image"),
@@ -125,6 +134,7 @@ def scene_from_dict(body: Mapping[str, Any]) -> Scene:
         progress=_field(predictions, "progress", "predictions", 0.5),
         pins=tuple(pins),
         device=body.get("device", "auto"),
+        levels=levels,
     )
 
 

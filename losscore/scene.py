@@ -36,7 +36,9 @@ from .trace import Trace
 __all__ = [
     "Box",
     "Pin",
+    "LevelSpec",
     "Scene",
+    "scene_levels",
     "ParamSpec",
     "ColumnSpec",
     "RuleSpec",
@@ -140,6 +142,14 @@ class Pin:
 
 
 @dataclass(frozen=True)
+class LevelSpec:
+    """A detection level a learner defines for an anchor-based scheme: its stride (px) and anchors (w, h px)."""
+
+    stride: int
+    anchors: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
 class Scene:
     scheme: str
     width: int
@@ -151,6 +161,7 @@ class Scene:
     progress: float = 0.5
     pins: tuple[Pin, ...] = ()
     device: str = "auto"
+    levels: tuple[LevelSpec, ...] | None = None  # custom levels and anchors (anchor-based schemes); None: the scheme's
 
     def param(self, name: str) -> Any:
         """The value of a parameter of a validated scene (:func:`validate_scene` fills every default)."""
@@ -173,6 +184,7 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
     doc: str = ""  # one-line meaning
     upstream: str = ""  # the upstream symbol, e.g. "hyp['anchor_t']"
+    inert_hint: str = ""  # said when moving it changes nothing in a scene ("no anchor has ... try the preset ...")
 
     def validate(self, value: Any) -> Any:
         where = f"params.{self.name}"
@@ -493,6 +505,7 @@ class SchemeSpec:
     phases: tuple[PhaseSpec, ...] = ()
     anchors_px: tuple[tuple[tuple[float, float], ...], ...] | None = None  # default anchors per level
     level_names: tuple[str, ...] = ()  # e.g. ("P3", "P4", "P5"); default P{3 + i}
+    custom_levels: bool = False  # a scene may bring its own levels and anchors (Scene.levels)
     pred_box: str | None = None  # the positives column holding each positive's predicted box (xyxy px)
     target_box: str | None = None  # the positives column holding its target box (xyxy px)
     inspector: InspectorSpec = field(default_factory=InspectorSpec)
@@ -557,6 +570,7 @@ class SchemeSpec:
             "focal": None if self.focal is None else self.focal.to_dict(lang),
             "phases": [p.to_dict(lang) for p in self.phases],
             "anchors_px": None if self.anchors_px is None else [[list(a) for a in lvl] for lvl in self.anchors_px],
+            "custom_levels": self.custom_levels,
             "pred_box": self.pred_box,
             "target_box": self.target_box,
             "inspector": self.inspector.to_dict(lang),
@@ -604,6 +618,8 @@ def validate_scene(scene: Scene, spec: SchemeSpec) -> Scene:
     """
     if scene.scheme != spec.name:
         raise ValueError(f"scheme: the scene is for {scene.scheme!r}, not {spec.name!r}")
+    _validate_levels(scene, spec)
+    strides = [lv.stride for lv in scene.levels] if scene.levels else list(spec.strides)
     for side, value in (("width", scene.width), ("height", scene.height)):
         if not _is_int(value):
             raise ValueError(f"image.{side}: expected an integer number of pixels, got {_excerpt(value)}")
@@ -611,15 +627,16 @@ def validate_scene(scene: Scene, spec: SchemeSpec) -> Scene:
             raise ValueError(f"image.{side}: must be positive, got {value}")
         if value > MAX_IMAGE_SIDE:
             raise ValueError(f"image.{side}: {value} px is above the limit of {MAX_IMAGE_SIDE} px")
-        largest = max(spec.strides)
+        largest = max(strides)
         if value % largest:
             raise ValueError(
                 f"image.{side}: {value} px is not a multiple of the largest stride {largest} "
                 f"(the grids of all levels must be whole)")
     if not _is_int(scene.nc) or not 1 <= scene.nc <= MAX_NC:
         raise ValueError(f"nc: expected an integer in [1, {MAX_NC}], got {_excerpt(scene.nc)}")
-    cells = sum((scene.width // stride) * (scene.height // stride) for stride in spec.strides)
-    head_elements = cells * 3 * (64 + scene.nc)  # the largest head any scheme builds, per element
+    cells = sum((scene.width // stride) * (scene.height // stride) for stride in strides)
+    anchors = max((len(lv.anchors) for lv in scene.levels), default=3) if scene.levels else 3
+    head_elements = cells * max(3, anchors) * (64 + scene.nc)  # the largest head any scheme builds, per element
     if head_elements > MAX_HEAD_ELEMENTS:
         raise ValueError(
             f"nc: {scene.width}x{scene.height} px with {scene.nc} classes needs a prediction head of about "
@@ -663,8 +680,50 @@ def validate_scene(scene: Scene, spec: SchemeSpec) -> Scene:
     return Scene(
         scheme=scene.scheme, width=scene.width, height=scene.height, nc=scene.nc,
         boxes=tuple(scene.boxes), params=params, seed=scene.seed, progress=float(scene.progress),
-        pins=tuple(scene.pins), device=scene.device,
+        pins=tuple(scene.pins), device=scene.device, levels=scene.levels,
     )
+
+
+MAX_LEVELS = 6
+MAX_ANCHORS = 9
+MAX_STRIDE = 256
+
+
+def _validate_levels(scene: Scene, spec: SchemeSpec) -> None:
+    """Custom levels: only for schemes that declare them; 1..6 levels of increasing stride (2..256 px),
+    each with the same number (1..9) of anchors of positive finite size."""
+    if scene.levels is None:
+        return
+    if not spec.custom_levels:
+        raise ValueError(f"levels: scheme {spec.name!r} has fixed levels; custom levels are for anchor-based schemes")
+    levels = scene.levels
+    if not isinstance(levels, tuple) or not 1 <= len(levels) <= MAX_LEVELS:
+        raise ValueError(f"levels: expected 1 to {MAX_LEVELS} levels, got {len(levels) if isinstance(levels, tuple) else levels!r}")
+    previous = 0
+    for i, level in enumerate(levels):
+        where = f"levels[{i}]"
+        if not _is_int(level.stride) or not 2 <= level.stride <= MAX_STRIDE:
+            raise ValueError(f"{where}.stride: expected an integer in [2, {MAX_STRIDE}] px, got {_excerpt(level.stride)}")
+        if level.stride <= previous:
+            raise ValueError(f"{where}.stride: strides must increase from level to level ({previous} then {level.stride})")
+        previous = level.stride
+        if not 1 <= len(level.anchors) <= MAX_ANCHORS:
+            raise ValueError(f"{where}.anchors: expected 1 to {MAX_ANCHORS} anchors, got {len(level.anchors)}")
+        if len(level.anchors) != len(levels[0].anchors):
+            raise ValueError(f"{where}.anchors: every level needs the same number of anchors "
+                             f"({len(levels[0].anchors)} on level 0, {len(level.anchors)} here)")
+        for a, wh in enumerate(level.anchors):
+            if len(wh) != 2 or not all(_is_number(v) and _finite(v) and 0 < v <= MAX_IMAGE_SIDE * 2 for v in wh):
+                raise ValueError(f"{where}.anchors[{a}]: expected (w, h) in pixels, each in (0, {MAX_IMAGE_SIDE * 2}], "
+                                 f"got {_excerpt(wh)}")
+
+
+def scene_levels(scene: Scene, spec: SchemeSpec) -> tuple[tuple[int, ...], tuple[tuple[tuple[float, float], ...], ...] | None]:
+    """The strides and anchors (px per level) a scene runs with: its own levels, else the scheme's."""
+    if scene.levels:
+        return tuple(lv.stride for lv in scene.levels), tuple(tuple((float(w), float(h)) for w, h in lv.anchors)
+                                                              for lv in scene.levels)
+    return tuple(spec.strides), spec.anchors_px
 
 
 def _validate_pins(scene: Scene, spec: SchemeSpec) -> None:
@@ -682,9 +741,6 @@ def _validate_pins(scene: Scene, spec: SchemeSpec) -> None:
             value = getattr(pin, name)
             if not _is_number(value) or not _finite(value):
                 raise ValueError(f"{where}.{name}: expected a finite number, got {_excerpt(value)}")
-        if pin.level >= len(spec.strides):
-            raise ValueError(f"{where}.level: {pin.level} is not a level of {spec.name} "
-                             f"(it has {len(spec.strides)})")
         if spec.kind == "queries":  # a pin moves one query's predicted box: level 0, anchor = query, cell (0, 0)
             queries = int(scene.params.get("num_queries", next((p.default for p in spec.params
                                                                if p.name == "num_queries"), 100)))
@@ -696,9 +752,12 @@ def _validate_pins(scene: Scene, spec: SchemeSpec) -> None:
                 if not getattr(pin, name) > 0:
                     raise ValueError(f"{where}.{name}: must be positive, got {getattr(pin, name):g}")
             continue
-        stride = spec.strides[pin.level]
+        strides, anchors_px = scene_levels(scene, spec)
+        if pin.level >= len(strides):
+            raise ValueError(f"{where}.level: {pin.level} is not a level of this scene (it has {len(strides)})")
+        stride = strides[pin.level]
         rows, columns = scene.height // stride, scene.width // stride
-        anchors = 1 if spec.anchors_px is None else len(spec.anchors_px[pin.level])
+        anchors = 1 if anchors_px is None else len(anchors_px[pin.level])
         if pin.anchor >= anchors:
             raise ValueError(f"{where}.anchor: {pin.anchor} is not an anchor of level {pin.level} (it has {anchors})")
         if pin.gi >= columns:

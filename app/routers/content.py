@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from losscore import registry
+from losscore.diff import changed_cells, diff_results
 from losscore.presets import PRESETS, preset_scene
+from losscore.text import render
 
 from .. import serialize
+from ..dependencies import LimiterDep
 from ..errors import SceneError, scene_error
-from ..schemas import ErrorOut, ValidationErrorOut
+from ..schemas import ErrorOut, SceneIn, ValidationErrorOut
 
 router = APIRouter(prefix="/api/v1", tags=["content"])
 
@@ -65,3 +69,37 @@ async def presets(
         out.append({"name": preset.name, "title": preset.title, "doc": preset.doc, "params": params,
                     "boxes": [{"cls": b.cls, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in boxes]})
     return Response(serialize.dumps({"presets": out}), media_type="application/json")
+
+
+class CompareIn(BaseModel):
+    """Two scenes of the same image: before and after a change (or the main and the compare column)."""
+
+    model_config = ConfigDict(extra="forbid")
+    before: SceneIn
+    after: SceneIn
+
+
+class CompareOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sentences: list[str]
+    added: list[dict[str, int]]
+    removed: list[dict[str, int]]
+    nothing: bool
+
+
+@router.post("/compare", response_model=CompareOut, responses={**ERRORS, 413: {"model": ErrorOut}},
+             summary="What changed between two scenes: positives added and removed, tests that flipped, totals")
+async def compare(body: CompareIn, limiter: LimiterDep,
+                  lang: Annotated[str, Query(pattern="^(en|zh)$")] = "en") -> Response:
+    def run(which: str, scene: SceneIn):
+        try:
+            return serialize.run(scene.to_scene(), record=False)
+        except SceneError as exc:  # name the scene the field belongs to
+            raise SceneError(exc.message, [exc.loc[0], which, *exc.loc[1:]]) from exc
+
+    def work() -> bytes:
+        before, after = run("before", body.before), run("after", body.after)
+        change = diff_results(before.scene, before.result, after.scene, after.result)
+        return serialize.dumps({"sentences": [render(s, lang) for s in change.sentences], **changed_cells(change),
+                                "nothing": change.nothing})
+    return Response(await anyio.to_thread.run_sync(work, limiter=limiter), media_type="application/json")

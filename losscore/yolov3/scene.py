@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..boxes import bbox_iou, xywh2xyxy
 from ..predictions import blend_logits
-from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, StageCell, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
+from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, StageCell, scene_levels, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
 from ..trace import Trace
@@ -173,7 +173,9 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
     assign = scene.param("assign")
     generator = torch.Generator().manual_seed(scene.seed)
     notes: list[str] = []
-    anchors_all_px = torch.tensor(YOLOV3_ANCHORS_PX, dtype=torch.float32, device=device)  # (L, A, 2)
+    strides, anchors_levels = scene_levels(scene, SPEC)  # the scene's own levels, or yolov3.cfg's
+    level_names = _names(strides)
+    anchors_all_px = torch.tensor(anchors_levels, dtype=torch.float32, device=device)  # (L, A, 2)
     L, A = anchors_all_px.shape[:2]
     image_wh = torch.tensor([scene.width, scene.height], dtype=torch.float32, device=device)
 
@@ -215,13 +217,13 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
                      "objectness-positive and class terms are nan (as upstream).")
 
     levels: list[LevelInfo] = []
-    box_cells = torch.zeros((N, len(YOLOV3_STRIDES), 2), dtype=torch.long)
+    box_cells = torch.zeros((N, len(strides), 2), dtype=torch.long)
     check_parts: list[tuple] = []  # per level what _level_checks reads, copied to the CPU
     columns: dict[str, list[Tensor]] = {}
     maps: dict[str, list[Tensor]] = {m.name: [] for m in MAPS}
     losses: dict[str, Tensor] = {}
-    for level, stride in enumerate(YOLOV3_STRIDES):
-        name = _LEVEL_NAMES[level]
+    for level, stride in enumerate(strides):
+        name = level_names[level]
         H, W = scene.height // stride, scene.width // stride
         anchors_px = anchors_all_px[level]  # (A, 2)
         anchors = anchors_px / stride  # (A, 2) grid units
@@ -328,14 +330,14 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
 
     positives = {key: torch.cat(parts) for key, parts in columns.items()}
     for term in _TERMS + ("total",):
-        losses[term] = sum((losses[f"{term}.{name}"] for name in _LEVEL_NAMES), torch.zeros((), device=device))
-    composition = _composition(losses, obj_scale, noobj_scale)
+        losses[term] = sum((losses[f"{term}.{name}"] for name in level_names), torch.zeros((), device=device))
+    composition = _composition(losses, obj_scale, noobj_scale, level_names)
 
     def stage_cells() -> dict[str, list[StageCell]]:
         out: dict[str, list[StageCell]] = {}
         rows = list(zip(positives["gt"].tolist(), positives["level"].tolist(), positives["anchor"].tolist(),
                         positives["gi"].tolist(), positives["gj"].tolist(), positives["best_iou"].tolist()))
-        for level, name in enumerate(_LEVEL_NAMES):
+        for level, name in enumerate(level_names):
             here = [r for r in rows if r[1] == level]
             cells = [StageCell(n, level, -1, int(box_cells[n, level, 0]), int(box_cells[n, level, 1]), "centre cell")
                      for n in range(N)]
@@ -355,12 +357,19 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
         targets=targets)
 
 
-def _composition(losses: dict[str, Tensor], obj_scale: float, noobj_scale: float) -> LossComposition:
+def _names(strides) -> tuple[str, ...]:
+    """``P3`` for stride 8 (P = log2 stride) when every stride is a power of two, else P3, P4, ..."""
+    if all(float(s).is_integer() and math.log2(s).is_integer() for s in strides):
+        return tuple(f"P{int(math.log2(s))}" for s in strides)
+    return tuple(f"P{3 + i}" for i in range(len(strides)))
+
+
+def _composition(losses: dict[str, Tensor], obj_scale: float, noobj_scale: float, level_names) -> LossComposition:
     """x + y + w + h + obj_scale·conf_obj + noobj_scale·conf_noobj + cls, each summed over the levels."""
     gains = {"conf_obj": obj_scale, "conf_noobj": noobj_scale}
     terms = []
     for term in ("x", "y", "w", "h", "conf_obj", "conf_noobj", "cls"):
-        parts = tuple(LossPart(name, losses[f"{term}.{name}"]) for name in _LEVEL_NAMES)
+        parts = tuple(LossPart(name, losses[f"{term}.{name}"]) for name in level_names)
         gain = gains.get(term, 1.0)
         value = losses[term] * gain if term in gains else losses[term]
         terms.append(LossTerm(term, parts, losses[term], value, gain=gain))
@@ -406,13 +415,17 @@ def _level_checks(level: int, name: str, anchors_px: Tensor, wh_iou: Tensor, bes
 
 
 SPEC = SchemeSpec(
+    custom_levels=True,
     name="yolov3",
     title="YOLOv3 (PyTorch-YOLOv3 legacy / darknet)",
     family="yolov3",
     strides=YOLOV3_STRIDES,
     params=(
         ParamSpec("ignore_thresh", 0.5, 0.0, 1.0, 0.01, doc="an anchor of the target's cell with wh-IoU above "
-                  "this is removed from the no-object loss", upstream="YOLOLayer.ignore_thres / [yolo] ignore_thresh"),
+                  "this is removed from the no-object loss", upstream="YOLOLayer.ignore_thres / [yolo] ignore_thresh",
+                  inert_hint="no anchor of a box's cell has its wh-IoU on the other side of the old and the new "
+                             "ignore_thresh here; try a box close to an anchor's shape (the 'ratio' preset) and "
+                             "watch the ignored anchors"),
         ParamSpec("obj_scale", 1.0, 0.0, 100.0, 0.1, doc="weight of the positive objectness BCE",
                   upstream="YOLOLayer.obj_scale"),
         ParamSpec("noobj_scale", 100.0, 0.0, 1000.0, 0.5, doc="weight of the no-object BCE (100 at the "

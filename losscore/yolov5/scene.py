@@ -19,7 +19,7 @@ from ..boxes import ciou_alpha_paper
 from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, StageCell,
-                     boxes_to_targets, resolve_device)
+                     boxes_to_targets, resolve_device, scene_levels)
 from ..text import T
 from ..trace import Trace
 from .loss import NEIGHBOUR_REASONS, UPSTREAM, ComputeLoss, default_balance, last_write_mask
@@ -55,10 +55,13 @@ PARAMS = (
     ParamSpec("label_smoothing", 0.0, 0.0, 1.0, 0.01, doc="class targets become 1 - eps/2 and eps/2",
               upstream="hyp['label_smoothing'] (smooth_BCE)"),
     ParamSpec("sort_obj_iou", False, kind="bool", doc="write objectness targets in ascending IoU (the highest wins)",
-              upstream="ComputeLoss.sort_obj_iou"),
+              upstream="ComputeLoss.sort_obj_iou",
+              inert_hint="no two positive rows write the same slot here, so the write order does not matter; try "
+                         "the 'fight' preset (two boxes sharing a cell)"),
     ParamSpec("autobalance", False, kind="bool",
               doc="adapt the level balance after each call (no effect on this call's loss)",
-              upstream="ComputeLoss(autobalance=)"),
+              upstream="ComputeLoss(autobalance=)",
+              inert_hint="autobalance changes the balance the next training step uses, never this call's loss"),
 )
 MAPS = (
     MapSpec("tobj", "objectness target per slot: clamp(CIoU, 0) mixed by gr at positives (last write wins), 0 elsewhere",
@@ -191,10 +194,10 @@ def perfect_logits(shapes: list[tuple[int, ...]], assigned, device: torch.device
     return heads
 
 
-def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, notes: list[str]) -> None:
+def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, strides, notes: list[str]) -> None:
     """Overwrite the box logits of each pinned slot (validated by ``validate_scene``)."""
     for index, pin in enumerate(scene.pins):
-        stride = STRIDES[pin.level]
+        stride = strides[pin.level]
         offset = torch.tensor([pin.cx / stride - pin.gi, pin.cy / stride - pin.gj], device=preds[0].device)
         size = torch.tensor([pin.w / stride, pin.h / stride], device=preds[0].device)
         anchor = anchors_grid[pin.level, pin.anchor].to(preds[0].device)
@@ -221,10 +224,15 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     targets = boxes_to_targets(scene, device)  # (N, 6)
     hyp = {name: float(scene.param(name)) for name in
            ("box", "obj", "cls", "cls_pw", "obj_pw", "fl_gamma", "fl_alpha", "label_smoothing", "anchor_t")}
-    compute = ComputeLoss(scene.nc, anchors_px=torch.tensor(DEFAULT_ANCHORS_PX), strides=STRIDES, hyp=hyp,
-                          gr=float(scene.param("gr")), sort_obj_iou=bool(scene.param("sort_obj_iou")),
-                          autobalance=bool(scene.param("autobalance")), g=float(scene.param("g")))
-    grids = [(scene.height // s, scene.width // s) for s in STRIDES]
+    strides, anchors_px = scene_levels(scene, SPEC)  # the scene's own levels, or the model's
+    try:
+        compute = ComputeLoss(scene.nc, anchors_px=torch.tensor(anchors_px), strides=strides, hyp=hyp,
+                              gr=float(scene.param("gr")), sort_obj_iou=bool(scene.param("sort_obj_iou")),
+                              autobalance=bool(scene.param("autobalance")), g=float(scene.param("g")))
+    except ValueError as exc:  # e.g. autobalance without a stride-16 level, balance for > 5 levels
+        field = "params.autobalance" if "autobalance" in str(exc) else "levels"
+        raise ValueError(f"{field}: upstream's ComputeLoss refuses these levels: {exc}") from None
+    grids = [(scene.height // s, scene.width // s) for s in strides]
     num_anchors = compute.na
     shapes = [(1, num_anchors, h, w, 5 + scene.nc) for h, w in grids]
     notes: list[str] = []
@@ -235,7 +243,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         writes = perfect_writes(shapes, assigned, device)
         # the heads live only inside this block (cached buffers, patched and restored)
         with blended_heads(shapes, background, writes, scene.progress, generator) as preds:
-            _apply_pins(scene, preds, compute.anchors, notes)
+            _apply_pins(scene, preds, compute.anchors, strides, notes)
             try:
                 loss, items = compute(preds.heads, targets, trace=recorder, assigned=assigned)
             except ZeroDivisionError:  # upstream's autobalance line divides by a level's objectness loss
@@ -247,7 +255,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
                     "Turn autobalance off, or use fl_alpha < 1.") from None
             obj_prob = [torch.sigmoid(head[0, ..., 4]) for head in preds.heads]  # (A, H, W) per level
     levels = [LevelInfo(name, stride, grid, torch.tensor(anchors, device=device))
-              for name, stride, grid, anchors in zip(compute.level_names, STRIDES, grids, DEFAULT_ANCHORS_PX)]
+              for name, stride, grid, anchors in zip(compute.level_names, strides, grids, anchors_px)]
     positives = _positives_table(recorder, compute, device)
     maps = _maps(recorder, compute, obj_prob, grids)
     losses = {"total": loss.reshape(()), "box": items[0], "obj": items[1], "cls": items[2]}
@@ -419,7 +427,7 @@ def _positives_table(trace: Trace, compute: ComputeLoss, device) -> dict[str, Te
         count = rows["gi"].shape[0]
         if count == 0:
             continue
-        stride = STRIDES[level]
+        stride = compute.strides[level]
         r_max = trace.get(f"build_targets.{name}.anchor_filter")["r_max"]  # (A, N)
         decode = trace.get(f"loss.{name}.decode")
         terms = trace.get(f"loss.{name}.bbox_iou")
@@ -581,6 +589,7 @@ def _objectness_target_note(compute: ComputeLoss, positives: dict[str, Tensor]) 
 
 
 SPEC = SchemeSpec(
+    custom_levels=True,
     name="yolov5", title="YOLOv5", family="yolov5", strides=STRIDES, params=PARAMS, explain=explain_scene,
     upstream=f"{UPSTREAM} utils/loss.py",
     doc="Anchor-ratio filter, up to two neighbour cells per level, CIoU box loss, IoU objectness targets.",

@@ -19,6 +19,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, boxes_to_targets, resolve_device)
+from ..text import T
 from ..trace import Trace
 from .loss import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
 
@@ -299,6 +300,13 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
         notes.append(f"{won} anchor(s) were claimed by several targets and went to the target with the highest CIoU.")
     if not bool(torch.isfinite(out.total)):
         notes.append("The total is not finite: " + _non_finite_reason(out))
+    elif float(out.total) > 1000:
+        notes.append(T("The total is large ({total:.4g}) because cls is the class BCE summed over every anchor and "
+                       "class ({anchors} × {nc}) and divided by target_scores_sum = {tss:.4g}: with untrained "
+                       "predictions the alignment t = s^alpha·u^beta of the positives is tiny, so their target "
+                       "scores, and the divisor, are small. Upstream trains with this number; as the head learns, "
+                       "target_scores_sum grows and cls falls.", total=float(out.total), anchors=N, nc=nc,
+                       tss=float(tss)))
     composition = LossComposition(
         tuple(LossTerm(name, (LossPart("all levels", raw * tss),), raw * tss, item, gain=gain, divisor=float(tss),
                        normalised=raw)

@@ -77,6 +77,14 @@ export async function explain(scene, { kind = 'full', heat = '', lang = 'en', si
   return parse(response);
 }
 
+/** POST /compare: what changed from `before` to `after` (sentences, cells added and removed). */
+export async function compareScenes(before, after, lang = 'en') {
+  const response = await fetch(`${API_BASE}/compare?lang=${lang}`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ before, after }),
+  });
+  return parse(response);
+}
+
 /** POST /export; returns {blob, filename, data} (data = the parsed export). */
 export async function exportTrace(scene) {
   const response = await fetch(`${API_BASE}/export`, {

@@ -1,8 +1,8 @@
 // Wiring, in one direction: state -> URL -> request -> render (TensorFlow Playground's loop).
 // One state object (state.js); views are idempotent render functions of (element, declaration,
 // result) and never fetch; the server's answer is the only source of a number on screen.
-import { deserialize, serialize, toScene, sceneFromImport } from './state.js';
-import { getSchemes, getPresets, explain, exportTrace, Coalescer, ApiError } from './api.js';
+import { deserialize, serialize, toScene, sceneFromImport, parseLevels, formatLevels } from './state.js';
+import { getSchemes, getPresets, explain, exportTrace, compareScenes, Coalescer, ApiError } from './api.js';
 import { setLanguage, t, language } from './i18n.js';
 import { HASH_THROTTLE_MS } from './config.js';
 import { GridView, renderAnchorStrip } from './views/grid.js';
@@ -87,7 +87,14 @@ function update({ dragging = false, pointerTime = null } = {}) {
   if (app.state.compare) {
     cmpView.setImage(scene.image.width, scene.image.height);
     cmpView.renderBoxes(app.state.boxes, app.state.sel);
-    if (!dragging) cmpRequests.submit({ scene: sceneOf('compare') }, {});
+    if (!dragging) {
+      cmpRequests.submit({ scene: sceneOf('compare') }, {});
+      compareScenes(scene, sceneOf('compare'), app.state.lang).then((change) => {
+        app.cmpChange = change;
+        renderChange($('cmp-changed'), change);
+        cmpView.flash(change.added, change.removed, { keep: true });
+      }).catch(() => {});
+    }
   }
 }
 
@@ -104,8 +111,32 @@ function onResult(result, job) {
   }
   probe.renderedSeq = job.seq;
   clearTimeout(app.slowTimer);
-  if (!job.meta.dragging) app.slowTimer = setTimeout(renderSlow, 0);
+  if (!job.meta.dragging) {
+    app.slowTimer = setTimeout(renderSlow, 0);
+    whatChanged(job.payload.scene);
+  }
   lessons.onResult(result);
+}
+
+/** After a gesture: ask the server what changed since the last full answer, say it, flash the cells. */
+async function whatChanged(scene) {
+  const before = app.lastFullScene;
+  app.lastFullScene = scene;
+  if (!before || JSON.stringify(before) === JSON.stringify(scene)) return;
+  try {
+    const change = await compareScenes(before, scene, app.state.lang);
+    if (app.lastFullScene !== scene) return; // a newer gesture ended meanwhile
+    renderChange($('what-changed'), change);
+    gridView.flash(change.added, change.removed);
+  } catch { /* the main request reported any problem already */ }
+}
+
+function renderChange(root, change) {
+  root.replaceChildren();
+  change.sentences.forEach((sentence, i) => el(i ? 'div' : 'strong', { text: sentence, cls: i ? 'more' : 'lead' }, root));
+  root.dataset.added = String(change.added.length);
+  root.dataset.removed = String(change.removed.length);
+  root.dataset.nothing = String(change.nothing);
 }
 
 function onError(error, job) {
@@ -127,6 +158,7 @@ function showError(error, prefix) {
     else if (loc[0] === 'scheme') { scoped('scheme-error').textContent = d.msg; placed = true; }
     else if (loc[0] === 'predictions' && loc[1] === 'progress') { $('progress-error').textContent = d.msg; placed = true; }
     else if (loc[0] === 'predictions' && loc[1] === 'seed') { $('seed-error').textContent = d.msg; placed = true; }
+    else if (loc[0] === 'levels') { $('levels-error').textContent = text; placed = true; }
     else { $('scene-error').textContent = text; placed = true; }
   }
   const message = error instanceof ApiError ? error.message : `${t('status.error')}: ${error.message || error}`;
@@ -351,6 +383,12 @@ function syncControls() {
   $('img-h').value = app.state.height ?? d.image.height;
   $('nc').value = app.state.nc ?? d.nc;
   $('cls-picker').value = app.state.boxes[app.state.sel]?.cls ?? 0;
+  $('levels-box').hidden = !s?.custom_levels;
+  if (s?.custom_levels) {
+    const model = s.strides.map((stride, i) => ({ stride, anchors: s.anchors_px[i] }));
+    $('levels-text').value = formatLevels(app.state.levels ?? model);
+    $('levels-box').open = Boolean(app.state.levels) || $('levels-box').open;
+  }
   $('compare-on').checked = app.state.compare;
   $('compare-controls').hidden = !app.state.compare;
   $('cmp-col').hidden = !app.state.compare;
@@ -384,6 +422,7 @@ function intField(input) {
 function bindControls() {
   $('scheme-select').addEventListener('change', (e) => {
     app.state.scheme = e.target.value; app.state.params = {}; app.state.stage = ''; app.state.heat = ''; app.state.level = 0; app.state.anchor = -1; app.state.pins = [];
+    if (!app.schemes[e.target.value]?.custom_levels) app.state.levels = null;
     syncControls(); update();
   });
   $('cmp-scheme-select').addEventListener('change', (e) => { app.state.cmpScheme = e.target.value; app.state.cmpParams = {}; syncControls(); update(); });
@@ -410,6 +449,15 @@ function bindControls() {
       update();
     });
   }
+  $('levels-apply').addEventListener('click', () => {
+    app.state.levels = parseLevels($('levels-text').value);
+    app.state.level = 0; app.state.anchor = -1; app.state.pins = []; app.state.view = null;
+    update();
+  });
+  $('levels-reset').addEventListener('click', () => {
+    app.state.levels = null; app.state.level = 0; app.state.anchor = -1; app.state.pins = []; app.state.view = null;
+    syncControls(); update();
+  });
   $('level-select').addEventListener('change', (e) => { app.state.level = Number(e.target.value); writeHash(true); renderFast(probe.renderedSeq); });
   $('heat-select').addEventListener('change', (e) => { app.state.heat = e.target.value; update(); });
   $('loss-log').addEventListener('change', () => renderTermBars($('loss-bar'), app.result, { log: $('loss-log').checked }));
@@ -467,7 +515,7 @@ function bindControls() {
     const file = e.target.files?.[0];
     gridView.setBackground(file ? URL.createObjectURL(file) : null); // a blob: URL, never uploaded
   });
-  document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && app.picked) { app.picked = null; renderInspectorNow(); } });
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && app.picked) { app.picked = null; gridView.setPicked(null); renderInspectorNow(); } });
 }
 
 function viewRect() { const v = currentView(); return { x: v.x0, y: v.y0, w: v.w, h: v.h }; }
@@ -509,14 +557,21 @@ const gridView = new GridView($('scene-wrap'), {
   },
   onBoxes: (boxes, { dragging, pointerTime }) => {
     app.state.boxes = boxes.map((b) => ({ ...b }));
-    if (!dragging) app.state.pins = [];
+    // pins stay: a slot still exists after its box moved (it may just no longer be a positive)
     update({ dragging, pointerTime });
   },
   onHover: (cell) => { app.hover = cell; if (cell && !app.picked) renderInspectorNow(); },
   onPick: (cell) => {
     if (lessons.picking()) { lessons.toggleGuess(levelIndex(), cell); return; }
     app.picked = app.picked && app.picked.gi === cell.gi && app.picked.gj === cell.gj ? null : cell;
+    gridView.setPicked(app.picked);
     renderInspectorNow();
+  },
+  onPin: (pin, { dragging, pointerTime }) => {
+    // one pin per slot: moving a prediction again replaces its pin
+    const same = (p) => p.level === pin.level && p.anchor === pin.anchor && p.gi === pin.gi && p.gj === pin.gj;
+    app.state.pins = [...app.state.pins.filter((p) => !same(p)), pin];
+    update({ dragging, pointerTime });
   },
   onView: (view) => setView(view),
 });

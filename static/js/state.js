@@ -19,6 +19,7 @@ export const SCHEMA = {
   seed:       { kind: 'int', default: null, doc: 'prediction noise seed' },
   progress:   { kind: 'float', default: null, doc: 'training progress: 0 random head, 1 perfect head' },
   pins:       { kind: 'pins', default: [], doc: 'predicted boxes pinned at positive slots' },
+  levels:     { kind: 'json', default: null, doc: 'custom levels [{stride, anchors: [[w, h], ...]}] (anchor-based schemes)' },
   level:      { kind: 'int', default: 0, doc: 'level shown (index into levels)' },
   anchor:     { kind: 'int', default: -1, doc: 'anchor shown, -1 all' },
   heat:       { kind: 'string', default: '', doc: 'heat-layer map name, "-" = none, empty = the scheme\'s first' },
@@ -46,7 +47,7 @@ function encodeValue(kind, value) {
     case 'boxes': return value.map((b) => [b.cls, b.x1, b.y1, b.x2, b.y2].join(',')).join(';');
     case 'pins': return value.map((p) => [p.level, p.anchor, p.gi, p.gj, p.cx, p.cy, p.w, p.h].join(',')).join(';');
     case 'view': return [value.x0, value.y0, value.w, value.h].join(',');
-    case 'object': return JSON.stringify(value);
+    case 'object': case 'json': return JSON.stringify(value);
     case 'bool': return value ? '1' : '0';
     default: return String(value);
   }
@@ -68,6 +69,7 @@ function decodeValue(kind, text, fallback) {
     case 'float': return text === '' ? null : num(text, fallback);
     case 'bool': return text === '1' || text === 'true';
     case 'object': return json(text, fallback);
+    case 'json': try { return JSON.parse(text); } catch { return fallback; }
     case 'boxes': return decodeList(text, 5, (v) => ({ cls: v[0], x1: v[1], y1: v[2], x2: v[3], y2: v[4] }));
     case 'pins': return decodeList(text, 8, (v) => ({ level: v[0], anchor: v[1], gi: v[2], gj: v[3], cx: v[4], cy: v[5], w: v[6], h: v[7] }));
     case 'view': { const v = text.split(',').map(Number); return v.length === 4 && v.every(Number.isFinite) ? { x0: v[0], y0: v[1], w: v[2], h: v[3] } : null; }
@@ -108,7 +110,24 @@ export function toScene(state, sceneDefaults, which = 'main') {
     predictions: { seed: state.seed ?? d.predictions.seed, progress: state.progress ?? d.predictions.progress,
                    pins: compare ? [] : state.pins.map((p) => ({ ...p })) },
     device: d.device,
+    ...(state.levels && !compare ? { levels: state.levels } : {}),
   };
+}
+
+/** "8: 15x5 24x16 16x24" per line -> [{stride, anchors}] (numbers as typed; the server validates them). */
+export function parseLevels(text) {
+  const levels = [];
+  for (const line of text.split('\n').map((l) => l.trim()).filter(Boolean)) {
+    const [stride, rest = ''] = line.split(':');
+    const anchors = rest.trim().split(/\s+/).filter(Boolean).map((pair) => pair.split(/[x×,]/).map(Number));
+    levels.push({ stride: Number(stride), anchors });
+  }
+  return levels;
+}
+
+/** [{stride, anchors}] -> the editable text, one level per line. */
+export function formatLevels(levels) {
+  return levels.map((lv) => `${lv.stride}: ${lv.anchors.map(([w, h]) => `${w}x${h}`).join(' ')}`).join('\n');
 }
 
 /**
@@ -137,5 +156,6 @@ export function sceneFromImport(data) {
     seed: scene.predictions?.seed ?? null,
     progress: scene.predictions?.progress ?? null,
     pins: Array.isArray(scene.predictions?.pins) ? scene.predictions.pins.map((p) => ({ ...p })) : [],
+    levels: Array.isArray(scene.levels) ? scene.levels : null,
   };
 }

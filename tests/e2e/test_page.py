@@ -430,3 +430,75 @@ def test_the_page_has_no_number_that_is_not_the_servers(lab):
         for a, n in enumerate(row):
             assert lab.locator(f"[data-testid=counts-table] td[data-level='{L}'][data-anchor='{a}']").inner_text() == str(n)
     assert not math.isnan(float(lab.get_by_test_id("loss-total").inner_text()))
+
+
+# -- precise set-up -------------------------------------------------------------------------------
+def test_the_single_level_example_of_learners_md_with_custom_anchors(lab):
+    # LEARNERS.md: one level of stride 8, anchors (15,5), (24,16), (16,24); target (cx, cy, w, h) =
+    # (26, 37, 36, 24) -> 6 positives, anchors 1 and 2 at cells (3,4), (2,4), (3,5); anchor 0 rejected at 4.8
+    open_free(lab, "scheme=yolov5&width=64&height=64&boxes=0,8,25,44,49&sel=0")
+    lab.get_by_test_id("levels-box").locator("summary").click()
+    lab.get_by_test_id("levels-text").fill("8: 15x5 24x16 16x24")
+    lab.get_by_test_id("levels-apply").click()
+    wait_settled(lab)
+    assert scene_of(lab)["levels"] == [{"stride": 8, "anchors": [[15, 5], [24, 16], [16, 24]]}]
+    assert lab.get_by_test_id("positive-count").inner_text() == "6"
+    assert {(a, i, j) for _, _, a, i, j, _ in grid_cells(lab)} == {(a, i, j) for a in (1, 2) for i, j in ((3, 4), (2, 4), (3, 5))}
+    verdict = lab.locator("[data-testid=anchor-strip][data-anchor='0'] [data-testid=anchor-verdict]")
+    assert "r 4.8 ≥ 4 ✗" in verdict.inner_text()
+    lab.get_by_test_id("levels-text").fill("8: 15x5 24x16\n4: 1x1 2x2")  # strides must increase
+    lab.get_by_test_id("levels-apply").click()
+    lab.wait_for_function("() => window.__losslab.errors.length > 0")
+    assert "levels[1].stride" in lab.get_by_test_id("error-levels").inner_text()
+    assert lab.get_by_test_id("positive-count").inner_text() == "6"  # the last good view stays
+    lab.errors.clear()
+
+
+def test_a_pinned_prediction_gives_the_ciou_bbox_iou_computes(lab):
+    import torch
+
+    from losscore.boxes import bbox_iou
+
+    open_free(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}&sel=0")
+    # keep the centre cell (12, 25) of P3 and drag its first predicted box by (+6, -4) px
+    lab.mouse.click(*to_screen(lab, 101, 203))
+    pred = lab.get_by_test_id("pred-box").last  # drawn last: on top where the boxes overlap
+    slot = {k: int(pred.get_attribute(f"data-{k}")) for k in ("level", "anchor", "gi", "gj")}
+    x, y = (float(pred.get_attribute(k)) for k in ("x", "y"))
+    w, h = (float(pred.get_attribute(k)) for k in ("width", "height"))
+    lab.mouse.move(*to_screen(lab, x + w / 2, y + h / 2))
+    lab.mouse.down()
+    lab.mouse.move(*to_screen(lab, x + w / 2 + 6, y + h / 2 - 4), steps=5)
+    lab.mouse.up()
+    wait_settled(lab)
+    scene = scene_of(lab)
+    pin = scene["predictions"]["pins"][0]
+    assert {k: pin[k] for k in slot} == slot
+    result = api_post(lab.base, FULL, scene)
+    row = next(r for r in result["positives"] if all(r[k] == slot[k] for k in slot))
+    # the row's predicted and target boxes (xyxy px) through losscore.boxes.bbox_iou: the same CIoU
+    pred_box = torch.tensor([row["pred_box_px"]]) / 8  # grid units, as the loss computes it
+    target = torch.tensor([row["target_box_px"]]) / 8
+    ciou = bbox_iou(pred_box, target, xywh=False, CIoU=True).item()
+    assert row["ciou"] == pytest.approx(ciou, abs=2e-4)
+    assert pin["cx"] == pytest.approx((row["pred_box_px"][0] + row["pred_box_px"][2]) / 2, abs=0.05)
+    lab.mouse.move(*to_screen(lab, 101, 203))
+    assert f"{row['ciou']:.4g}"[:5] in lab.get_by_test_id("cell-info").text_content()  # in its IoU group
+
+
+def test_what_changed_is_the_servers_sentence_and_an_inert_slider_says_so(lab):
+    open_free(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
+    number = lab.get_by_test_id("number-anchor_t")
+    number.fill("3")
+    number.dispatch_event("change")
+    wait_settled(lab)
+    changed = lab.get_by_test_id("what-changed")
+    lab.wait_for_function("() => document.querySelector('[data-testid=what-changed]').textContent.includes('anchor_t')")
+    before = {**scene_of(lab), "params": {}}
+    expected = api_post(lab.base, "/api/v1/compare", {"before": before, "after": scene_of(lab)})
+    assert changed.inner_text().splitlines()[0] == expected["sentences"][0] == "anchor_t 4 → 3: 7 fewer positives (19 → 12)"
+    assert changed.get_attribute("data-removed") == str(len(expected["removed"]))
+    lab.get_by_test_id("slider-sort_obj_iou").check()
+    lab.wait_for_function("() => document.querySelector('[data-testid=what-changed]').textContent.includes('sort_obj_iou')")
+    assert "Nothing changed" in changed.inner_text() and "fight" in changed.inner_text()
+    assert lab.errors == []

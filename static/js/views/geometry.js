@@ -4,6 +4,8 @@
 // box (drag, resize, nudge, typed values). Nothing here derives a number the detector code computes:
 // verdicts, counts, cells of a box, targets and losses all come from the server.
 
+const r2 = (v) => Math.round(v * 100) / 100; // a pixel position kept to 1/100 px
+
 /** The rectangle of cell (gi, gj) of a level with this stride, in image pixels. */
 export function cellRect(stride, gi, gj) {
   return { x: gi * stride, y: gj * stride, w: stride, h: stride };
@@ -19,6 +21,16 @@ export function stripRect(stride, gi, gj, anchor, count) {
 export function boxRect(b) {
   const [x1, y1, x2, y2] = Array.isArray(b) ? b : [b.x1, b.y1, b.x2, b.y2];
   return { x: x1, y: y1, w: x2 - x1, h: y2 - y1 };
+}
+
+/** A rectangle {x, y, w, h} as a box {x1, y1, x2, y2}. */
+export function rectBox(r) {
+  return { cls: 0, x1: r.x, y1: r.y, x2: r.x + r.w, y2: r.y + r.h };
+}
+
+/** A box's centre and size {cx, cy, w, h} (a pin is given that way). */
+export function boxCentre(b) {
+  return { cx: r2((b.x1 + b.x2) / 2), cy: r2((b.y1 + b.y2) / 2), w: r2(b.x2 - b.x1), h: r2(b.y2 - b.y1) };
 }
 
 /** A rectangle of size (w, h) centred at (cx, cy). */
@@ -158,7 +170,6 @@ export function roomyCell(stride, view, screenWidth) {
 }
 
 // ---- the learner's edits of a box (image pixels) -------------------------------------------
-const r2 = (v) => Math.round(v * 100) / 100;
 
 export function roundBox(b) {
   return { cls: b.cls, x1: r2(b.x1), y1: r2(b.y1), x2: r2(b.x2), y2: r2(b.y2) };

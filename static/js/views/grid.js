@@ -162,6 +162,14 @@ export class GridView {
       }
       const p = this.toImage(e);
       const g = e.target.closest?.('g.gtbox');
+      if (e.target.classList?.contains('predbox') && e.target.classList.contains('editable')) {
+        const d = e.target.dataset;
+        const [x, y, w, h] = ['x', 'y', 'width', 'height'].map((k) => Number(e.target.getAttribute(k)));
+        this.drag = { mode: e.shiftKey ? 'pin-se' : 'pin', slot: { level: Number(d.level), anchor: Number(d.anchor), gi: Number(d.gi), gj: Number(d.gj) },
+                      start: p, orig: geo.rectBox({ x, y, w, h }), node: e.target, rect };
+        e.preventDefault();
+        return;
+      }
       if (g) {
         const index = Number(g.dataset.index);
         const part = e.target.dataset.part || 'body';
@@ -185,6 +193,14 @@ export class GridView {
         d.moved = true;
         return;
       }
+      if (d.mode.startsWith('pin')) {
+        const b = geo.dragBox(d.orig, d.mode === 'pin' ? 'move' : 'se', ...geo.pointerDelta(d.start, this.toImage(e)));
+        setRect(d.node, geo.boxRect(b));
+        d.moved = true;
+        this.options.onPin?.({ ...d.slot, ...geo.boxCentre(b) }, { dragging: true, pointerTime: e.timeStamp });
+        d.last = b;
+        return;
+      }
       const b = geo.dragBox(d.orig, d.mode, ...geo.pointerDelta(d.start, this.toImage(e)));
       this.boxes[d.index] = b;
       d.moved = true;
@@ -200,6 +216,10 @@ export class GridView {
       if (svg.hasPointerCapture?.(e.pointerId)) svg.releasePointerCapture(e.pointerId);
       if (d.moved) this.suppressClick = true;
       if (d.mode === 'pan') return;
+      if (d.mode.startsWith('pin')) {
+        if (d.last) this.options.onPin?.({ ...d.slot, ...geo.boxCentre(d.last) }, { dragging: false, pointerTime: e.timeStamp });
+        return;
+      }
       const b = this.boxes[d.index];
       if (d.created && !geo.bigEnough(b, MIN_BOX_PX)) {
         this.boxes.splice(d.index, 1);
@@ -272,6 +292,28 @@ export class GridView {
       setRect(node, r);
       Object.assign(node.dataset, { level: c.level, anchor: c.anchor, gi: c.gi, gj: c.gj });
     }
+  }
+
+  /**
+   * Mark the slots that changed: added ones solid, removed ones dashed, on the shown level. They fade
+   * out (CSS) unless `keep` (the compare view's difference overlay stays).
+   */
+  flash(added, removed, { keep = false } = {}) {
+    this.flashLayer ??= svgEl('g', { class: 'flashes' }, this.svg);
+    const frag = document.createDocumentFragment();
+    const mark = (slots, kind) => {
+      for (const c of slots) {
+        if (c.level !== this.levelIndex || !this.level) continue;
+        const r = this.anchorCount !== 1 && this.anchorFilter === -1
+          ? geo.stripRect(this.level.stride, c.gi, c.gj, c.anchor, this.anchorCount) : geo.cellRect(this.level.stride, c.gi, c.gj);
+        const node = svgEl('rect', { class: `flash ${kind}${keep ? ' keep' : ''}`, 'data-testid': `changed-${kind}`, 'vector-effect': 'non-scaling-stroke' }, frag);
+        setRect(node, r);
+        Object.assign(node.dataset, { gt: c.gt, level: c.level, anchor: c.anchor, gi: c.gi, gj: c.gj });
+      }
+    };
+    mark(added, 'added');
+    mark(removed, 'removed');
+    this.flashLayer.replaceChildren(frag);
   }
 
   /** The view moved so that cell (gi, gj) of the shown level is at its centre (zoom kept). */
@@ -366,20 +408,30 @@ export class GridView {
     this.renderHeat(result, L, anchor, heat, spec);
   }
 
-  /** The predicted boxes of the positives in the hovered (or kept) cell, or of the ones named. */
-  renderPredictions(cell = this.predCell) {
-    this.predCell = cell;
+  /** Keep a cell (a click): its predicted boxes stay drawn and can be dragged (a pin). */
+  setPicked(cell) {
+    this.picked = cell;
+    this.renderPredictions();
+  }
+
+  /** The predicted boxes of the positives in the kept cell, else the hovered one. The kept cell's are
+   * draggable: moving one pins that slot's prediction to the new box (the server inverts the decode). */
+  renderPredictions(hovered = this.hovered) {
     this.predLayer ??= svgEl('g', { class: 'preds' }, this.svg);
+    const cell = this.picked ?? hovered;
     const frag = document.createDocumentFragment();
     const column = this.spec?.pred_box;
     if (cell && column && this.result) {
+      const editable = Boolean(this.picked) && Boolean(this.options.onPin);
       for (const r of this.result.positives) {
         if (r.level !== this.levelIndex || r.gi !== cell.gi || r.gj !== cell.gj) continue;
         const p = r[column];
         if (!Array.isArray(p) || p.length !== 4) continue;
-        const node = svgEl('rect', { class: 'predbox', 'data-testid': 'pred-box', stroke: boxColour(r.gt), 'vector-effect': 'non-scaling-stroke' }, frag);
+        const node = svgEl('rect', { class: `predbox${editable ? ' editable' : ''}`, 'data-testid': 'pred-box', stroke: boxColour(r.gt), 'vector-effect': 'non-scaling-stroke' }, frag);
         setRect(node, geo.boxRect(p));
         Object.assign(node.dataset, { level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, gt: r.gt });
+        const title = svgEl('title', {}, node);
+        title.textContent = editable ? 'drag to move this prediction (a pin); Shift-drag to resize' : 'predicted box';
       }
     }
     this.predLayer.replaceChildren(frag);
