@@ -12,7 +12,7 @@ from .registry import get_scheme
 from .scene import Scene, SceneResult
 from .text import T, Text
 
-__all__ = ["Change", "diff_results", "changed_cells"]
+__all__ = ["Change", "diff_results", "changed_cells", "Reveal", "reveal"]
 
 Slot = tuple[int, int, int, int, int]  # gt, level, anchor, gi, gj
 MAX_FLIPS = 3  # flipped tests named in the summary
@@ -104,3 +104,45 @@ def changed_cells(change: Change) -> dict[str, list[dict[str, int]]]:
     as_dict = lambda s: {"gt": s[0], "level": s[1], "anchor": s[2], "gi": s[3], "gj": s[4]}  # noqa: E731
     return {"added": [as_dict(s) for s in change.added], "removed": [as_dict(s) for s in change.removed]}
 
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """A learner's guess of the positive cells of one level, against the code's answer."""
+
+    hits: list[tuple[int, int]]
+    misses: list[tuple[int, int]]
+    extras: list[tuple[int, int]]
+    reasons: dict[tuple[int, int], Text]
+
+
+def reveal(result: SceneResult, level: int, guess: list[tuple[int, int]], rule_docs: dict[str, str],
+           anchor: int = -1) -> Reveal:
+    """Compare guessed cells (gi, gj) of ``level`` (and ``anchor``, -1: any) with the cells the code made
+    positive; say, for each miss and each extra, why in one sentence (the rule that made it positive,
+    or the test that failed)."""
+    p = result.positives
+    anchors = p["anchor"].tolist()
+    here = [k for k, lv in enumerate(p["level"].tolist()) if lv == level and anchor in (-1, anchors[k])]
+    gi, gj, rule, gt = p["gi"].tolist(), p["gj"].tolist(), p["rule"].tolist(), p["gt"].tolist()
+    positive: dict[tuple[int, int], list[int]] = {}
+    for k in here:
+        positive.setdefault((gi[k], gj[k]), []).append(k)
+    guessed = list(dict.fromkeys((int(a), int(b)) for a, b in guess))
+    hits = [c for c in guessed if c in positive]
+    extras = [c for c in guessed if c not in positive]
+    misses = [c for c in sorted(positive) if c not in set(guessed)]
+    names = list(rule_docs)
+    reasons: dict[tuple[int, int], Text] = {}
+    for cell in misses:
+        k = positive[cell][0]
+        name = names[rule[k]] if 0 <= rule[k] < len(names) else str(rule[k])
+        reasons[cell] = T("({gi}, {gj}) is positive for box #{gt} by the {rule} rule: {doc}", gi=cell[0], gj=cell[1],
+                          gt=gt[k], rule=name, doc=rule_docs.get(name, ""))
+    checks = [c for c in result.check_list() if c.level == level and anchor in (-1, c.anchor)]
+    for cell in extras:
+        failed = [c for c in checks if (c.gi, c.gj) == cell and not c.passed]
+        reasons[cell] = (T("({gi}, {gj}) is not positive: {why}", gi=cell[0], gj=cell[1], why=failed[0].text) if failed
+                         else T("({gi}, {gj}) is not positive: no box tests this cell, so it stays background",
+                                gi=cell[0], gj=cell[1]))
+    return Reveal(hits, misses, extras, reasons)

@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from losscore import registry
-from losscore.diff import changed_cells, diff_results
+from losscore.diff import changed_cells, diff_results, reveal
+from losscore.lessons import lesson, lessons
 from losscore.presets import PRESETS, preset_scene
 from losscore.text import render
 
@@ -103,3 +104,56 @@ async def compare(body: CompareIn, limiter: LimiterDep,
         return serialize.dumps({"sentences": [render(s, lang) for s in change.sentences], **changed_cells(change),
                                 "nothing": change.nothing})
     return Response(await anyio.to_thread.run_sync(work, limiter=limiter), media_type="application/json")
+
+
+class RevealIn(BaseModel):
+    """A learner's prediction: the cells of one level they expect to become positive."""
+
+    model_config = ConfigDict(extra="forbid")
+    scene: SceneIn
+    level: int = Field(ge=0, le=16)
+    anchor: int = Field(-1, ge=-1, le=64, description="only this anchor's positives (-1: any anchor)")
+    guess: list[tuple[int, int]] = Field(default_factory=list, max_length=4096, description="[[gi, gj], ...]")
+
+
+class RevealOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hits: list[list[int]]
+    misses: list[list[int]]
+    extras: list[list[int]]
+    reasons: list[dict[str, Any]]
+
+
+@router.post("/reveal", response_model=RevealOut, responses={**ERRORS, 413: {"model": ErrorOut}},
+             summary="A predicted set of positive cells against the code's: hits, misses, extras, each with why")
+async def reveal_guess(body: RevealIn, limiter: LimiterDep,
+                       lang: Annotated[str, Query(pattern="^(en|zh)$")] = "en") -> Response:
+    def work() -> bytes:
+        run = serialize.run(body.scene.to_scene(), record=False)
+        if body.level >= len(run.result.levels):
+            raise SceneError(f"{body.level} is not a level of this scene (it has {len(run.result.levels)})",
+                             ["body", "level"])
+        spec = registry.get_scheme(run.scene.scheme)
+        docs = {r.name: render(r.doc, lang) for r in spec.rules}
+        out = reveal(run.result, body.level, [tuple(c) for c in body.guess], docs, body.anchor)
+        return serialize.dumps({
+            "hits": [list(c) for c in out.hits], "misses": [list(c) for c in out.misses],
+            "extras": [list(c) for c in out.extras],
+            "reasons": [{"gi": c[0], "gj": c[1], "kind": "miss" if c in out.misses else "extra",
+                         "text": render(t, lang)} for c, t in out.reasons.items()],
+        })
+    return Response(await anyio.to_thread.run_sync(work, limiter=limiter), media_type="application/json")
+
+
+@router.get("/lessons", summary="The lessons: the questions learners ask, in the requested language")
+async def lesson_list(lang: Annotated[str, Query(pattern="^(en|zh)$")] = "en") -> Response:
+    return Response(serialize.dumps({"lessons": lessons(lang)}), media_type="application/json")
+
+
+@router.get("/lessons/{lesson_id}", responses=ERRORS, summary="One lesson: its steps, texts in the requested language")
+async def lesson_detail(lesson_id: Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9-]+$")],
+                        lang: Annotated[str, Query(pattern="^(en|zh)$")] = "en") -> Response:
+    try:
+        return Response(serialize.dumps(lesson(lesson_id, lang)), media_type="application/json")
+    except ValueError as exc:
+        raise SceneError(str(exc).partition(": ")[2], ["path", "lesson_id"]) from exc

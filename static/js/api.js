@@ -77,6 +77,22 @@ export async function explain(scene, { kind = 'full', heat = '', lang = 'en', si
   return parse(response);
 }
 
+export async function getLessons(lang = 'en') {
+  return parse(await fetch(`${API_BASE}/lessons?lang=${lang}`));
+}
+
+export async function getLesson(id, lang = 'en') {
+  return parse(await fetch(`${API_BASE}/lessons/${encodeURIComponent(id)}?lang=${lang}`));
+}
+
+/** POST /reveal: the learner's guessed cells of one level against the code's positives. */
+export async function revealGuess(scene, level, anchor, guess, lang = 'en') {
+  const response = await fetch(`${API_BASE}/reveal?lang=${lang}`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ scene, level, anchor, guess }),
+  });
+  return parse(response);
+}
+
 /** POST /compare: what changed from `before` to `after` (sentences, cells added and removed). */
 export async function compareScenes(before, after, lang = 'en') {
   const response = await fetch(`${API_BASE}/compare?lang=${lang}`, {

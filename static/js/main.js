@@ -489,9 +489,11 @@ function bindControls() {
     app.state.boxes.splice(app.state.sel, 1); app.state.sel = -1; app.state.pins = []; update();
   });
   $('clear-boxes').addEventListener('click', () => { app.state.boxes = []; app.state.sel = -1; app.state.pins = []; update(); });
-  $('lang-switch').addEventListener('click', () => {
+  $('lang-switch').addEventListener('click', async () => {
     app.state.lang = app.state.lang === 'zh' ? 'en' : 'zh';
-    syncControls(); lessons.sync(); update();
+    syncControls();
+    await lessons.sync();
+    update();
   });
   $('export-json').addEventListener('click', async () => {
     try {
@@ -578,7 +580,7 @@ const gridView = new GridView($('scene-wrap'), {
 const cmpView = new GridView($('cmp-scene-wrap'), { editable: false, testid: 'cmp-scene', onView: (view) => setView(view) });
 
 const lessons = new Lessons({
-  app, $, update, syncControls, setStatus, gridView,
+  app, $, update, syncControls, setStatus, gridView, sceneOf,
   levelIndex, writeHash,
   setState: (patch) => { Object.assign(app.state, patch); },
 });
@@ -598,6 +600,8 @@ async function start() {
   if (!location.hash) {
     const presets = (await getPresets(app.state.scheme, sceneOf())).presets;
     app.state.boxes = presets.find((p) => p.name === 'learners19')?.boxes.map((b) => ({ ...b })) ?? [];
+  } else if (!location.hash.includes('welcome=')) {
+    app.state.welcome = false; // a shared link opens on its scene, not on the welcome
   }
   syncControls();
   bindControls();

@@ -316,6 +316,34 @@ export class GridView {
     this.flashLayer.replaceChildren(frag);
   }
 
+  /** The learner's predicted cells of the shown level, drawn over the grid. */
+  renderGuess(cells) {
+    this.guessLayer ??= svgEl('g', { class: 'guesses' }, this.svg);
+    const frag = document.createDocumentFragment();
+    for (const c of this.level ? cells : []) {
+      const node = svgEl('rect', { class: 'guesscell', 'data-testid': 'guess-cell', 'vector-effect': 'non-scaling-stroke' }, frag);
+      setRect(node, geo.cellRect(this.level.stride, c.gi, c.gj));
+      Object.assign(node.dataset, { gi: c.gi, gj: c.gj });
+    }
+    this.guessLayer.replaceChildren(frag);
+  }
+
+  /** The code's answer over a guess: hits, misses (positive, not guessed) and extras (guessed, not positive). */
+  renderReveal(answer) {
+    this.revealLayer ??= svgEl('g', { class: 'reveals' }, this.svg);
+    const frag = document.createDocumentFragment();
+    if (answer && this.level && answer.level === this.levelIndex) {
+      for (const [kind, cells] of [['hit', answer.hits], ['miss', answer.misses], ['extra', answer.extras]]) {
+        for (const [gi, gj] of cells) {
+          const node = svgEl('rect', { class: `revealcell ${kind}`, 'data-testid': `reveal-${kind}`, 'vector-effect': 'non-scaling-stroke' }, frag);
+          setRect(node, geo.cellRect(this.level.stride, gi, gj));
+          Object.assign(node.dataset, { gi, gj });
+        }
+      }
+    }
+    this.revealLayer.replaceChildren(frag);
+  }
+
   /** The view moved so that cell (gi, gj) of the shown level is at its centre (zoom kept). */
   viewOnCell(gi, gj) {
     if (!this.level) return this.view;
