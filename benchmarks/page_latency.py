@@ -2,12 +2,13 @@
 
     .venv/bin/python -m benchmarks.page_latency [--moves 150] [--interval-ms 16] [--url http://...]
 
-Loads a 640x640 YOLOv5 scene with the page's 20-box "crowded" preset, drags one box across the
-image with pointer events every ``--interval-ms`` (dispatched in the page; ``--driver mouse`` uses
-Playwright's mouse instead, which on a loaded machine delivers far fewer than 60 moves/s), and reads the page's own instrumentation
-(``window.__losslab``): for every rendered result of the drag, the time from the pointer event that
-produced its request to the animation frame after the grid, cells and counts were redrawn.
-Prints p50/p95 latency and updates per second. Figures only; nothing is asserted.
+For every grid scheme (or ``--scheme``), loads a 640x640 scene with the 20-box "crowded" preset,
+drags one box across the image with pointer events every ``--interval-ms`` (dispatched in the page;
+``--driver mouse`` uses Playwright's mouse instead, which on a loaded machine delivers far fewer
+than 60 moves/s), and reads the page's own instrumentation (``window.__losslab``: raw timestamps):
+for every rendered result of the drag, the time from the pointer event that produced its request to
+the animation frame after the grid, cells and counts were redrawn. Prints p50/p95 latency and
+updates per second per scheme. Figures only; nothing is asserted.
 """
 from __future__ import annotations
 
@@ -50,22 +51,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(url: str, moves: int, interval_ms: float, driver: str) -> None:
+def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str) -> None:
+    import json
+    from urllib.parse import quote
+
     from playwright.sync_api import sync_playwright
 
+    with urllib.request.urlopen(f"{url}/api/v1/presets?scheme={scheme}") as response:
+        crowded = next(p for p in json.loads(response.read())["presets"] if p["name"] == "crowded")
+    boxes = ";".join(",".join(str(b[k]) for k in ("cls", "x1", "y1", "x2", "y2")) for b in crowded["boxes"])
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(f"{url}/#scheme=yolov5&heat=tobj")
+        page.goto(f"{url}/#welcome=0&scheme={scheme}&view=0,0,640,640&boxes={quote(boxes)}")
         page.wait_for_selector("body[data-ready='1']")
-        page.get_by_test_id("preset-select").select_option("crowded")
         page.wait_for_function("() => document.querySelectorAll('[data-testid=gt-box]').length === 20")
         page.wait_for_function("() => window.__losslab.renderedSeq === window.__losslab.submittedSeq")
         page.wait_for_timeout(500)
         count = page.get_by_test_id("positive-count").inner_text()
         scene = page.get_by_test_id("scene").bounding_box()
         box = page.get_by_test_id("gt-box").first.locator("rect.gt").bounding_box()
-        page.evaluate("() => { const p = window.__losslab; p.latencies = []; p.renderTimes = []; p.renderMs = []; p.roundTripMs = []; p.computeMs = []; }")
+        page.evaluate("() => { const p = window.__losslab; p.frames = []; p.renders = []; }")
         x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         span_x = scene["x"] + scene["width"] * 0.8 - x0
         span_y = scene["y"] + scene["height"] * 0.2 - y0
@@ -96,16 +102,19 @@ def run(url: str, moves: int, interval_ms: float, driver: str) -> None:
             }""", [x0, y0, span_x, span_y, moves, interval_ms])
         page.wait_for_function("() => window.__losslab.renderedSeq === window.__losslab.submittedSeq")
         page.wait_for_timeout(300)
-        probe = page.evaluate("() => { const p = window.__losslab; return {lat: p.latencies, times: p.renderTimes, "
-                              "render: p.renderMs, trip: p.roundTripMs, compute: p.computeMs}; }")
+        probe = page.evaluate("() => ({frames: window.__losslab.frames, renders: window.__losslab.renders})")
         browser.close()
-    latencies = probe["lat"]
-    times = probe["times"]
+    frames = [f for f in probe["frames"]]
+    light = [r for r in probe["renders"] if r["kind"] == "light"]
+    latencies = [f["frame"] - f["pointer"] for f in frames]
+    times = [f["frame"] for f in frames]
     if len(times) < 2:
-        print("  too few updates to measure")
+        print(f"  {scheme}: too few updates to measure")
         return
     window_s = (times[-1] - times[0]) / 1e3
-    print(f"  scene: 640x640 yolov5, 20 boxes ({count} positives); {moves} pointer moves ({driver}) in {drag_s:.2f} s "
+    probe = {"compute": [r["compute_ms"] for r in light], "trip": [r["received"] - r["sent"] for r in light],
+             "render": [r["drawn"] - r["received"] for r in light]}
+    print(f"  scene: 640x640 {scheme}, 20 boxes ({count} positives); {moves} pointer moves ({driver}) in {drag_s:.2f} s "
           f"= {moves / drag_s:.1f} /s")
     print(f"  pointer move -> grid updated: p50 {statistics.median(latencies):7.1f} ms   "
           f"p95 {percentile(latencies, 0.95):7.1f} ms   max {max(latencies):7.1f} ms   (n = {len(latencies)})")
@@ -119,6 +128,7 @@ def run(url: str, moves: int, interval_ms: float, driver: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.page_latency")
     parser.add_argument("--moves", type=int, default=150)
+    parser.add_argument("--scheme", action="append", help="scheme(s) to measure (default: every grid scheme)")
     parser.add_argument("--interval-ms", type=float, default=16.0, help="time between pointer moves (60 Hz: 16)")
     parser.add_argument("--url", default="", help="use a running server instead of starting one")
     parser.add_argument("--driver", choices=["js", "mouse"], default="js",
@@ -133,7 +143,11 @@ def main() -> None:
         url, process = start_server()
     try:
         print(f"== page latency ({url})")
-        run(url, args.moves, args.interval_ms, args.driver)
+        import json
+        with urllib.request.urlopen(f"{url}/api/v1/schemes") as response:
+            schemes = [s["name"] for s in json.loads(response.read())["schemes"] if s.get("kind", "grid") == "grid"]
+        for scheme in args.scheme or schemes:
+            run(url, scheme, args.moves, args.interval_ms, args.driver)
     finally:
         if process is not None:
             process.terminate()

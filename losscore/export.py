@@ -228,22 +228,22 @@ def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec, l
         terms.append({
             "name": term.name,
             "doc": "" if label is None else render(label.doc, lang),
-            "parts": [{"label": p.label, "raw": _number(p.raw), "factor": p.factor,
+            "parts": [{"label": render(p.label, lang), "raw": _number(p.raw), "factor": p.factor,
                        "value": _number(p.raw if p.value is None else p.value)} for p in term.parts],
-            "part_factor": "" if label is None else label.part_factor,
+            "part_factor": "" if label is None else render(label.part_factor, lang),
             "sum": _number(term.sum),
             "divisor": term.divisor,
-            "divisor_label": "" if label is None else label.divisor,
+            "divisor_label": "" if label is None else render(label.divisor, lang),
             "normalised": _number(term.normalised if term.normalised is not None else term.sum),
             "gain": term.gain,
-            "gain_label": "" if label is None else label.gain,
+            "gain_label": "" if label is None else render(label.gain, lang),
             "value": _number(term.value),
         })
     return {
         "terms": terms,
         "sum": _number(composition.sum),
         "multiplier": composition.multiplier,
-        "multiplier_label": "" if spec.losses is None else spec.losses.multiplier,
+        "multiplier_label": "" if spec.losses is None else render(spec.losses.multiplier, lang),
         "formula": "" if spec.losses is None else render(spec.losses.formula, lang),
         "total": _number(composition.total),
     }
@@ -280,7 +280,7 @@ def _counts(result: SceneResult, spec: SchemeSpec) -> dict[str, Any]:
 
 
 def focal_state(spec: SchemeSpec, params: Mapping[str, Any], result: SceneResult | None = None,
-                arrays: bool = False) -> dict[str, Any] | None:
+                arrays: bool = False, lang: str = "en") -> dict[str, Any] | None:
     """Whether the scheme's focal wrapper is on for these parameters, its gamma and alpha, and the curve
     the page draws: the loss of one positive element against its ``p_t`` (plain BCE when it is off),
     with RetinaNet Figure 1's ``p_t`` = 0.1, 0.5, 0.9 as exact marks."""
@@ -298,9 +298,9 @@ def focal_state(spec: SchemeSpec, params: Mapping[str, Any], result: SceneResult
     marks, marks_no_alpha = _positive_loss(marks_p, used_gamma, alpha), _positive_loss(marks_p, used_gamma, None)
     state: dict[str, Any] = {
         "on": on, "gamma": gamma, "alpha": alpha, "gamma_param": focal.gamma, "alpha_param": focal.alpha,
-        "applies_to": focal.applies_to,
-        "formula": ("-α·(1 - p_t)^γ·ln p_t" if on and alpha is not None else
-                    "-(1 - p_t)^γ·ln p_t" if on else "-ln p_t (plain BCE: the focal wrapper is off at γ = 0)"),
+        "applies_to": render(focal.applies_to, lang),
+        "formula": render("-α·(1 - p_t)^γ·ln p_t" if on and alpha is not None else
+                          "-(1 - p_t)^γ·ln p_t" if on else "-ln p_t (plain BCE: the focal wrapper is off at γ = 0)", lang),
         "curve": {"p_t": flat_values(numpy_flat(p_t), arrays=arrays),
                   "loss": flat_values(numpy_flat(_positive_loss(p_t, used_gamma, alpha)), arrays=arrays),
                   "ce": flat_values(numpy_flat(_positive_loss(p_t, 0.0, None)), arrays=arrays)},
@@ -327,10 +327,41 @@ def _positive_loss(p_t: torch.Tensor, gamma: float, alpha: float | None) -> torc
     return py_focal_loss_with_prob(p_t[:, None], positive[:, None], gamma=gamma, alpha=alpha, reduction="none")[:, 0]
 
 
+def check_filter(selector: bool | str | None) -> "Callable[[Check], bool] | None":
+    """Which checks a request wants: ``True``/``"all"`` every one, ``False``/``None``/``"none"`` none,
+    else a comma-separated list of ``box:N`` (the tests about box N) and ``cell:L:gi:gj`` (the tests
+    about that cell of level L), any of which selects a check. ``ValueError`` for anything else."""
+    if selector in (True, "all", "1", "true"):
+        return lambda check: True
+    if selector in (False, None, "", "none", "0", "false"):
+        return None
+    boxes: set[int] = set()
+    cells: set[tuple[int, int, int]] = set()
+    for part in str(selector).split(","):
+        kind, _, rest = part.strip().partition(":")
+        numbers = rest.split(":")
+        if not all(n.lstrip("-").isdigit() for n in numbers):
+            raise ValueError(f"checks: {part.strip()[:40]!r} is not box:N or cell:L:gi:gj")
+        if kind == "box" and len(numbers) == 1:
+            boxes.add(int(numbers[0]))
+        elif kind == "cell" and len(numbers) == 3:
+            cells.add(tuple(int(n) for n in numbers))
+        else:
+            raise ValueError(f"checks: {part.strip()[:40]!r} is not box:N or cell:L:gi:gj")
+    return lambda check: check.gt in boxes or (check.level, check.gi, check.gj) in cells
+
+
 def _box_dict(box: Box) -> dict[str, Any]:
     """A drawn box in both formats: corners (x1, y1, x2, y2) and centre and size (cx, cy, w, h), px."""
     return {"cls": box.cls, "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2,
             "cx": (box.x1 + box.x2) / 2, "cy": (box.y1 + box.y2) / 2, "w": box.x2 - box.x1, "h": box.y2 - box.y1}
+
+
+def _checks_to_list(result: SceneResult, checks: bool | str | None, lang: str) -> list[dict[str, Any]]:
+    wanted = check_filter(checks)
+    if wanted is None:
+        return []
+    return [_check_to_dict(c, lang) for c in result.check_list() if wanted(c)]
 
 
 def _check_to_dict(check: Check, lang: str) -> dict[str, Any]:
@@ -346,7 +377,7 @@ def result_to_dict(
     stage_data: int | None = DEFAULT_STAGE_DATA,
     stages: bool = True,
     columns: Iterable[str] | None = None,
-    checks: bool = True,
+    checks: bool | str = True,
     arrays: bool = False,
     lang: str = "en",
 ) -> dict[str, Any]:
@@ -385,14 +416,17 @@ def result_to_dict(
         "maps": {name: {"levels": [encode_map(t) for t in result.maps[name]]} for name in wanted},
         "losses": {name: plain_float(float(value)) for name, value in result.losses.items()},
         "composition": composition_to_dict(result.composition, spec, lang),
-        "focal": focal_state(spec, scene.params, result, arrays),
+        "focal": focal_state(spec, scene.params, result, arrays, lang),
         "box_cells": None if result.box_cells is None else result.box_cells.tolist(),
         "queries": None if result.queries is None else _rows(result.queries, arrays),
         "matrices": None if result.matrices is None else {name: encode_map(m) for name, m in result.matrices.items()},
-        "checks": [_check_to_dict(c, lang) for c in result.check_list()] if checks else [],
+        "checks": _checks_to_list(result, checks, lang),
         "notes": [render(n, lang) for n in result.notes],
         "stages": _stages_to_list(run.trace, stage_data, arrays, _stage_cells(result, lang), lang) if stages else [],
     }
+
+
+MAX_STAGE_CELLS = 1000  # per stage in the explain response (a crowded focal scene has thousands)
 
 
 def _stage_cells(result: SceneResult, lang: str) -> Mapping[str, list[dict[str, Any]]]:
@@ -400,7 +434,7 @@ def _stage_cells(result: SceneResult, lang: str) -> Mapping[str, list[dict[str, 
         return {}
     return {name: [{"gt": c.gt, "level": c.level, "anchor": c.anchor, "gi": c.gi, "gj": c.gj,
                     "label": render(c.label, lang)}
-                   for c in cells] for name, cells in result.stage_cells().items()}
+                   for c in cells[:MAX_STAGE_CELLS]] for name, cells in result.stage_cells().items()}
 
 
 _LAZY_DATA: ContextVar[int | None] = ContextVar("losscore_export_lazy_data", default=None)

@@ -211,7 +211,7 @@ def test_unexpected_error_is_json_500_without_traceback(monkeypatch):
 @pytest.mark.parametrize("scheme", REAL_SCHEMES)
 def test_real_scheme_positives_equal_losscore(client, scheme):
     body = real_body(scheme)
-    response = client.post("/api/v1/explain?maps=all&stages=true", json=body)
+    response = client.post("/api/v1/explain?maps=all&stages=true&columns=all", json=body)
     assert response.status_code == 200, response.text
     got = response.json()
     scene = validate(Scene(scheme, 640, 640, 4, tuple(Box(b["cls"], b["x1"], b["y1"], b["x2"], b["y2"])
@@ -219,7 +219,9 @@ def test_real_scheme_positives_equal_losscore(client, scheme):
     direct = get_scheme(scheme).explain(scene, None)
     rows = got["positives"]
     assert len(rows) == len(direct.positives["gt"])
-    for column in ("gt", "level", "anchor", "gi", "gj"):
+    where = [c for c in ("gt", "level", "anchor", "gi", "gj", "query") if c in direct.positives]
+    assert "gt" in where and len(where) >= 2, where  # a grid cell or a query: where each positive is
+    for column in where:
         assert [row[column] for row in rows] == direct.positives[column].tolist(), column
     rule_names = get_scheme(scheme).rule_names
     assert [row["rule"] for row in rows] == [rule_names[i] for i in direct.positives["rule"].tolist()]
@@ -312,7 +314,7 @@ def test_drag_request_is_the_full_answer_narrowed(client, scheme):
     light = light.json()
     assert light["stages"] == [] and full["stages"]
     assert light["positives"] and set(light["positives"][0]) == set(columns) & set(full["positives"][0])
-    if scheme != "focal":  # the focal playground has no boxes to decode
+    if get_scheme(scheme).pred_box:  # the focal playground has no boxes to decode; DETR draws query_columns
         assert "pred_box_px" in light["positives"][0], "the grid draws the predicted boxes while dragging"
     assert light["positives"] == [{k: row[k] for k in light["positives"][0]} for row in full["positives"]]
     assert light["losses"] == full["losses"] and light["maps"] == full["maps"]

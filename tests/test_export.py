@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from losscore import export, registry, verify, wire
 from losscore.scene import Box, Pin, Scene
-from losscore.registry import all_schemes
+from losscore.registry import all_schemes, get_scheme
 from losscore.trace import Trace, decode_tensor
 from test_api_toyscheme import with_toy
 
@@ -21,6 +21,23 @@ def _toy_family():
     with with_toy():
         yield
 REAL_SCHEMES = sorted(name for name in all_schemes() if name != "toy")
+
+
+def pins_for(scheme: str) -> tuple:
+    """One pinned prediction: a grid cell on level 1, or DETR's query 3 (level 0, cell (0, 0))."""
+    spec = get_scheme(scheme)
+    if spec.kind == "queries":
+        return (Pin(level=0, anchor=3, gi=0, gj=0, cx=170.0, cy=200.0, w=60.0, h=90.0),)
+    if not spec.pred_box:
+        return ()  # the focal playground has no boxes to pin
+    return (Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0),)
+
+
+def first_tensor(result):
+    """A computed tensor of a result: its first map level, else its first loss."""
+    if result.maps:
+        return next(iter(result.maps.values()))[0]
+    return next(iter(result.losses.values()))
 
 
 def toy_scene(**overrides) -> Scene:
@@ -168,8 +185,7 @@ def test_results_do_not_alias_the_reused_head_buffers(scheme):
     result may share their storage, and the next call must see the restored buffer."""
     from losscore import predictions as scene_module
 
-    pin = Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0)
-    first = dataclasses.replace(real_scene(scheme), progress=0.6, pins=() if scheme == "focal" else (pin,))
+    first = dataclasses.replace(real_scene(scheme), progress=0.6, pins=pins_for(scheme))
     other = dataclasses.replace(first, boxes=(Box(1, 20, 30, 600, 500), Box(2, 100, 100, 160, 180)))
     kept = export.run_scene(first)
     scratch = {entry.scratch.untyped_storage().data_ptr()
@@ -208,19 +224,18 @@ def test_run_scene_in_inference_mode_has_the_bits_of_a_plain_explain(scheme, mon
     a cache filled in inference mode is then patched in place by a plain call, and vice versa."""
     from losscore import predictions as scene_module
 
-    pin = Pin(level=1, anchor=0, gi=10, gj=12, cx=170.0, cy=200.0, w=60.0, h=90.0)
-    scene = dataclasses.replace(real_scene(scheme), progress=0.7, pins=() if scheme == "focal" else (pin,))
+    scene = dataclasses.replace(real_scene(scheme), progress=0.7, pins=pins_for(scheme))
     for inference_first in (True, False):
         monkeypatch.setattr(scene_module, "_NOISE_CACHE", scene_module.OrderedDict())
         runs = []
         for inference in (inference_first, not inference_first):
             if inference:
                 run = export.run_scene(scene)
-                assert run.result.maps and next(iter(run.result.maps.values()))[0].is_inference()
+                assert first_tensor(run.result).is_inference()
             else:
                 trace = Trace()
                 result = registry.explain(scene, trace)
-                assert not next(iter(result.maps.values()))[0].is_inference()
+                assert not first_tensor(result).is_inference()
                 run = export.Run(scene=registry.validate(scene), result=result, compute_ms=0.0, trace=trace)
             runs.append(json_round_trip(export.result_to_dict(run, maps=None, stage_data=None)))
         assert all(not t.is_inference() for entry in scene_module._NOISE_CACHE.values()

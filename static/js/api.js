@@ -50,7 +50,7 @@ export async function getPresets(scheme, scene) {
  * map only), 'full' when a gesture ends (every map and column, the stage list and the checks),
  * 'compare' for the compare column (every map, no stages), 'probe' to validate a scene (nothing heavy).
  */
-export async function explain(scene, { kind = 'full', heat = '', lang = 'en', signal } = {}) {
+export async function explain(scene, { kind = 'full', heat = '', lang = 'en', checks = 'all', signal } = {}) {
   const query = new URLSearchParams();
   if (kind === 'light') {
     query.set('columns', 'grid');
@@ -60,11 +60,16 @@ export async function explain(scene, { kind = 'full', heat = '', lang = 'en', si
     query.set('maps', 'all');
     query.set('columns', 'all');
     query.set('stages', '1');
-    query.set('checks', '1');
+    query.set('checks', checks);
     query.set('stage_data', String(STAGE_DATA_LIMIT));
   } else if (kind === 'compare') {
     query.set('maps', 'all');
-    query.set('checks', '1');
+    query.set('checks', checks);
+    query.set('stage_data', '0');
+  } else if (kind === 'checks') { // the tests about some cells only, for the inspector
+    query.set('maps', 'none');
+    query.set('columns', 'grid');
+    query.set('checks', checks);
     query.set('stage_data', '0');
   } else {
     query.set('stage_data', '0');

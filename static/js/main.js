@@ -6,7 +6,8 @@ import { getSchemes, getPresets, explain, exportTrace, compareScenes, Coalescer,
 import { setLanguage, t, language } from './i18n.js';
 import { HASH_THROTTLE_MS } from './config.js';
 import { GridView, renderAnchorStrip } from './views/grid.js';
-import { renderInspector } from './views/inspector.js';
+import { renderInspector, renderQueryInspector } from './views/inspector.js';
+import { renderMatrix } from './views/queries.js';
 import { renderPositivesTable, renderCounts } from './views/table.js';
 import { renderWaterfall, renderTermBars, renderFocal } from './views/losses.js';
 import { renderPipeline, renderStageSelect, renderStage } from './views/stepper.js';
@@ -64,11 +65,11 @@ window.addEventListener('hashchange', () => {
 
 // ---- requests --------------------------------------------------------------------------------
 const mainRequests = new Coalescer(
-  ({ scene, kind, heat }) => explain(scene, { kind, heat, lang: app.state.lang }),
+  ({ scene, kind, heat }) => explain(scene, { kind, heat, lang: app.state.lang, checks: `box:${app.state.sel}` }),
   { onResult: (result, job) => onResult(result, job), onError: (error, job) => onError(error, job) },
 );
 const cmpRequests = new Coalescer(
-  ({ scene }) => explain(scene, { kind: 'compare', lang: app.state.lang }),
+  ({ scene }) => explain(scene, { kind: 'compare', lang: app.state.lang, checks: `box:${app.state.sel}` }),
   { onResult: (result) => { app.cmpResult = result; renderCompare(); }, onError: (error) => showError(error, 'cmp-') },
 );
 
@@ -100,12 +101,14 @@ function update({ dragging = false, pointerTime = null } = {}) {
 
 function onResult(result, job) {
   app.result = result;
+  app.cellChecks = new Map(); // the tests about other boxes' cells, fetched when a cell is hovered
   app.error = null;
   clearErrors(document.body);
   $('stale').hidden = true;
   setStatus('');
   renderFast(job.seq);
-  probe.renders.push({ seq: job.seq, kind: job.meta.dragging ? 'light' : 'full', sent: job.sentAt, received: job.receivedAt, compute_ms: result.compute_ms });
+  probe.renders.push({ seq: job.seq, kind: job.meta.dragging ? 'light' : 'full', sent: job.sentAt, received: job.receivedAt,
+                       drawn: performance.now(), compute_ms: result.compute_ms });
   if (job.meta.pointerTime !== null && job.meta.pointerTime !== undefined) {
     requestAnimationFrame(() => probe.frames.push({ seq: job.seq, pointer: job.meta.pointerTime, frame: performance.now() }));
   }
@@ -184,6 +187,7 @@ function heatName() {
 function currentView() {
   const scene = sceneOf();
   if (app.state.view) return app.state.view;
+  if (spec()?.kind === 'queries') return geo.fullView(scene.image.width, scene.image.height);
   const stride = app.result?.levels[levelIndex()]?.stride ?? spec()?.strides[0] ?? 8;
   return geo.focusView(scene.image.width, scene.image.height, app.state.boxes[app.state.sel], stride);
 }
@@ -204,6 +208,19 @@ function renderFast(seq) {
   const r = app.result;
   const s = spec(r?.scheme);
   if (!r || !s) return;
+  const queries = s.kind === 'queries';
+  for (const id of ['level-tabs', 'anchor-strips']) $(id).hidden = queries;
+  $('heat-select').closest('label').hidden = queries;
+  $('matrix-panel').hidden = !queries;
+  if (queries) {
+    gridView.renderQueries(r, { spec: s, selectedQuery: app.query ?? -1, seq });
+    $('positive-count').textContent = String(r.counts.total);
+    $('loss-total').textContent = fmt(r.losses.total);
+    $('compute-ms').textContent = `${s.title} · ${r.device} · ${fmt(r.compute_ms)} ms`;
+    $('heat-legend').replaceChildren();
+    renderBoxEntry();
+    return;
+  }
   syncLevelControls(r);
   const L = levelIndex();
   gridView.renderResult(r, { spec: s, levelIndex: L, anchor: app.state.anchor, heat: heatName(), selected: app.state.sel, seq });
@@ -232,13 +249,43 @@ function renderSlow() {
   renderTermBars($('loss-bar'), r, { log: $('loss-log').checked });
   renderFocal($('focal-plot'), $('focal-note'), r);
   renderStepper();
+  if (s.kind === 'queries') {
+    renderMatrix($('matrix-panel'), {
+      spec: s, result: r, matrix: app.matrix,
+      onMatrix: (name) => { app.matrix = name; renderSlow(); },
+      onHover: (pair) => { if (pair) { app.query = pair.query; renderInspectorNow(); gridView.renderQueries(r, { spec: s, selectedQuery: pair.query }); } },
+    });
+  }
 }
 
 function renderInspectorNow() {
+  const s = spec(app.result?.scheme);
+  if (s?.kind === 'queries') {
+    if (app.query !== undefined && app.query !== null) renderQueryInspector($('cell-info'), { spec: s, result: app.result, query: app.query });
+    return;
+  }
   const cell = app.picked ?? app.hover;
   if (!cell || !app.result) return;
-  renderInspector($('cell-info'), { spec: spec(app.result.scheme), result: app.result, levelIndex: levelIndex(), gi: cell.gi, gj: cell.gj });
+  const L = levelIndex();
+  const key = `cell:${L}:${cell.gi}:${cell.gj}`;
+  const extra = app.cellChecks?.get(key);
+  if (extra === undefined) fetchCellChecks(key);
+  const seen = new Set((app.result.checks || []).map((c) => JSON.stringify(c)));
+  const checks = [...(app.result.checks || []), ...(extra || []).filter((c) => !seen.has(JSON.stringify(c)))];
+  renderInspector($('cell-info'), { spec: spec(app.result.scheme), result: { ...app.result, checks }, levelIndex: L, gi: cell.gi, gj: cell.gj });
   if (app.picked) el('p', { cls: 'hint', text: t('insp.pinned') }, $('cell-info'));
+}
+
+/** The tests the code ran about one cell (any box): asked once per cell and result. */
+async function fetchCellChecks(key) {
+  const result = app.result;
+  app.cellChecks.set(key, null); // asked
+  try {
+    const answer = await explain(sceneOf(), { kind: 'checks', checks: key, lang: app.state.lang });
+    if (app.result !== result) return; // a newer scene arrived meanwhile
+    app.cellChecks.set(key, answer.checks);
+    renderInspectorNow();
+  } catch { app.cellChecks.delete(key); }
 }
 
 /** The cells a loss term (or one level's part of it) comes from: its positives, as the server lists them. */
@@ -366,7 +413,8 @@ function renderBoxEntry() {
 function syncControls() {
   setLanguage(app.state.lang);
   const other = app.state.lang === 'zh' ? 'en' : 'zh';
-  $('lang-switch').textContent = other === 'zh' ? '中文' : 'English';
+  // readable without a CJK font too: the Latin code comes first
+  $('lang-switch').textContent = other === 'zh' ? 'ZH 中文' : 'EN English';
   $('lang-switch').lang = other;
   fillSchemeSelect($('scheme-select'), app.state.scheme);
   const s = spec();
@@ -390,7 +438,6 @@ function syncControls() {
     $('levels-box').open = Boolean(app.state.levels) || $('levels-box').open;
   }
   $('compare-on').checked = app.state.compare;
-  $('compare-controls').hidden = !app.state.compare;
   $('cmp-col').hidden = !app.state.compare;
   fillSchemeSelect($('cmp-scheme-select'), app.state.cmpScheme, t('compare.same'));
   renderControls($('cmp-param-controls'), spec(app.state.cmpScheme || app.state.scheme), app.state.cmpParams, (name, value, { live = false } = {}) => {

@@ -403,7 +403,7 @@ def test_a_moving_slider_sends_light_requests_and_its_release_the_full_one(lab):
     slider.evaluate("el => el.dispatchEvent(new Event('change', {bubbles: true}))")  # release
     wait_settled(lab)
     assert len(sent) > light and sent[-1].get("stages") == ["1"] and sent[-1]["columns"] == ["all"]
-    assert sent[-1]["maps"] == ["all"] and sent[-1]["checks"] == ["1"]
+    assert sent[-1]["maps"] == ["all"] and sent[-1]["checks"] == ["box:0"]  # the selected box's tests
     result = api_post(lab.base, FULL, scene_of(lab))
     assert scene_of(lab)["params"] == {"anchor_t": 2}
     assert lab.get_by_test_id("positive-count").inner_text() == str(len(result["positives"]))
@@ -501,4 +501,19 @@ def test_what_changed_is_the_servers_sentence_and_an_inert_slider_says_so(lab):
     lab.get_by_test_id("slider-sort_obj_iou").check()
     lab.wait_for_function("() => document.querySelector('[data-testid=what-changed]').textContent.includes('sort_obj_iou')")
     assert "Nothing changed" in changed.inner_text() and "fight" in changed.inner_text()
+    assert lab.errors == []
+
+
+def test_the_inspector_asks_for_the_tests_of_a_box_that_is_not_selected(lab):
+    # box 1 (cls 1) is the learners' box moved to (300, 203): its left neighbour (36, 25) on P3 is
+    # refused for the same reason (frac x = 0.5); box 0 is selected, so box 1's tests are fetched on hover
+    open_free(lab, f"scheme=yolov5&boxes={LEARNERS_BOX};1,275,163,325,243&sel=0")
+    scene = scene_of(lab)
+    result = api_post(lab.base, "/api/v1/explain?checks=box:1", scene)
+    check = next(c for c in result["checks"] if c["test"] == "neighbour.left" and c["level"] == 0)
+    assert (check["gt"], check["gi"], check["gj"]) == (1, 36, 25)
+    lab.get_by_test_id("zoom-fit").click()
+    lab.mouse.move(*to_screen(lab, 36 * 8 + 4, 25 * 8 + 4))
+    lab.wait_for_function("text => document.querySelector('[data-testid=inspector-summary]')?.textContent.includes(text)",
+                          arg=check["text"])
     assert lab.errors == []

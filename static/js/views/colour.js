@@ -76,3 +76,9 @@ export function paintLegend(canvas, width = 140) {
   const ctx = canvas.getContext('2d');
   for (let x = 0; x < width; x++) { ctx.fillStyle = viridisCss(x / (width - 1)); ctx.fillRect(x, 0, 1, 1); }
 }
+
+/** Paint a (Q, N) matrix into `canvas`, one pixel per entry, viridis from its finite min to max. */
+export function paintMatrix(canvas, level) {
+  const [rows, cols] = level.shape;
+  return paintHeat(canvas, { shape: [1, rows, cols], data: level.data }, { anchor: 0 });
+}

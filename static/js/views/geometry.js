@@ -75,6 +75,23 @@ export function barChartHeight(count) {
   return 44 + 26 * count;
 }
 
+/** The (row, col) of a Q × N matrix drawn in `rect` under the pointer, or null outside. */
+export function matrixCell(event, rect, rows, cols) {
+  const col = Math.floor(((event.clientX - rect.left) / rect.width) * cols);
+  const row = Math.floor(((event.clientY - rect.top) / rect.height) * rows);
+  return row >= 0 && col >= 0 && row < rows && col < cols ? { row, col } : null;
+}
+
+/** Screen size of a Q × N matrix: rows and columns readable, the whole kept within 520 × 480 px. */
+export function matrixSize(rows, cols) {
+  return { width: Math.min(520, Math.max(80, cols * 40)), height: Math.min(480, Math.max(120, rows * 16)) };
+}
+
+/** Flat row-major index of (row, col) in a (Q, N) matrix. */
+export function matrixIndex(shape, row, col) {
+  return row * shape[1] + col;
+}
+
 /** Whether (gi, gj) lies inside an (A, H, W) map level. */
 export function insideMap(shape, gi, gj) {
   return gi >= 0 && gj >= 0 && gj < shape[1] && gi < shape[2];

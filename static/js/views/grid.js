@@ -366,6 +366,7 @@ export class GridView {
     const count = level.anchors ? level.anchors.length : 1;
     this.anchorCount = count;
     const s = level.stride;
+    this.gridRect.setAttribute('visibility', 'visible');
     this.pattern.setAttribute('width', s); this.pattern.setAttribute('height', s);
     this.patternPath.setAttribute('d', `M ${s} 0 L 0 0 0 ${s}`);
     this.gridRect.dataset.seq = String(seq ?? '');
@@ -383,6 +384,7 @@ export class GridView {
       const node = svgEl('rect', { class: `poscell${r.gt === selected ? ' mine' : ''}`, 'data-testid': 'grid-cell', fill: colour, stroke: colour, 'vector-effect': 'non-scaling-stroke' }, cells);
       setRect(node, rect);
       Object.assign(node.dataset, { gt: r.gt, level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, rule: r.rule });
+      if (!roomy) continue; // a glyph only where a cell is big enough on screen to hold it
       const centre = geo.rectCentre(rect);
       const mark = svgEl('text', { class: 'rulemark', x: centre.x, y: centre.y }, cells);
       mark.textContent = glyphs[r.rule] ?? '?';
@@ -446,6 +448,7 @@ export class GridView {
    * draggable: moving one pins that slot's prediction to the new box (the server inverts the decode). */
   renderPredictions(hovered = this.hovered) {
     this.predLayer ??= svgEl('g', { class: 'preds' }, this.svg);
+    if (this.spec?.kind === 'queries') return; // the query boxes stay as renderQueries drew them
     const cell = this.picked ?? hovered;
     const frag = document.createDocumentFragment();
     const column = this.spec?.pred_box;
@@ -461,6 +464,32 @@ export class GridView {
         const title = svgEl('title', {}, node);
         title.textContent = editable ? 'drag to move this prediction (a pin); Shift-drag to resize' : 'predicted box';
       }
+    }
+    this.predLayer.replaceChildren(frag);
+  }
+
+  /**
+   * A set-prediction scheme: every query's predicted box (matched ones in their box's colour, the
+   * others grey), draggable like pins (the slot is level 0, anchor = the query, cell (0, 0)).
+   */
+  renderQueries(result, { spec, selectedQuery = -1, seq } = {}) {
+    this.result = result; this.spec = spec; this.level = null;
+    this.gridRect.setAttribute('visibility', 'hidden');
+    this.heat.setAttribute('visibility', 'hidden');
+    this.cellLayer.replaceChildren(); this.checkLayer.replaceChildren(); this.overLayer.replaceChildren();
+    this.gridRect.dataset.seq = String(seq ?? '');
+    this.predLayer ??= svgEl('g', { class: 'preds' }, this.svg);
+    const frag = document.createDocumentFragment();
+    for (const q of result.queries || []) {
+      const matched = q.matched_gt !== -1;
+      const node = svgEl('rect', { class: `querybox predbox editable${matched ? ' matched' : ''}${q.query === selectedQuery ? ' on' : ''}`,
+                                   'data-testid': 'query-box', stroke: matched ? boxColour(q.matched_gt) : '#7a7a7a', 'vector-effect': 'non-scaling-stroke' }, frag);
+      setRect(node, geo.boxRect(q.box_px));
+      Object.assign(node.dataset, { level: 0, anchor: q.query, gi: 0, gj: 0, query: q.query, matched: q.matched_gt });
+      const title = svgEl('title', {}, node);
+      title.textContent = `query ${q.query}${matched ? ` → box ${q.matched_gt}` : ' (no object)'}: drag to move its box`;
+      const label = svgEl('text', { class: 'querylabel', x: q.box_px[0], y: q.box_px[1] }, frag);
+      label.textContent = `q${q.query}`;
     }
     this.predLayer.replaceChildren(frag);
   }

@@ -169,3 +169,41 @@ export function renderInspector(root, ctx) {
     }
   }
 }
+
+/** A set-prediction scheme: one query, its matched pair (if any) with the cost filled in, its tests. */
+export function renderQueryInspector(root, { spec, result, query }) {
+  root.replaceChildren();
+  const row = result.queries?.find((q) => q.query === query);
+  if (!row) return;
+  el('h3', { cls: 'cellhead', text: `${t('insp.query')} ${query}` }, root);
+  const box = el('div', { cls: 'summary3', attrs: { 'data-testid': 'inspector-summary' } }, root);
+  const pair = result.positives.find((r) => r.query === query);
+  const line1 = el('div', { cls: `line1 ${pair ? 'pos' : 'neg'}` }, box);
+  if (pair) {
+    const sw = el('span', { cls: 'swatch' }, line1);
+    sw.style.background = boxColour(pair.gt);
+    line1.append(`${t('insp.matchedTo')} #${pair.gt} · ${pair.rule}`);
+  } else {
+    line1.textContent = t('insp.noObject');
+  }
+  const columns = spec.query_columns.filter((c) => c.name in row && c.name !== 'query');
+  el('div', { cls: 'line2', text: columns.map((c) => `${c.name} = ${fmtUnit(row[c.name], c.unit)}`).join(' · ') }, box);
+  if (pair) {
+    for (const group of spec.inspector.groups) {
+      const cols = spec.columns.filter((c) => c.group === group.name && c.name in pair);
+      if (!cols.length) continue;
+      const details = el('details', { cls: 'group', attrs: { 'data-group': group.name, open: '' } }, root);
+      el('summary', { text: group.title }, details);
+      for (const c of cols) {
+        const line = el('div', { cls: c.formula ? 'formula' : 'kv', attrs: { 'data-column': c.name } }, details);
+        line.textContent = c.formula ? fillFormula(c.formula, pair) : `${c.name} = ${fmtUnit(pair[c.name], c.unit)}`;
+      }
+    }
+  }
+  const checks = (result.checks || []).filter((c) => c.anchor === query);
+  if (checks.length) {
+    const details = el('details', { cls: 'group', attrs: { 'data-group': 'checks', open: '' } }, root);
+    el('summary', { text: t('insp.tests') }, details);
+    for (const c of checks) el('div', { cls: `check ${c.passed ? 'pass' : 'fail'}`, text: `${c.passed ? '✓' : '✗'} #${c.gt} ${c.text}` }, details);
+  }
+}
