@@ -8,9 +8,9 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench bench-api conformance clean
+.PHONY: run test install bench bench-api bench-limits conformance clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --upgrade pip
 	$(BIN)/python -m pip install -qq "$(TORCH_SPEC)" -e ".[dev]"
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m benchmarks.api_load
+
+bench-limits: $(STAMP)
+	$(BIN)/python -m benchmarks.serve_limits
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -47,6 +47,9 @@ async def require_json_body(request: Request) -> None:
     would answer a 422 about the body's shape). Every route has this dependency (``create_app``)."""
     if request.method in ("GET", "HEAD", "OPTIONS", "DELETE"):
         return
+    has_body = request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
+    if not has_body:  # nothing to parse (a POST whose parameters are all in the query)
+        return
     value = request.headers.get("content-type", "")
     message = Message()
     message["content-type"] = value

@@ -3,7 +3,7 @@
 uvicorn's options, set by :func:`uvicorn_options` (all from :class:`~app.settings.Settings`):
 
 * ``timeout_keep_alive``: an idle keep-alive connection is closed after this many seconds;
-* ``limit_concurrency``: past this many connections or tasks a request gets uvicorn's ``503``;
+* ``limit_concurrency``: past ``max_connections`` requests in flight a request gets uvicorn's ``503``;
 * ``backlog``, ``timeout_graceful_shutdown`` (``SIGTERM``: stop accepting, finish what is in
   flight for at most this long, run the lifespan's shutdown), ``server_header`` off.
 
@@ -20,10 +20,13 @@ and ASGI cycle stay uvicorn's):
 * **a request must arrive whole** (line, headers and body) within ``timeout_request`` seconds of
   its first byte, else ``408`` and the connection is closed (a body sent at 1 byte/s);
 * **a response must keep moving**: when the client stops reading and the socket's write buffer
-  stays above its high-water mark for ``timeout_send`` seconds, the connection is aborted, so a
-  client that never reads cannot pin a response in memory;
-* **connections capped**: a connection beyond ``max_connections`` gets an immediate ``503`` and
-  is closed, so idle sockets cannot exhaust the worker's file descriptors.
+  stays above its high-water mark for ``timeout_send`` seconds, the connection is aborted; and the
+  bytes waiting on clients that do not read are at most ``max_pending_bytes`` per worker (past
+  that the longest-waiting connection is aborted), so clients that never read cannot pin
+  responses in memory;
+* **connections capped**: past ``max_connections`` a new connection takes the place of the
+  longest-idle one (closed), and when none is idle it gets an immediate ``503`` and is closed, so
+  idle sockets can neither exhaust the worker's file descriptors nor lock real clients out.
 
 With ``--workers`` > 1 the workers exit when their supervisor dies (:func:`watch_parent`), so a
 killed supervisor leaves no orphans holding the port.
@@ -68,6 +71,9 @@ class LossLabHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with bounded headers, request and send deadlines and a
     connection cap (see the module docstring). The limits come from :func:`get_settings`."""
 
+    _last_refusal_log = float("-inf")
+    _paused: "dict[LossLabHttpProtocol, None]" = {}  # connections whose client is not reading (this worker)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = get_settings()
@@ -76,6 +82,7 @@ class LossLabHttpProtocol(HttpToolsProtocol):
         self.max_connections = settings.max_connections
         self.timeout_request = settings.timeout_request
         self.timeout_send = settings.timeout_send
+        self.max_pending_bytes = settings.max_pending_bytes
         self._head_bytes = 0  # bytes of the current request's line and headers seen so far
         self._in_head = True  # between a request's first byte and the end of its headers
         self._header_count = 0
@@ -83,13 +90,18 @@ class LossLabHttpProtocol(HttpToolsProtocol):
         self._request_open = False  # a request has begun and not yet fully arrived
         self._request_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # -- connections ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            self.logger.warning("connection refused: %d connections open (limit %d)",
-                                len(self.connections), self.max_connections)
+        self._idle_since = self.loop.time()
+        if len(self.connections) > self.max_connections and not self._close_an_idle_connection():
+            now = self.loop.time()
+            if now - LossLabHttpProtocol._last_refusal_log > 1.0:  # a flood logs once a second, not per socket
+                LossLabHttpProtocol._last_refusal_log = now
+                self.logger.warning("connection refused: %d connections open (limit %d)",
+                                    len(self.connections), self.max_connections)
             transport.write(_raw_response(503, f"the server has {self.max_connections} connections open, its "
                                                "limit (LOSSLAB_MAX_CONNECTIONS); retry shortly"))
             transport.close()
@@ -98,9 +110,27 @@ class LossLabHttpProtocol(HttpToolsProtocol):
         # a byte would stay open for ever. The same timer closes it.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
+    def _idle(self) -> bool:
+        """Open, and neither receiving a request nor answering one."""
+        return (not self._request_open and (self.cycle is None or self.cycle.response_complete)
+                and self.transport is not None and not self.transport.is_closing())
+
+    def _close_an_idle_connection(self) -> bool:
+        """At the cap, a new connection takes the place of the longest-idle one (a flood of idle
+        sockets cannot lock real clients out); only when every connection is busy is it refused."""
+        idle = [p for p in self.connections if p is not self and isinstance(p, LossLabHttpProtocol) and p._idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda p: p._idle_since)
+        oldest._unset_keepalive_if_required()
+        oldest.transport.close()
+        self.connections.discard(oldest)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_request_timer()
         self._cancel_send_timer()
+        LossLabHttpProtocol._paused.pop(self, None)
         super().connection_lost(exc)
 
     # -- requests -------------------------------------------------------------------------
@@ -140,6 +170,10 @@ class LossLabHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self._idle_since = self.loop.time()
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -186,9 +220,22 @@ class LossLabHttpProtocol(HttpToolsProtocol):
         super().pause_writing()
         self._cancel_send_timer()
         self._send_timer = self.loop.call_later(self.timeout_send, self._send_timed_out)
+        paused = LossLabHttpProtocol._paused
+        paused[self] = None  # insertion order: the longest-paused first
+        # responses waiting on clients that do not read: at most max_pending_bytes per worker
+        pending = sum(p.transport.get_write_buffer_size() for p in paused)
+        while pending > self.max_pending_bytes and paused:
+            oldest = next(iter(paused))
+            pending -= oldest.transport.get_write_buffer_size()
+            self.logger.warning("response aborted: %d bytes wait on clients that do not read (limit %d)",
+                                pending, self.max_pending_bytes)
+            paused.pop(oldest, None)
+            oldest._cancel_send_timer()
+            oldest.transport.abort()
 
     def resume_writing(self) -> None:
         self._cancel_send_timer()
+        LossLabHttpProtocol._paused.pop(self, None)
         super().resume_writing()
 
     def _send_timed_out(self) -> None:
@@ -238,7 +285,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "http": LossLabHttpProtocol,
         "timeout_keep_alive": settings.timeout_keep_alive,
-        "limit_concurrency": settings.max_connections,
+        # uvicorn counts this connection too; ours (connection_made) is the cap on connections
+        "limit_concurrency": settings.max_connections + 1,
         "backlog": settings.backlog,
         "timeout_graceful_shutdown": settings.timeout_graceful_shutdown,
         "server_header": False,

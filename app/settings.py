@@ -31,12 +31,13 @@ class Settings(BaseSettings):
     compute_slots: int = Field(1, ge=1, le=64)  # computations running at once per worker
     warmup: bool = True  # run every scheme once at start-up
     # -- serving limits (losslab serve; app/server.py): per worker process ----------------------
-    max_connections: int = Field(512, ge=1)  # more get an immediate 503 and are closed
+    max_connections: int = Field(256, ge=1)  # more get an immediate 503 and are closed
     max_header_bytes: int = Field(32 * 1024, ge=1024)  # request line + headers; more: 431
     max_header_count: int = Field(100, ge=4)  # header fields; more: 431
     timeout_keep_alive: int = Field(5, ge=1)  # s an idle connection (new or between requests) stays open
     timeout_request: float = Field(30.0, gt=0)  # s from a request's first byte to its last; then 408
     timeout_send: float = Field(30.0, gt=0)  # s a response may wait on a client that reads nothing; then abort
+    max_pending_bytes: int = Field(128 * 2**20, ge=2**20)  # response bytes waiting on clients that do not read
     timeout_graceful_shutdown: int = Field(30, ge=1)  # s SIGTERM waits for requests in flight
     backlog: int = Field(2048, ge=1)
     # -- compute lanes and large responses (app/compute.py) ------------------------------------
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
     # A response estimated above stream_bytes is streamed as it is encoded; stream_slots of them at
     # once per worker (each holds its scene's trace while the client reads); above max_response_bytes
     # it is refused with 413 (``losslab explain`` writes any size to a file).
-    stream_bytes: int = Field(4 * 2**20, ge=0)
+    stream_bytes: int = Field(16 * 2**20, ge=0)
     stream_slots: int = Field(2, ge=1, le=64)
     max_response_bytes: int = Field(256 * 2**20, ge=2**20)
     stream_wait: float = Field(10.0, ge=0)  # s a large response waits for a stream slot; then 503

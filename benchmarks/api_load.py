@@ -41,6 +41,22 @@ def scene(scheme: str, boxes: int = 20, seed: int = 0) -> dict:
     return {"scheme": scheme, "image": {"width": 640, "height": 640}, "nc": 80, "boxes": out, "device": "cpu"}
 
 
+def largest_scene(scheme: str, boxes: int = 256, seed: int = 1) -> dict:
+    """One of the largest scenes the API accepts: 768x768 with 1000 classes (a prediction head just
+    under losscore.scene.MAX_HEAD_ELEMENTS) and ``boxes`` boxes."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(boxes):
+        w, h = rng.uniform(8, 256), rng.uniform(8, 256)
+        cx, cy = rng.uniform(w / 2, 768 - w / 2), rng.uniform(h / 2, 768 - h / 2)
+        out.append({"cls": rng.randrange(1000), "x1": round(cx - w / 2, 1), "y1": round(cy - h / 2, 1),
+                    "x2": round(cx + w / 2, 1), "y2": round(cy + h / 2, 1)})
+    return {"scheme": scheme, "image": {"width": 768, "height": 768}, "nc": 1000, "boxes": out, "device": "cpu"}
+
+
+HEAVY_SCHEMES = ("yolov5", "yolov3", "yolov9", "focal")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,6 +149,73 @@ async def load(url: str, body: dict, clients: int, requests: int, max_seconds: f
     }
 
 
+async def load_groups(url: str, groups: list[dict], seconds: float) -> dict[str, dict]:
+    """Several kinds of client at once for ``seconds``: each group is ``{"name", "clients", "body"
+    (a function of the request number), "params"}``; returns per group p50/p95 ms, req/s, errors."""
+    stop_at = time.perf_counter() + seconds
+    total = sum(g["clients"] for g in groups)
+    limits = httpx.Limits(max_connections=total, max_keepalive_connections=total)
+    results = {g["name"]: {"lat": [], "errors": 0} for g in groups}
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def one_client(group: dict, index: int) -> None:
+            n = index
+            while time.perf_counter() < stop_at:
+                n += group["clients"]
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/api/v1/explain", json=group["body"](n), params=group.get("params"))
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if time.perf_counter() <= stop_at or group.get("count_late", False):
+                    results[group["name"]]["lat"].append((time.perf_counter() - start) * 1e3)
+                    results[group["name"]]["errors"] += not ok
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one_client(g, i) for g in groups for i in range(g["clients"])))
+        elapsed = time.perf_counter() - began
+    out = {}
+    for name, r in results.items():
+        lat = sorted(r["lat"]) or [float("nan")]
+        out[name] = {"n": len(r["lat"]), "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+                     "rps": len(r["lat"]) / elapsed, "errors": r["errors"]}
+    return out
+
+
+def mixed_load(url: str, seconds: float, light_clients: int = 28, heavy_clients: int = 4) -> None:
+    """Head-of-line blocking: the 640x640 YOLOv5 scene from ``light_clients`` clients, alone and
+    then with ``heavy_clients`` clients sending the largest scenes (768x768, nc 1000, 256 boxes,
+    one scheme each of HEAVY_SCHEMES); and the cost of a new noise seed per request."""
+    light = scene("yolov5")
+    groups_light = [{"name": "light", "clients": light_clients, "body": lambda n: light}]
+    heavy_bodies = [largest_scene(s) for s in HEAVY_SCHEMES]
+    groups_heavy = [{"name": "heavy", "clients": heavy_clients, "body": lambda n: heavy_bodies[n % len(heavy_bodies)],
+                     "count_late": True}]
+    alone = asyncio.run(load_groups(url, groups_light, seconds))["light"]
+    mixed = asyncio.run(load_groups(url, groups_light + groups_heavy, seconds))
+    print(f"  mixed load, {light_clients} clients on the 640x640 YOLOv5 scene (default request), {seconds:.0f} s each:")
+    print(f"    {'':<34} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'errors':>6}")
+    rows = [("light alone", alone), ("light, with heavy clients", mixed["light"]),
+            (f"heavy ({heavy_clients} clients, largest scenes)", mixed["heavy"])]
+    for name, r in rows:
+        print(f"    {name:<34} {r['n']:>5} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['rps']:>8.1f} {r['errors']:>6}")
+    print(f"    light p95 with heavy / alone: {mixed['light']['p95'] / alone['p95']:.2f}x (target <= 3x)", flush=True)
+
+
+def seed_load(url: str, seconds: float, clients: int = 32) -> None:
+    """Throughput of the 640x640 YOLOv5 scene with one seed for every request (the noise cached)
+    and with a new random seed per request (the noise drawn each time)."""
+    base = scene("yolov5")
+    fixed = asyncio.run(load_groups(url, [{"name": "s", "clients": clients, "body": lambda n: base}], seconds))["s"]
+    fresh = asyncio.run(load_groups(url, [{"name": "s", "clients": clients, "seconds": seconds,
+                                           "body": lambda n: {**base, "predictions": {"seed": 1000 + n}}}],
+                                    seconds))["s"]
+    print(f"  noise seeds, {clients} clients, 640x640 YOLOv5 default request, {seconds:.0f} s each:")
+    for name, r in (("same seed (cached noise)", fixed), ("new seed per request", fresh)):
+        print(f"    {name:<34} {r['n']:>5} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['rps']:>8.1f} {r['errors']:>6}")
+    print(f"    cost per request, new seed / same seed: {fixed['rps'] / fresh['rps']:.2f}x (target <= 2x)", flush=True)
+
+
 WRK_SCRIPT = """
 local f = io.open(os.getenv("LOSSLAB_BODY_FILE"), "r"); local body = f:read("*a"); f:close()
 wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = "application/json"
@@ -189,12 +272,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure each row this many times and print the median of each column "
                              "(a shared 2-core VM drifts by 10-30%% between runs)")
+    parser.add_argument("--mixed", type=float, default=15.0, metavar="SECONDS",
+                        help="after the table, with 2 workers: the mixed-load (head-of-line) and noise-seed "
+                             "measurements, this many seconds each (0: skip)")
+    parser.add_argument("--only-mixed", action="store_true", help="skip the table, run only --mixed")
     args = parser.parse_args()
     print(f"losslab API load ({args.client}): POST /api/v1/explain, 640x640, 20 boxes, torch threads/worker {args.threads}, "
           f"{os.cpu_count()} CPUs" + (f", median of {args.repeat} runs per row (n, errors: totals)" if args.repeat > 1 else ""))
     print(f"  {'workers':>7} {'mode':>5} {'scheme':>8} {'clients':>7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'req/s':>8} {'errors':>6} {'payload KB':>10}")
-    for workers in (int(w) for w in args.workers.split(",")):
+    for workers in (() if args.only_mixed else (int(w) for w in args.workers.split(","))):
         with Server(workers, args.threads) as server:
             for mode, scheme in ((m, s) for m in args.modes.split(",") for s in args.schemes.split(",")):
                 body = scene(scheme)
@@ -212,6 +299,11 @@ def main() -> None:
                     print(f"  {workers:>7} {mode:>5} {scheme:>8} {clients:>7} {int(stats['n']):>5} {stats['p50']:>8.1f} "
                           f"{stats['p95']:>8.1f} {stats['rps']:>8.1f} {stats['errors']:>6} "
                           f"{stats['payload'] / 1e3:>10.1f}", flush=True)
+
+    if args.mixed > 0:
+        with Server(2, args.threads) as server:
+            mixed_load(server.url, args.mixed)
+            seed_load(server.url, args.mixed)
 
 
 if __name__ == "__main__":

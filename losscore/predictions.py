@@ -23,22 +23,34 @@ __all__ = ["blend_logits", "blend_sparse", "blended_heads", "BlendedHeads"]
 
 class _NoiseEntry:
     """One cached draw: the generator state after it, ``(1 - progress) * noise`` and, with a
-    background, its blend with it; plus a scratch copy of that blend for :func:`blended_heads`."""
+    background, its blend with it; plus a scratch copy of that blend for :func:`blended_heads`.
 
-    __slots__ = ("state", "scaled", "base", "scratch", "lock")
+    ``users`` counts the calls reading it right now: an entry evicted while in use gives its
+    buffers back to the pool (:data:`_POOL`) only when the last of them is done."""
+
+    __slots__ = ("state", "scaled", "base", "scratch", "lock", "users", "evicted")
 
     def __init__(self, state: torch.Tensor, scaled: torch.Tensor, base: torch.Tensor | None) -> None:
         self.state, self.scaled, self.base = state, scaled, base
         self.scratch: torch.Tensor | None = None  # == base outside a blended_heads block
         self.lock = threading.Lock()  # held by the blended_heads block patching scratch
+        self.users = 0
+        self.evicted = False
 
 
 _NOISE_CACHE: "OrderedDict[tuple, _NoiseEntry]" = OrderedDict()
 _NOISE_CACHE_SIZE = 12  # entries (one per level and seed/progress/background)
 # Bytes the cached draws may hold (scaled noise, blend and scratch copy each): the least recently
 # used go first, but the newest entry always stays. A 640x640 nc-80 YOLOv5 scene holds ~26 MB.
-_NOISE_CACHE_BYTES = 768 * 2**20
+_NOISE_CACHE_BYTES = 192 * 2**20
+# A draw larger than this (a 768x768 head with 1000 classes: ~110 MB a copy) is not cached at all:
+# it would pin several hundred MB in a worker for a scene that takes seconds anyway.
+_NOISE_ENTRY_MAX_BYTES = 96 * 2**20
 _NOISE_LOCK = threading.Lock()
+# Buffers of evicted draws, by (shape, dtype): a new seed draws into them instead of fresh memory
+# (a fresh 8 MB tensor costs ~2000 page faults, about a third of drawing its noise). Bounded in bytes.
+_POOL: "dict[tuple, list[torch.Tensor]]" = {}
+_POOL_BYTES = 64 * 2**20
 
 
 def _entry_bytes(entry: _NoiseEntry) -> int:
@@ -46,10 +58,72 @@ def _entry_bytes(entry: _NoiseEntry) -> int:
     return copies * entry.scaled.numel() * entry.scaled.element_size()
 
 
+def _pool_key(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape), tensor.dtype
+
+
+def _pooled(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A free buffer of this shape and dtype (call with ``_NOISE_LOCK`` held)."""
+    free = _POOL.get((tuple(shape), dtype))
+    return free.pop() if free else None
+
+
+def _recycle(entry: _NoiseEntry) -> None:
+    """Give an evicted entry's CPU buffers to the pool, within its byte budget (``_NOISE_LOCK`` held)."""
+    held = sum(t.numel() * t.element_size() for free in _POOL.values() for t in free)
+    for tensor in (entry.scaled, entry.base, entry.scratch):
+        if tensor is None or not tensor.is_cpu or tensor.is_inference():
+            continue
+        size = tensor.numel() * tensor.element_size()
+        if held + size > _POOL_BYTES:
+            break
+        _POOL.setdefault(_pool_key(tensor), []).append(tensor)
+        held += size
+    entry.scaled = entry.base = entry.scratch = None  # type: ignore[assignment]
+
+
+def _done(entry: _NoiseEntry) -> None:
+    """A call has finished reading ``entry`` (see ``users``)."""
+    with _NOISE_LOCK:
+        entry.users -= 1
+        if entry.evicted and entry.users == 0:
+            _recycle(entry)
+
+
+def _draw(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
+          generator: torch.Generator, scale: float, background: torch.Tensor | None
+          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(1 - progress) * noise`` and its blend with ``background``: the bits of the plain formula
+    ``(1 - progress) * (randn(shape) * scale)`` and ``scaled + progress * background.expand(shape)``,
+    computed in place in pooled buffers where possible (same elementwise operations, same order)."""
+    # normal tensors even when drawn under torch.inference_mode (export.run_scene): the cache
+    # outlives the call, and a later caller without inference mode patches the scratch copy
+    with torch.inference_mode(False):
+        if device.type != "cpu" or dtype != torch.float32:  # the general path, as written
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
+            noise = noise.to(device=device, dtype=dtype)
+            scaled = (1.0 - progress) * noise
+            base = None if background is None else scaled + progress * background.expand(shape)
+            return scaled, base
+        with _NOISE_LOCK:
+            scaled, base = _pooled(shape, dtype), None if background is None else _pooled(shape, dtype)
+        if scaled is None:
+            scaled = torch.empty(shape, dtype=dtype)
+        torch.randn(shape, generator=generator, dtype=torch.float32, out=scaled)
+        scaled.mul_(scale).mul_(1.0 - progress)
+        if background is None:
+            return scaled, None
+        if base is None:
+            base = torch.empty(shape, dtype=dtype)
+        torch.add(scaled, (progress * background).expand(shape), out=base)
+        return scaled, base
+
+
 def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
                  generator: torch.Generator, scale: float, background: torch.Tensor | None) -> _NoiseEntry:
     """The cached draw for the generator's state (drawn on a miss); the generator is left in the
-    state after the draw either way, as if it had drawn again."""
+    state after the draw either way, as if it had drawn again. The caller reads the entry and then
+    calls :func:`_done` (the entry's buffers are not reused before)."""
     state = generator.get_state()
     bg_key = None if background is None else (tuple(background.shape), tuple(background.reshape(-1).tolist()))
     key = (hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest(), tuple(shape), dtype,
@@ -58,23 +132,25 @@ def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
         hit = _NOISE_CACHE.get(key)
         if hit is not None:
             _NOISE_CACHE.move_to_end(key)
-    if hit is None:
-        # normal tensors even when drawn under torch.inference_mode (export.run_scene): the cache
-        # outlives the call, and a later caller without inference mode patches the scratch copy
-        with torch.inference_mode(False):
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
-            noise = noise.to(device=device, dtype=dtype)
-            scaled = (1.0 - progress) * noise
-            base = None if background is None else scaled + progress * background.expand(shape)
-        hit = _NoiseEntry(generator.get_state(), scaled, base)
-        with _NOISE_LOCK:
-            _NOISE_CACHE[key] = hit
-            held = sum(_entry_bytes(entry) for entry in _NOISE_CACHE.values())
-            while len(_NOISE_CACHE) > 1 and (len(_NOISE_CACHE) > _NOISE_CACHE_SIZE or held > _NOISE_CACHE_BYTES):
-                _, evicted = _NOISE_CACHE.popitem(last=False)
-                held -= _entry_bytes(evicted)
-    else:
+            hit.users += 1
+    if hit is not None:
         generator.set_state(hit.state)
+        return hit
+    scaled, base = _draw(tuple(shape), dtype, device, progress, generator, scale, background)
+    hit = _NoiseEntry(generator.get_state(), scaled, base)
+    hit.users = 1
+    with _NOISE_LOCK:
+        if _entry_bytes(hit) > _NOISE_ENTRY_MAX_BYTES:
+            hit.evicted = True  # used by this call only, never cached
+            return hit
+        _NOISE_CACHE[key] = hit
+        held = sum(_entry_bytes(entry) for entry in _NOISE_CACHE.values())
+        while len(_NOISE_CACHE) > 1 and (len(_NOISE_CACHE) > _NOISE_CACHE_SIZE or held > _NOISE_CACHE_BYTES):
+            _, evicted = _NOISE_CACHE.popitem(last=False)
+            held -= _entry_bytes(evicted)
+            evicted.evicted = True
+            if evicted.users == 0:
+                _recycle(evicted)
     return hit
 
 
@@ -93,7 +169,10 @@ def blend_logits(
     constant background with a few written slots, :func:`blend_sparse` is faster.
     """
     entry = _noise_entry(tuple(perfect.shape), perfect.dtype, perfect.device, progress, generator, scale, None)
-    return entry.scaled + progress * perfect
+    try:
+        return entry.scaled + progress * perfect
+    finally:
+        _done(entry)
 
 
 def blend_sparse(
@@ -113,8 +192,11 @@ def blend_sparse(
     """
     background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
     entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
-    out = entry.base.clone()
-    out.view(-1)[index] = _blend_at(entry, index, values, progress)
+    try:
+        out = entry.base.clone()
+        out.view(-1)[index] = _blend_at(entry, index, values, progress)
+    finally:
+        _done(entry)
     return out
 
 
@@ -164,15 +246,19 @@ def blended_heads(
     """
     out = BlendedHeads()
     locks: list[threading.Lock] = []
+    entries: list[_NoiseEntry] = []
     try:
         for shape, (index, values) in zip(shapes, writes):
             background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
             entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
+            entries.append(entry)
             if entry.lock.acquire(blocking=False):
                 locks.append(entry.lock)
                 if entry.scratch is None:
+                    with _NOISE_LOCK:
+                        buffer = _pooled(tuple(entry.base.shape), entry.base.dtype) if entry.base.is_cpu else None
                     with torch.inference_mode(False):  # a normal tensor, as the entry's others
-                        entry.scratch = entry.base.clone()
+                        entry.scratch = entry.base.clone() if buffer is None else buffer.copy_(entry.base)
                 head = entry.scratch
             else:
                 head = entry.base.clone()
@@ -185,3 +271,5 @@ def blended_heads(
         out._undo.clear()
         for lock in locks:
             lock.release()
+        for entry in entries:
+            _done(entry)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response, StreamingResponse
 
 from losscore import registry, wire
+from losscore.export import check_filter
 from losscore.mmdet import focal_curve as mmdet_focal_curve
 from losscore.scene import (BOX_MARGIN_FRAC, MAX_BOXES, MAX_HEAD_ELEMENTS, MAX_IMAGE_SIDE, MAX_NC, MAX_PINS,
                             SchemeSpec)
@@ -46,6 +47,8 @@ def parse_maps(spec: SchemeSpec, maps: str | None) -> list[str] | None:
         return [spec.maps[0].name] if spec.maps else None
     if maps.strip() == "all":
         return None
+    if maps.strip() == "none":
+        return []
     names = [name.strip() for name in maps.split(",") if name.strip()]
     known = [m.name for m in spec.maps]
     unknown = [name for name in names if name not in known]
@@ -99,26 +102,43 @@ async def explain(
                                          description="comma-separated positives columns, or 'all', or 'grid' (the "
                                                      "required ones and the predicted box; default: the scheme's "
                                                      "default columns)")] = None,
-    checks: Annotated[bool, Query(description="also return the tests the code ran per box, anchor and cell, each "
-                                              "with its numbers and a sentence (the page's inspector asks once a "
-                                              "gesture ends)")] = False,
+    checks: Annotated[str, Query(max_length=400, pattern=r"^[a-z0-9:,\s-]*$",
+                                 description="the tests the code ran, each with its numbers and a sentence: 'all', "
+                                             "or 'box:N' (about box N) and 'cell:L:gi:gj' (about one cell), "
+                                             "comma-separated; default none")] = "none",
 ) -> Response:
     spec = _spec(body.scheme)
     wanted = parse_maps(spec, maps)
     wanted_columns = parse_columns(spec, columns)
+    try:
+        check_filter(checks)
+    except ValueError as exc:
+        raise SceneError(str(exc).partition(": ")[2], ["query", "checks"]) from exc
     scene = body.to_scene()
-    # torch work and encoding run in the scene's lane (app.compute): light scenes never wait behind heavy ones
+    # torch work and encoding run in the scene's lane (app.compute): light scenes never wait behind heavy ones.
+    # A request that may answer hundreds of megabytes (much stage data) takes a stream slot first, so the
+    # computed documents waiting to be read are bounded; any other streams only if a slot is free.
+    slot = stages and stage_data > LARGE_STAGE_DATA
+    if slot and not await lanes.acquire_stream():
+        raise HTTPException(503, _STREAMS_BUSY, headers={"Retry-After": "5"})
+    prepared: serialize.Prepared | None = None
     try:
         prepared = await lanes.run(scene, serialize.prepare_explain, scene, wanted, stage_data, stages,
                                    wanted_columns, checks, settings.stream_bytes, settings.max_response_bytes)
     except serialize.TooLarge as exc:
-        raise HTTPException(413, f"this explain response would be {exc.args[0]}: ask for less stage data "
-                                 "(stage_data, stages) or fewer maps, or run `losslab explain scene.json -o "
-                                 "trace.json`, which writes any size to a file") from None
+        raise HTTPException(413, f"this explain response would be {exc.args[0]} (LOSSLAB_MAX_RESPONSE_BYTES): "
+                                 "ask for less stage data (stage_data, stages) or fewer maps, or run `losslab "
+                                 "explain scene.json -o trace.json`, which writes any size to a file") from None
+    finally:
+        if slot and (prepared is None or prepared.payload is not None):  # not streamed: the slot goes back now
+            lanes.release_stream()
     if prepared.payload is not None:
         return Response(prepared.payload, media_type="application/json")
-    if not await lanes.acquire_stream(wait=False):
-        raise HTTPException(503, _STREAMS_BUSY, headers={"Retry-After": "5"})
+    if not slot and not await lanes.acquire_stream(wait=False):
+        # little stage data, larger than expected and no slot free: answer it whole (tens of MB at
+        # most: every map of the largest image; the server's max_pending_bytes bounds unread answers)
+        payload = await lanes.run_light(lambda: b"".join(serialize.iter_json(prepared.doc)))
+        return Response(payload, media_type="application/json")
     return _stream(prepared.doc, lanes, {})
 
 
@@ -158,6 +178,9 @@ async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep) -> Respo
         lanes.release_stream()
         return Response(prepared.payload, media_type="application/json", headers=headers)
     return _stream(prepared.doc, lanes, headers)
+
+
+LARGE_STAGE_DATA = 4096  # explain: more stage data per tensor than this may make a large answer
 
 
 _STREAMS_BUSY = ("every stream slot of this worker (LOSSLAB_STREAM_SLOTS) is busy sending a large response; "
