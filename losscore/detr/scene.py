@@ -343,7 +343,12 @@ def _notes(scene: Scene, recorder: Trace, losses: dict, positives: dict, queries
     ]
     objects = int(queries["is_object"].sum())
     notes.append(T("cardinality_error {card:g} = |{objects} queries whose argmax is not no-object - {N} boxes| "
-                   "(logging only, not in the total).", card=float(losses["cardinality_error"]), objects=objects, N=N))
+                   "(logging only, not in the total; argmax takes the first maximum, so a tie with no-object counts as "
+                   "an object).", card=float(losses["cardinality_error"]), objects=objects, N=N))
+    drawn = [(b.cls, b.x1, b.y1, b.x2, b.y2) for b in scene.boxes]
+    if len(set(drawn)) < len(drawn):
+        notes.append(T("Two boxes are identical (same class and corners): swapping them between their queries costs "
+                       "the same, so which query gets which is up to the solver; the costs and losses do not change."))
     if N == 0:
         notes.append(T("No boxes: class_error is 100 (upstream's accuracy() returns 0 without targets), num_boxes is "
                        "1 (clamped), loss_bbox and loss_giou are 0, and every query is trained towards no-object."))
@@ -436,7 +441,9 @@ SPEC = SchemeSpec(
     doc="set prediction: each box gets one query by the Hungarian assignment of least total cost (−p·1 + L1·5 − "
         "GIoU·2); weighted cross-entropy with no-object, L1 and GIoU losses on the matched pairs",
     maps=(), rules=RULES, columns=COLUMNS, losses=LOSSES, focal=None, phases=PHASES, anchors_px=None,
-    level_names=("queries",), pred_box=None, target_box="target_box_px",  # pred_box: see the report (contract test)
+    # pred_box stays None: the page draws every query's box from query_columns' box_px (the positives carry
+    # pred_box_px too); tests/test_contract.py's busy scene pins a grid cell for any scheme with a pred_box
+    level_names=("queries",), pred_box=None, target_box="target_box_px",
     inspector=InspectorSpec(groups=(("matching", "Matching"), ("cost", "Cost"), ("boxes", "Boxes"),
                                     ("class", "Class"), ("loss", "Loss shares")),
                             target_columns=("target_box_px",), loss_columns=("nll", "loss_bbox_term", "loss_giou_term")),

@@ -21,8 +21,9 @@ schemes: ``(1 - progress)·noise + progress·perfect`` with the noise drawn from
 * RTMDet head per level ``(1, 4 + C, H, W)``: distance logits ``r`` with ``distance = exp(r)·stride``
   (``RTMDetHead.forward``; rtmdet_l's ``exp_on_reg=True``) for left, top, right, bottom, and C
   class logits. The assignment reads the predictions, so the perfect head is geometric, as YOLOv9's:
-  every point strictly inside a box (the smallest such box) predicts that box exactly with +8 for
-  its class; every other point predicts a box of one stride per side and -8 for every class.
+  every point strictly inside a box (the smallest such box) predicts that box exactly; +8 for its
+  class only at the box's ``min(topk, n)`` points nearest its centre (in strides), -8 elsewhere;
+  every other point predicts a box of one stride per side and -8 for every class.
 
 The head losses follow mmdet 3.3.0's ``ATSSHead.loss_by_feat`` / ``RTMDetHead.loss_by_feat`` and
 the losses they call (``FocalLoss`` through :mod:`losscore.mmdet.loss`, ``GIoULoss`` on
@@ -33,6 +34,7 @@ against hand computations.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -52,7 +54,6 @@ from .atss import ATSSAssignResult, atss_assign
 from .dsl import DSLAssignResult, dsl_assign
 from .overlaps import bbox_overlaps
 from .priors import anchor_priors, featmap_sizes, point_priors
-from .result import INF
 
 __all__ = ["ATSS_SPEC", "RTMDET_SPEC", "explain_atss", "explain_rtmdet", "atss_inputs", "rtmdet_inputs",
            "atss_head_loss", "rtmdet_head_loss", "delta2bbox", "bbox2delta", "centerness_target"]
@@ -142,6 +143,26 @@ def _targets(scene: Scene, device: torch.device, ignore_class: int = -1) -> Targ
 
     labels = torch.tensor([scene.boxes[i].cls for i in keep], dtype=torch.long).to(device)
     return Targets(keep, xyxy(keep), labels, ignore, xyxy(ignore))
+
+
+# labels without numbers, shared by every cell and check that shows them
+_INSIDE = T("inside")
+_TAKEN = T("taken")
+_KEPT = T("kept")
+_LOST = T("lost")
+_POSITIVE = T("positive")
+_GE_THR = T("≥ thr")
+_LT_THR = T("< thr")
+_CENTRE_IN = T("centre in")
+_CENTRE_OUT = T("centre out")
+_THR_NAN = T("thr NaN")
+_ZERO_POS = T("0 positives")
+_WON = T("won ◆")
+_OUTSIDE = T("outside")
+
+_BIAS_NOTE = T("The untrained part of this head is noise around 0 (class probability about 0.5 for every class), "
+               "while upstream initialises the class bias at -4.595 (bias_init_with_prob(0.01), the focal-loss paper's "
+               "prior): at low progress the class loss here is far larger than a real first step's.")
 
 
 def _logit(p: Tensor) -> Tensor:
@@ -549,15 +570,24 @@ ATSS_PHASES = (
 ATSS_ANCHORS = tuple(((float(ATSS_OCTAVE_BASE_SCALE * s), float(ATSS_OCTAVE_BASE_SCALE * s)),) for s in ATSS_STRIDES)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_priors(kind: str, sizes: tuple[tuple[int, int], ...], strides: tuple[int, ...], device: str) -> Tensor:
+    """The priors of one grid (a drag re-runs the same image size many times a second). Built outside
+    inference mode, as normal tensors, and never modified by the assigners."""
+    with torch.inference_mode(False):
+        if kind == "anchor":
+            return anchor_priors(sizes, strides, octave_base_scale=ATSS_OCTAVE_BASE_SCALE, scales_per_octave=1,
+                                 device=device).priors
+        return point_priors(sizes, strides, device=device).priors
+
+
 def atss_inputs(scene: Scene, device: torch.device | None = None):
     """The grid, anchors, targets and assignment of a validated ``atss`` scene (what :func:`explain_atss`
     runs first); for tests and for rebuilding the head."""
     device = resolve_device(scene.device) if device is None else device
     grid = _grid(scene, ATSS_STRIDES, ATSS_LEVELS)
-    priors = anchor_priors(grid.sizes, ATSS_STRIDES, octave_base_scale=ATSS_OCTAVE_BASE_SCALE, scales_per_octave=1,
-                           device=device)
-    targets = _targets(scene, device, int(scene.param("ignore_class")))
-    return grid, priors.priors, targets
+    anchors = _cached_priors("anchor", tuple(grid.sizes), ATSS_STRIDES, str(device))
+    return grid, anchors, _targets(scene, device, int(scene.param("ignore_class")))
 
 
 def _atss_shapes(grid: Grid, nc: int) -> list[tuple[int, int, int, int]]:
@@ -757,6 +787,13 @@ def _fmt_cell(grid: Grid, prior: int) -> tuple[str, int, int, int]:
     return grid.names[level], level, gi, gj
 
 
+def _cell_table(grid: Grid):
+    """``prior -> (level name, level, gi, gj)`` for every prior, looked up from lists built once."""
+    level, gi, gj = (t.tolist() for t in grid.locate(torch.arange(sum(grid.counts))))
+    names = grid.names
+    return lambda prior: (names[level[prior]], level[prior], gi[prior], gj[prior])
+
+
 def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssignResult):
     cand = assign.candidates
     if cand is None:
@@ -775,6 +812,7 @@ def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssi
         level_of_row = [lv for lv, k in enumerate(cand.num_candidates_per_level) for _ in range(k)]
         first_row = [sum(cand.num_candidates_per_level[:i]) for i in range(len(cand.num_candidates_per_level))]
         claims = torch.bincount(idx[is_pos], minlength=anchors.shape[0]).tolist()
+        locate = _cell_table(grid)
         out: list[Check] = []
         K, M = idx.shape
         for t in range(M):
@@ -782,7 +820,7 @@ def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssi
             th, mu, sd = thr[t], mean[t], std[t]
             for k in range(K):
                 prior = int(idx[k, t])
-                name, level, gi, gj = _fmt_cell(grid, prior)
+                name, level, gi, gj = locate(prior)
                 iou = float(ious[k, t])
                 rank = k - first_row[level_of_row[k]]
                 values = {"iou": iou, "mean": mu, "std": sd, "threshold": th, "distance": float(dist[k, t]),
@@ -790,7 +828,7 @@ def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssi
                 if math.isnan(th):
                     text = T("{level} ({gi}, {gj}): IoU {iou:.3g}, but the threshold is NaN (one candidate: the std "
                              "of one value is NaN): not positive", level=name, gi=gi, gj=gj, iou=iou)
-                    label = T("thr NaN")
+                    label = _THR_NAN
                 elif bool(iou_ge[k, t]):
                     text = T("{level} ({gi}, {gj}): candidate #{rank}, IoU {iou:.3g} ≥ threshold {thr:.3g} (mean "
                              "{mean:.3g} + std {std:.3g}): passes", level=name, gi=gi, gj=gj, rank=rank, iou=iou,
@@ -807,12 +845,12 @@ def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssi
                 if bool(inside[k, t]):
                     text = T("{level} ({gi}, {gj}): anchor centre ({cx:.4g}, {cy:.4g}) lies inside the box by "
                              "{margin:.3g} px (> 0.01): passes", level=name, gi=gi, gj=gj, cx=cx, cy=cy, margin=m)
-                    label = T("centre in")
+                    label = _CENTRE_IN
                 else:
                     text = T("{level} ({gi}, {gj}): anchor centre ({cx:.4g}, {cy:.4g}) is not inside the box "
                              "(margin {margin:.3g} px, needs > 0.01): not positive", level=name, gi=gi, gj=gj, cx=cx,
                              cy=cy, margin=m)
-                    label = T("centre out")
+                    label = _CENTRE_OUT
                 out.append(Check(box, level, 0, gi, gj, "centre_inside", bool(inside[k, t]), text,
                                  {**values, "cx": cx, "cy": cy}, label))
                 if bool(is_pos[k, t]):
@@ -830,7 +868,7 @@ def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssi
                         out.append(Check(box, level, 0, gi, gj, "shared", True,
                                          T("{level} ({gi}, {gj}): positive for {n} boxes; this box has the largest IoU "
                                            "{iou:.3g} and keeps it", level=name, gi=gi, gj=gj, n=claims[prior], iou=iou),
-                                         values, T("kept")))
+                                         values, _KEPT))
             if reasons[t]:
                 best = int(ious[:, t].argmax())
                 name, level, gi, gj = _fmt_cell(grid, int(idx[best, t]))
@@ -838,7 +876,7 @@ def _atss_checks(grid: Grid, anchors: Tensor, targets: Targets, assign: ATSSAssi
                                  _zero_positive_text(reasons[t], box, th, mu, sd, float(ious[best, t]), name, gi, gj,
                                                      int(iou_ge[:, t].sum())),
                                  {"reason": reasons[t], "threshold": th, "mean": mu, "std": sd,
-                                  "best": float(ious[best, t])}, T("0 positives")))
+                                  "best": float(ious[best, t])}, _ZERO_POS))
         return out
 
     return build
@@ -910,6 +948,8 @@ def _atss_notes(scene: Scene, grid: Grid, targets: Targets, assign: ATSSAssignRe
                        "float32 eps (1.19e-7), not by max(.., 1) as mmdet 2.x did, so loss_cls = {value:.4g} is huge; "
                        "training never meets this in practice because avg_factor is summed over a batch.",
                        value=float(sum(loss.loss_cls))))
+    if scene.progress < 1:
+        notes.append(_BIAS_NOTE)
     notes.append(T("Losses follow mmdet 3.3.0's ATSSHead.loss_by_feat (FocalLoss, GIoULoss weight 2 on the decoded "
                    "positives weighted by their centerness target, centerness BCE); this head loss is computed here, "
                    "not covered by the family's reference vectors (they cover the assigner)."))
@@ -935,30 +975,31 @@ def _atss_stage_cells(grid: Grid, targets: Targets, assign: ATSSAssignResult, po
             first_row = [sum(cand.num_candidates_per_level[:i]) for i in range(len(cand.num_candidates_per_level))]
             gt_inds = assign.gt_inds.cpu()
             claims = torch.bincount(idx[is_pos], minlength=int(gt_inds.numel())).tolist()
+            locate = _cell_table(grid)
             K, M = idx.shape
             for t in range(M):
                 box = targets.box_index[t]
                 for k in range(K):
                     prior = int(idx[k, t])
-                    name, level, gi, gj = _fmt_cell(grid, prior)
+                    name, level, gi, gj = locate(prior)
                     rank = k - first_row[level_of_row[k]]
                     cells.setdefault(f"atss.{name}.candidates", []).append(
                         StageCell(box, level, 0, gi, gj, T("#{rank} {d:.3g} px", rank=rank, d=float(dist[k, t]))))
                     cells.setdefault("atss.overlaps", []).append(
                         StageCell(box, level, 0, gi, gj, T("IoU {iou:.2f}", iou=float(ious[k, t]))))
                     cells.setdefault("atss.threshold", []).append(
-                        StageCell(box, level, 0, gi, gj, T("≥ thr") if bool(iou_ge[k, t]) else T("< thr")))
+                        StageCell(box, level, 0, gi, gj, _GE_THR if bool(iou_ge[k, t]) else _LT_THR))
                     if bool(iou_ge[k, t]):
                         cells.setdefault("atss.centre_test", []).append(
-                            StageCell(box, level, 0, gi, gj, T("centre in") if bool(inside[k, t]) else T("centre out")))
+                            StageCell(box, level, 0, gi, gj, _CENTRE_IN if bool(inside[k, t]) else _CENTRE_OUT))
                     if bool(is_pos[k, t]) and claims[prior] > 1:
                         won = int(gt_inds[prior]) - 1 == t
                         cells.setdefault("atss.conflicts", []).append(
-                            StageCell(box, level, 0, gi, gj, T("kept") if won else T("lost")))
+                            StageCell(box, level, 0, gi, gj, _KEPT if won else _LOST))
         level, gi, gj = grid.locate(pos)
         for b, lv, i, j in zip(pos_box.tolist(), level.tolist(), gi.tolist(), gj.tolist()):
             cells.setdefault("atss.result", []).append(StageCell(b, lv, 0, i, j, T("box {box}", box=b)))
-            cells.setdefault(f"loss.{grid.names[lv]}.level", []).append(StageCell(b, lv, 0, i, j, T("positive")))
+            cells.setdefault(f"loss.{grid.names[lv]}.level", []).append(StageCell(b, lv, 0, i, j, _POSITIVE))
         return cells
 
     return build
@@ -1076,8 +1117,22 @@ def rtmdet_inputs(scene: Scene, device: torch.device | None = None):
     """The grid, points ``(N, 4)`` and targets of a validated ``rtmdet`` scene."""
     device = resolve_device(scene.device) if device is None else device
     grid = _grid(scene, RTMDET_STRIDES, RTMDET_LEVELS)
-    priors = point_priors(grid.sizes, RTMDET_STRIDES, device=device)
-    return grid, priors.priors, _targets(scene, device)
+    points = _cached_priors("point", tuple(grid.sizes), RTMDET_STRIDES, str(device))
+    return grid, points, _targets(scene, device)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_rtmdet_writes(boxes: tuple, sizes: tuple, nc: int, topk: int, device: str):
+    """:func:`rtmdet_perfect_writes` of one scene's boxes, kept while a learner moves a slider or a pin (the
+    perfect head depends on the boxes only); normal tensors, never modified by the blending."""
+    with torch.inference_mode(False):
+        grid = Grid(RTMDET_LEVELS, RTMDET_STRIDES, list(sizes), [h * w for h, w in sizes],
+                    [sum(h * w for h, w in sizes[:i]) for i in range(len(sizes))])
+        points = _cached_priors("point", sizes, RTMDET_STRIDES, device)
+        labels = torch.tensor([b[0] for b in boxes], dtype=torch.long).to(device)
+        xyxy = torch.tensor([b[1:] for b in boxes], dtype=torch.float32).reshape(-1, 4).to(device)
+        targets = Targets(list(range(len(boxes))), xyxy, labels, [], xyxy.new_zeros((0, 4)))
+        return rtmdet_perfect_writes(grid, points, targets, nc, topk=topk)
 
 
 def rtmdet_perfect_writes(grid: Grid, points: Tensor, targets: Targets, nc: int, *, topk: int = 13
@@ -1086,9 +1141,10 @@ def rtmdet_perfect_writes(grid: Grid, points: Tensor, targets: Targets, nc: int,
     level the writes at every point strictly inside a box (the smallest one): ``log(distance / stride)``
     of that box, so it predicts the box exactly. The class logit is +8 only at each box's
     ``min(topk, n)`` points nearest its centre (in strides, as DSL's centre cost measures it) among the
-    ``n`` points that predict it: what :func:`dsl_assign` picks on these exact boxes when every class
-    cost is equal (IoU 1, so dynamic k = min(topk, n), and the centre cost ranks them). So at progress
-    1 the in-box points that do not become positive pay no class loss."""
+    ``n`` points that predict it: close to what :func:`dsl_assign` picks on these exact boxes (IoU 1,
+    so dynamic k is about min(topk, n), and with equal class costs the centre cost ranks them; it is
+    not run here, it would cost as much as the assignment itself). So at progress 1 the in-box points
+    that do not become positive pay almost no class loss."""
     device = points.device
     background = torch.zeros(4 + nc, device=device)
     background[4:] = CLASS_OFF
@@ -1154,7 +1210,8 @@ def explain_rtmdet(scene: Scene, trace: Trace | None = None) -> SceneResult:
     nc = scene.nc
     grid, points, targets = rtmdet_inputs(scene, device)
     notes: list = []
-    background, writes = rtmdet_perfect_writes(grid, points, targets, nc, topk=int(scene.param("topk")))
+    background, writes = _cached_rtmdet_writes(tuple((b.cls, b.x1, b.y1, b.x2, b.y2) for b in scene.boxes),
+                                               tuple(grid.sizes), nc, int(scene.param("topk")), str(device))
     generator = torch.Generator().manual_seed(scene.seed)
     with torch.no_grad():
         with blended_heads(_rtmdet_shapes(grid, nc), background, writes, scene.progress, generator) as heads:
@@ -1207,7 +1264,7 @@ def _rtmdet_result(scene: Scene, grid: Grid, points: Tensor, targets: Targets, a
         row_of_prior[d.valid_indices] = torch.arange(d.valid_indices.numel(), device=device)
         rows = row_of_prior[pos]  # (P,)
         cost = d.cost_matrix
-        ranks = (cost[:, t] < cost[rows, t][None, :]).sum(0) if pos.numel() else long0
+        ranks = _cost_ranks(cost, rows, t, d.dynamic_ks) if pos.numel() else long0
         shared = d.matching_before_conflict.sum(1) > 1
         took = d.matching_before_conflict[rows, t]
         rule = torch.where(shared[rows], torch.where(took, 1, 2), 0).long()
@@ -1260,6 +1317,19 @@ def _rtmdet_result(scene: Scene, grid: Grid, points: Tensor, targets: Targets, a
         checks=_rtmdet_checks(grid, targets, assign), stage_cells=_rtmdet_stage_cells(grid, targets, assign, pos, t))
 
 
+def _cost_ranks(cost: Tensor, rows: Tensor, t: Tensor, ks: Tensor) -> Tensor:
+    """``(P,)`` how many valid points cost strictly less than ``cost[rows, t]`` in column ``t``: counted
+    among each column's ``max(k) + 1`` lowest costs when the cost is within them, else in the whole column."""
+    kk = min(int(ks.max()) + 1, cost.shape[0])
+    lowest = cost.topk(kk, dim=0, largest=False).values  # (kk, M) ascending
+    c = cost[rows, t]
+    ranks = (lowest[:, t] < c[None]).sum(0)
+    beyond = ~(c <= lowest[-1, t])  # (and NaN): count over the whole column
+    if bool(beyond.any()):
+        ranks[beyond] = (cost[:, t[beyond]] < c[beyond][None]).sum(0)
+    return ranks
+
+
 def _rtmdet_notes(scene: Scene, grid: Grid, targets: Targets, assign: DSLAssignResult, loss: HeadLoss,
                   positives: dict[str, Tensor]) -> list:
     notes: list = []
@@ -1305,8 +1375,10 @@ def _rtmdet_notes(scene: Scene, grid: Grid, targets: Targets, assign: DSLAssignR
         infinite = int(d.soft_center_prior.isinf().sum())
         if infinite:
             notes.append(T("{n} centre cost(s) are inf: 10^(distance - radius) overflows float32 for a point about 41.5 "
-                           "strides or more from a box centre (only for boxes that do not contain the point); such a "
-                           "pair can never be chosen.", n=infinite))
+                           "strides or more from a box centre (a point of another box far away, or of a huge box); such "
+                           "a pair costs inf and is taken only when a box has no finite cost left.", n=infinite))
+    if scene.progress < 1:
+        notes.append(_BIAS_NOTE)
     notes.append(T("The distance of the centre cost is divided by the point's stride_w only (priors[:, 2]); dynamic k "
                    "truncates (a sum of 5.99 gives 5)."))
     notes.append(T("Both head losses are divided by the sum of the positives' IoUs ({value:.4g}, clamped at 1), not "
@@ -1329,6 +1401,7 @@ def _rtmdet_checks(grid: Grid, targets: Targets, assign: DSLAssignResult):
         ious, dist, inside = d.pairwise_ious.cpu(), d.distance.cpu(), d.inside.cpu()
         took, matched = d.matching_before_conflict.cpu(), d.matched_gt.cpu().tolist()
         ks = d.dynamic_ks.cpu().tolist()
+        locate = _cell_table(grid)
         order = cost.argsort(dim=0, stable=True)  # (V, M)
         rank = torch.empty_like(order)
         rank.scatter_(0, order, torch.arange(cost.shape[0])[:, None].expand_as(order))
@@ -1336,7 +1409,7 @@ def _rtmdet_checks(grid: Grid, targets: Targets, assign: DSLAssignResult):
         for t in range(cost.shape[1]):
             box = targets.box_index[t]
             for r in (inside[:, t] | took[:, t] | (torch.tensor(matched) == t)).nonzero().squeeze(1).tolist():
-                name, level, gi, gj = _fmt_cell(grid, valid[r])
+                name, level, gi, gj = locate(valid[r])
                 c = float(cost[r, t])
                 values = {"cost": c, "cost_class": float(cls[r, t]), "cost_iou": float(iouc[r, t]),
                           "cost_centre": float(cen[r, t]), "iou": float(ious[r, t]), "distance": float(dist[r, t]),
@@ -1366,16 +1439,16 @@ def _rtmdet_checks(grid: Grid, targets: Targets, assign: DSLAssignResult):
                     out.append(Check(box, level, 0, gi, gj, "conflict", True,
                                      T("{level} ({gi}, {gj}): not among this box's lowest costs, but other boxes took it "
                                        "and this box has the lowest cost over all boxes: it goes to this box",
-                                       level=name, gi=gi, gj=gj), values, T("won ◆")))
+                                       level=name, gi=gi, gj=gj), values, _WON))
                 elif taken and owner == t and int(took[r].sum()) > 1:
                     out.append(Check(box, level, 0, gi, gj, "conflict", True,
                                      T("{level} ({gi}, {gj}): taken by {n} boxes; this box has the lowest cost and keeps "
-                                       "it", level=name, gi=gi, gj=gj, n=int(took[r].sum())), values, T("kept")))
+                                       "it", level=name, gi=gi, gj=gj, n=int(took[r].sum())), values, _KEPT))
                 if taken and owner == t and not values["inside"]:
                     out.append(Check(box, level, 0, gi, gj, "outside", True,
                                      T("{level} ({gi}, {gj}): positive for this box although the point lies outside it "
                                        "(it is inside another box, so it is a valid candidate)", level=name, gi=gi,
-                                       gj=gj), values, T("outside")))
+                                       gj=gj), values, _OUTSIDE))
         return out
 
     return build
@@ -1387,35 +1460,39 @@ def _rtmdet_stage_cells(grid: Grid, targets: Targets, assign: DSLAssignResult, p
     def build() -> dict[str, list[StageCell]]:
         cells: dict[str, list[StageCell]] = {}
         if d is not None and d.valid_indices.numel():
+            locate = _cell_table(grid)
             valid = d.valid_indices.cpu().tolist()
             inside, took = d.inside.cpu(), d.matching_before_conflict.cpu()
             cost, ious = d.cost_matrix.cpu(), d.pairwise_ious.cpu()
-            K = d.topk_ious.shape[0]
-            top_rows = ious.topk(K, dim=0).indices  # (K, M)
             for r, c in inside.nonzero().tolist():
-                name, level, gi, gj = _fmt_cell(grid, valid[r])
-                box = targets.box_index[c]
-                cells.setdefault("dsl.valid", []).append(StageCell(box, level, 0, gi, gj, T("inside")))
-                cells.setdefault("dsl.cost", []).append(
-                    StageCell(box, level, 0, gi, gj, T("cost {cost:.3g}", cost=float(cost[r, c]))))
+                _, level, gi, gj = locate(valid[r])
+                cells.setdefault("dsl.valid", []).append(StageCell(targets.box_index[c], level, 0, gi, gj, _INSIDE))
+            K = d.topk_ious.shape[0]
+            cheapest = cost.topk(min(2 * K, cost.shape[0]), dim=0, largest=False).indices  # (2K, M)
+            top_rows = ious.topk(K, dim=0).indices  # (K, M)
             for c in range(ious.shape[1]):
+                box = targets.box_index[c]
+                for r in cheapest[:, c].tolist():
+                    _, level, gi, gj = locate(valid[r])
+                    cells.setdefault("dsl.cost", []).append(
+                        StageCell(box, level, 0, gi, gj, T("cost {cost:.3g}", cost=float(cost[r, c]))))
                 for r in top_rows[:, c].tolist():
-                    name, level, gi, gj = _fmt_cell(grid, valid[r])
+                    _, level, gi, gj = locate(valid[r])
                     cells.setdefault("dsl.dynamic_k", []).append(
-                        StageCell(targets.box_index[c], level, 0, gi, gj, T("IoU {iou:.2f}", iou=float(ious[r, c]))))
+                        StageCell(box, level, 0, gi, gj, T("IoU {iou:.2f}", iou=float(ious[r, c]))))
             for r, c in took.nonzero().tolist():
-                name, level, gi, gj = _fmt_cell(grid, valid[r])
+                _, level, gi, gj = locate(valid[r])
                 cells.setdefault("dsl.matching", []).append(
-                    StageCell(targets.box_index[c], level, 0, gi, gj, T("taken")))
+                    StageCell(targets.box_index[c], level, 0, gi, gj, _TAKEN))
                 if int(took[r].sum()) > 1:
                     winner = int(d.matched_gt[r])
                     cells.setdefault("dsl.conflicts", []).append(
                         StageCell(targets.box_index[c], level, 0, gi, gj,
-                                  T("kept") if winner == c else T("→ #{other}", other=targets.box_index[winner])))
+                                  _KEPT if winner == c else T("→ #{other}", other=targets.box_index[winner])))
         level, gi, gj = grid.locate(pos)
         for b, lv, i, j in zip(t.tolist(), level.tolist(), gi.tolist(), gj.tolist()):
             cells.setdefault("dsl.result", []).append(StageCell(b, lv, 0, i, j, T("box {box}", box=b)))
-            cells.setdefault(f"loss.{grid.names[lv]}.level", []).append(StageCell(b, lv, 0, i, j, T("positive")))
+            cells.setdefault(f"loss.{grid.names[lv]}.level", []).append(StageCell(b, lv, 0, i, j, _POSITIVE))
         return cells
 
     return build
