@@ -22,7 +22,7 @@ from .api_load import scene
 
 def measure(scheme: str, repeats: int) -> dict[str, float]:
     body = SceneIn.model_validate(scene(scheme)).to_scene()
-    maps = [get_scheme(scheme).maps[0].name]  # what the API sends without ?maps=
+    maps = [get_scheme(scheme).maps[0].name] if get_scheme(scheme).maps else None  # what the API sends without ?maps=
     calls = {"default": lambda: serialize.explain_bytes(body, maps, 64, False, None),
              "stages": lambda: serialize.explain_bytes(body, maps, 64, True, None)}
     for call in calls.values():  # warm caches (the seeded noise, kernels)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..trace import Trace
+from ..trace import Stage, Trace
 from ..yolov9.loss import df_loss, preprocess_targets
 from .metrics import bbox_iou
 from .tal import Assignment, DensePredictions, TaskAlignedAssigner, bbox2dist, densify, dist2bbox, make_anchors
@@ -176,6 +176,52 @@ def _head_outputs(preds: Any, reg_max: int, nc: int) -> tuple[Tensor, Tensor, li
     return boxes.permute(0, 2, 1).contiguous(), scores.permute(0, 2, 1).contiguous(), feats
 
 
+class _Head(NamedTuple):
+    """A decoded head: what :func:`detection_loss` computes from ``preds`` before it looks at targets."""
+
+    pred_distri: Tensor  # (B, A, 4R)
+    pred_scores: Tensor  # (B, A, C) logits
+    feats: list[Tensor]
+    anchor_points: Tensor  # (A, 2) grid units
+    stride_tensor: Tensor  # (A, 1)
+    imgsz: Tensor  # [H, W] px
+    pred_dist: Tensor  # (B, A, 4) decoded side distances, grid units
+    pred_bboxes: Tensor  # (B, A, 4) xyxy grid units
+    scores_prob: Tensor  # (B, A, C) sigmoid of the detached logits (what the assigner reads)
+
+
+def _decode_head(preds: Any, reg_max: int, nc: int, strides: Sequence[float],
+                 shared: dict[Any, Any] | None = None) -> _Head:
+    """Upstream's head parsing and ``bbox_decode``. With ``shared`` (a dict the caller passes to every
+    branch that reads the very same ``preds`` object, e.g. :class:`E2ELoss` on one head), the decode
+    runs once and the later branch reuses its tensors: the same operations on the same inputs, so the
+    same bits. Only without autograd: a shared node would sum the branches' gradients before its
+    backward, which can round differently from two separate backwards."""
+    key = (id(preds), reg_max, nc, tuple(float(s) for s in strides))
+    if shared is not None and key in shared:
+        cached_preds, head = shared[key]
+        if cached_preds is preds:
+            return head
+    pred_distri, pred_scores, feats = _head_outputs(preds, reg_max, nc)
+    B, A, C = pred_scores.shape
+    dtype, device = pred_scores.dtype, pred_scores.device
+    anchor_points, stride_tensor = make_anchors(feats, strides, 0.5)
+    anchor_points, stride_tensor = anchor_points.to(device, dtype), stride_tensor.to(device, dtype)
+    imgsz = torch.tensor(feats[0].shape[2:], device=device, dtype=dtype) * float(strides[0])  # [H, W]
+    # decode every anchor (upstream's bbox_decode), grid units
+    if reg_max > 1:
+        proj = torch.arange(reg_max, dtype=torch.float, device=device)
+        pred_dist = pred_distri.view(B, A, 4, reg_max).softmax(3).matmul(proj.type(dtype))  # (B, A, 4)
+    else:
+        pred_dist = pred_distri
+    pred_bboxes = dist2bbox(pred_dist, anchor_points, xywh=False)  # (B, A, 4)
+    head = _Head(pred_distri, pred_scores, feats, anchor_points, stride_tensor, imgsz, pred_dist, pred_bboxes,
+                 pred_scores.detach().sigmoid())
+    if shared is not None and not (torch.is_grad_enabled() and pred_scores.requires_grad):
+        shared[key] = (preds, head)
+    return head
+
+
 def _targets_tensor(batch: Any) -> Tensor:
     """Rows ``(image, class, cx, cy, w, h)`` from a tensor or upstream's batch dict."""
     if isinstance(batch, Mapping):
@@ -186,7 +232,8 @@ def _targets_tensor(batch: Any) -> Tensor:
 def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, strides: Sequence[float] = (8, 16, 32),
                    hyp: Mapping[str, float] | None = None, class_weights: Tensor | None = None, topk: int = 10,
                    topk2: int | None = None, alpha: float = 0.5, beta: float = 6.0,
-                   assigner_stride: Sequence[float] | None = None, trace: Trace | None = None) -> DetectionLoss:
+                   assigner_stride: Sequence[float] | None = None, trace: Trace | None = None,
+                   shared: dict[Any, Any] | None = None) -> DetectionLoss:
     """``v8DetectionLoss(model, tal_topk, tal_topk2)(preds, batch)`` without a model object.
 
     Args:
@@ -202,18 +249,19 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
         assigner_stride: the ``stride`` list the assigner gets (None: ``strides``, as upstream). It
             only sets ``stride_val``; ``[0]`` makes the small-object enlargement a no-op (no side is
             shorter than 0), which is how a learner's scene switches it off.
+        shared: a dict passed to every branch that reads the same ``preds`` object (see
+            :func:`_decode_head`); the decoded head is computed once. Same bits; None: no sharing.
 
     Returns:
         :class:`DetectionLoss`; ``loss`` and ``items`` are upstream's two return values.
     """
     gains = {**DEFAULT_HYP, **{k: float(v) for k, v in (hyp or {}).items() if k in DEFAULT_HYP}}
     loss_names = ("box_loss", "cls_loss", "dfl_loss" if reg_max > 1 else "l1_loss")
-    pred_distri, pred_scores, feats = _head_outputs(preds, reg_max, nc)
+    head = _decode_head(preds, reg_max, nc, strides, shared)
+    pred_distri, pred_scores, feats = head.pred_distri, head.pred_scores, head.feats
     B, A, C = pred_scores.shape
     dtype, device = pred_scores.dtype, pred_scores.device
-    anchor_points, stride_tensor = make_anchors(feats, strides, 0.5)
-    anchor_points, stride_tensor = anchor_points.to(device, dtype), stride_tensor.to(device, dtype)
-    imgsz = torch.tensor(feats[0].shape[2:], device=device, dtype=dtype) * float(strides[0])  # [H, W]
+    anchor_points, stride_tensor, imgsz = head.anchor_points, head.stride_tensor, head.imgsz
     targets = _targets_tensor(batch).to(device)
     gt = preprocess_targets(targets, B, imgsz.flip(0))  # (B, M, 5)
     gt_labels, gt_bboxes = gt.split((1, 4), 2)
@@ -235,18 +283,11 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
                      "mask_gt": (mask_gt, "B M 1")},
             values={"B": B, "M": gt.shape[1]})
 
-    # decode every anchor (upstream's bbox_decode), grid units
-    if reg_max > 1:
-        proj = torch.arange(reg_max, dtype=torch.float, device=device)
-        pred_dist = pred_distri.view(B, A, 4, reg_max).softmax(3).matmul(proj.type(dtype))  # (B, A, 4)
-    else:
-        pred_dist = pred_distri
-    pred_bboxes = dist2bbox(pred_dist, anchor_points, xywh=False)  # (B, A, 4)
+    pred_dist, pred_bboxes = head.pred_dist, head.pred_bboxes  # (B, A, 4) each, grid units
 
     assigner = TaskAlignedAssigner(topk, C, alpha, beta, topk2=topk2,
                                    stride=[float(s) for s in (strides if assigner_stride is None else assigner_stride)])
-    predictions = DensePredictions(pred_scores.detach().sigmoid(),
-                                   (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype))
+    predictions = DensePredictions(head.scores_prob, (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype))
     result = assigner.assign(predictions, anchor_points * stride_tensor, gt_labels, gt_bboxes, mask_gt,
                              num_anchors=A, trace=trace)
     target_scores = densify(result, gt_labels, gt_bboxes, C, result.score.dtype).target_scores \
@@ -349,10 +390,11 @@ class v8DetectionLoss:  # noqa: N801 - upstream's name
         self.assigner_stride = None if assigner_stride is None else tuple(float(s) for s in assigner_stride)
         self.loss_names = ("box_loss", "cls_loss", "dfl_loss" if reg_max > 1 else "l1_loss")
 
-    def breakdown(self, preds: Any, batch: Any, trace: Trace | None = None) -> DetectionLoss:
+    def breakdown(self, preds: Any, batch: Any, trace: Trace | None = None,
+                  shared: dict[Any, Any] | None = None) -> DetectionLoss:
         return detection_loss(preds, batch, nc=self.nc, reg_max=self.reg_max, strides=self.strides, hyp=self.hyp,
                               class_weights=self.class_weights, topk=self.topk, topk2=self.topk2,
-                              assigner_stride=self.assigner_stride, trace=trace)
+                              assigner_stride=self.assigner_stride, trace=trace, shared=shared)
 
     def __call__(self, preds: Any, batch: Any, trace: Trace | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.breakdown(preds, batch, trace)
@@ -370,15 +412,20 @@ class E2EBreakdown(NamedTuple):
     o2o: float
 
 
-def _branch(loss_fn: v8DetectionLoss, preds: Any, batch: Any, trace: Trace | None, prefix: str) -> DetectionLoss:
+def _branch(loss_fn: v8DetectionLoss, preds: Any, batch: Any, trace: Trace | None, prefix: str,
+            shared: dict[Any, Any] | None = None) -> DetectionLoss:
     """One branch, its stages renamed ``<prefix>_<phase>.<step>`` in the caller's trace."""
     if trace is None:
-        return loss_fn.breakdown(preds, batch)
+        return loss_fn.breakdown(preds, batch, shared=shared)
     own = Trace()
-    out = loss_fn.breakdown(preds, batch, own)
+    out = loss_fn.breakdown(preds, batch, own, shared=shared)
     for stage in own:
-        trace.record(f"{prefix}_{stage.name}", f"{stage.title} ({prefix})", stage.explain, code=stage.code,
-                     tensors={k: (r.value, r.dims) for k, r in stage.tensors.items()}, values=stage.values)
+        name, title = f"{prefix}_{stage.name}", f"{stage.title} ({prefix})"
+        if not trace._prefix and trace._level is None:  # no scope open: the branch's snapshots move as they are
+            trace.stages.append(Stage(name, title, stage.explain, stage.tensors, stage.code, stage.values))
+        else:
+            trace.record(name, title, stage.explain, code=stage.code,
+                         tensors={k: (r.value, r.dims) for k, r in stage.tensors.items()}, values=stage.values)
     return out
 
 
@@ -418,8 +465,9 @@ class E2EDetectLoss:
 
     def breakdown(self, preds: Any, batch: Any, trace: Trace | None = None) -> E2EBreakdown:
         p_o2m, p_o2o = _branch_preds(preds)
-        one2many = _branch(self.one2many, p_o2m, batch, trace, "o2m")
-        one2one = _branch(self.one2one, p_o2o, batch, trace, "o2o")
+        shared: dict[Any, Any] | None = {} if p_o2m is p_o2o else None  # one head feeds both: decode it once
+        one2many = _branch(self.one2many, p_o2m, batch, trace, "o2m", shared)
+        one2one = _branch(self.one2one, p_o2o, batch, trace, "o2o", shared)
         loss = one2many.loss + one2one.loss
         items = {k: a + b for k, a, b in zip(self.one2many.loss_names, one2many.items, one2one.items)}
         if trace is not None:
@@ -473,8 +521,9 @@ class E2ELoss:
 
     def breakdown(self, preds: Any, batch: Any, trace: Trace | None = None) -> E2EBreakdown:
         p_o2m, p_o2o = _branch_preds(preds)
-        one2many = _branch(self.one2many, p_o2m, batch, trace, "o2m")
-        one2one = _branch(self.one2one, p_o2o, batch, trace, "o2o")
+        shared: dict[Any, Any] | None = {} if p_o2m is p_o2o else None  # one head feeds both: decode it once
+        one2many = _branch(self.one2many, p_o2m, batch, trace, "o2m", shared)
+        one2one = _branch(self.one2one, p_o2o, batch, trace, "o2o", shared)
         loss = one2many.loss * self.o2m + one2one.loss * self.o2o
         items = dict(zip(self.one2one.loss_names, one2one.items))
         if trace is not None:

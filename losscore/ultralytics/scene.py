@@ -23,7 +23,6 @@ from its trace.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -33,10 +32,10 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, boxes_to_targets, resolve_device)
-from ..text import T
+from ..text import T, Text
 from ..trace import Trace
 from .loss import DEFAULT_HYP, DetectionLoss, E2ELoss, detection_loss
-from .tal import candidate_pairs, enlarge_small_boxes, stride_value
+from .tal import enlarge_small_boxes, stride_value
 
 __all__ = ["SPEC_YOLOV8", "SPEC_YOLOV10", "SPEC_YOLO26", "SPECS", "explain_scene", "build_heads", "level_shapes",
            "two_bin_logits", "perfect_writes"]
@@ -79,9 +78,12 @@ ENLARGE_PARAM = ParamSpec(
 
 PARAMS_V8 = (
     ENLARGE_PARAM,
-    ParamSpec("topk", 10, 1, 50, 1, kind="int", doc="positives kept per target: its top-k anchors by t = s^alpha·u^beta",
+    ParamSpec("topk", 10, 1, 50, 1, kind="int",
+              doc="positives kept per target: its top-k anchors by t = s^alpha·u^beta",
               upstream="v8DetectionLoss(tal_topk=10)"),
-    ParamSpec("alpha", 0.5, 0.0, 4.0, 0.05, doc="exponent of the class score s in the alignment t",
+    ParamSpec("alpha", 0.5, 0.0, 4.0, 0.05, doc="exponent of the class score s in the alignment t (every loss passes "
+                                                "0.5; the assigner class's own defaults, topk 13 and alpha 1.0, are "
+                                                "not what training uses)",
               upstream="TaskAlignedAssigner(alpha=0.5) in v8DetectionLoss"),
     ParamSpec("beta", 6.0, 0.0, 12.0, 0.5, doc="exponent of the overlap u (CIoU, clamped at 0) in the alignment t",
               upstream="TaskAlignedAssigner(beta=6.0) in v8DetectionLoss"),
@@ -119,7 +121,8 @@ TAL_RULES = (
 RULES_V8 = tuple(RuleSpec(name, glyph, doc) for (name, doc), glyph in zip(TAL_RULES, "K▲◆□"))
 RULES_E2E = tuple(
     RuleSpec(f"{BRANCH_WORDS[branch]} {name}", glyph, f"{BRANCH_WORDS[branch]} branch: {doc}")
-    for branch, glyphs in (("o2m", "▲△▷◁"), ("o2o", "●○◆◎")) for (name, doc), glyph in zip(TAL_RULES, glyphs))
+    for branch, glyphs in (("o2m", "▲△▷◁"), ("o2o", "●○◆◎"))
+    for (name, doc), glyph in zip(TAL_RULES, glyphs))
 
 
 def _columns(reg_max: int, e2e: bool) -> tuple[ColumnSpec, ...]:
@@ -204,8 +207,8 @@ def _maps(e2e: bool) -> tuple[MapSpec, ...]:
                 "weight"),
         MapSpec("target_score", "normalised class target of each positive (0 elsewhere)"
                 + (", one-to-many branch" if e2e else ""), "prob", range=(0.0, 1.0)),
-        MapSpec("cls_bce", "class loss of each anchor, summed over the classes" + (", one-to-many branch" if e2e else ""),
-                "loss"),
+        MapSpec("cls_bce", "class loss of each anchor, summed over the classes"
+                + (", one-to-many branch" if e2e else ""), "loss"),
         MapSpec("fg", "1 where the anchor is a positive" + (" of the one-to-many branch" if e2e else ""), "bool",
                 range=(0.0, 1.0)),
     ]
@@ -337,40 +340,33 @@ def perfect_writes(scene: Scene, reg_max: int, enlarge: bool, device: torch.devi
         return background, empty
     boxes = torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in scene.boxes], dtype=torch.float32, device=device)
     classes = torch.tensor([b.cls for b in scene.boxes], dtype=torch.long, device=device)
-    points, strides = [], []
-    for stride, (_, _, H, W) in zip(STRIDES, shapes):
-        ys = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) * stride
-        xs = (torch.arange(W, device=device, dtype=torch.float32) + 0.5) * stride
-        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack((cx, cy), -1).view(-1, 2))
-        strides.append(torch.full((H * W,), float(stride), device=device))
-    anchors, anchor_stride = torch.cat(points), torch.cat(strides)  # (A, 2) px, (A,)
-    region = boxes
+    N = len(scene.boxes)
+    region = boxes  # the box the candidate test uses: enlarged when the switch is on (the assigner's own function)
     if enlarge:
-        region = enlarge_small_boxes(boxes[None], torch.ones(1, len(boxes), 1, device=device),
-                                     stride_value(STRIDES))[0][0]
-    pair_box, pair_anchor = candidate_pairs(anchors, region, torch.ones(len(boxes), dtype=torch.bool, device=device))
-    # the smallest box holding the anchor (lowest index on equal areas)
+        region = enlarge_small_boxes(boxes[None], torch.ones(1, N, 1, device=device), stride_value(STRIDES))[0][0]
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
-    order = sorted(range(len(area)), key=lambda i: (area[i], i))
-    rank_of_box = torch.empty(len(area), dtype=torch.long, device=device)
-    rank_of_box[torch.tensor(order, device=device)] = torch.arange(len(area), device=device)
-    best = torch.full((anchors.shape[0],), len(area), dtype=torch.long, device=device)
-    best = best.scatter_reduce(0, pair_anchor, rank_of_box[pair_box], "amin")
-    covered = (best < len(area)).nonzero().squeeze(1)  # (K,)
-    owner = torch.tensor(order, device=device)[best[covered]]  # (K,)
-    box = boxes[owner]
-    ax, ay, s = anchors[covered, 0], anchors[covered, 1], anchor_stride[covered]
-    distances = torch.stack((ax - box[:, 0], ay - box[:, 1], box[:, 2] - ax, box[:, 3] - ay), -1) / s[:, None]
-    channel, values = _box_writes(distances, R)  # (K, W)
-    channel = torch.cat((channel, (4 * R + classes[owner]).unsqueeze(1)), 1)  # (K, W + 1)
-    values = torch.cat((values, torch.full_like(values[:, :1], CLASS_ON)), 1)
-    writes, start = [], 0
-    for _, _, H, W in shapes:
-        here = (covered >= start) & (covered < start + H * W)
-        cell = covered[here] - start
-        writes.append(((channel[here] * (H * W) + cell[:, None]).reshape(-1), values[here].reshape(-1)))
-        start += H * W
+    order = sorted(range(N), key=lambda i: (area[i], i))  # smallest box first, lowest index on ties
+    rank_of_box = torch.empty(N, dtype=torch.long, device=device)
+    rank_of_box[torch.tensor(order, device=device)] = torch.arange(N, device=device)
+    by_rank = torch.tensor(order, device=device)
+    eps = 1e-9  # select_candidates_in_gts: every side > eps
+    writes = []
+    for stride, (_, _, H, W) in zip(STRIDES, shapes):
+        ax = (torch.arange(W, device=device, dtype=torch.float32) + 0.5) * stride  # (W,) px
+        ay = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) * stride  # (H,)
+        in_x = ((ax - region[:, :1]) > eps) & ((region[:, 2:3] - ax) > eps)  # (N, W)
+        in_y = ((ay - region[:, 1:2]) > eps) & ((region[:, 3:4] - ay) > eps)  # (N, H)
+        inside = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
+        best = torch.where(inside, rank_of_box[:, None, None], N).amin(0)  # (H, W)
+        gy, gx = (best < N).nonzero(as_tuple=True)  # (K,) covered cells
+        owner = by_rank[best[gy, gx]]  # (K,) the smallest box holding the cell
+        box, cx, cy = boxes[owner], ax[gx], ay[gy]
+        distances = torch.stack((cx - box[:, 0], cy - box[:, 1], box[:, 2] - cx, box[:, 3] - cy), -1) / stride
+        channel, values = _box_writes(distances, R)  # (K, W)
+        channel = torch.cat((channel, (4 * R + classes[owner]).unsqueeze(1)), 1)  # (K, W + 1)
+        values = torch.cat((values, torch.full_like(values[:, :1], CLASS_ON)), 1)
+        cell = gy * W + gx
+        writes.append(((channel * (H * W) + cell[:, None]).reshape(-1), values.reshape(-1)))
     return background, writes
 
 
@@ -460,6 +456,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     maps = _maps_of(branches, recorder, levels)
     losses, composition = _losses_of(branches, breakdown, hyp, R, recorder)
     notes += _notes(scene, variant, branches, breakdown, positives, losses, recorder, enlarge)
+    notes += _non_finite_notes(positives, losses, maps, recorder)
     return SceneResult(
         scheme=scene.scheme, levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
         device=str(device), composition=composition, notes=notes, targets=targets,
@@ -557,12 +554,19 @@ def _topk2_rank(branch: _Branch, trace: Trace, result) -> Tensor:
 
 def _dfl_probs(feats: list[Tensor], level: Tensor, gi: Tensor, gj: Tensor, R: int) -> Tensor:
     """(P, 4R) softmax over the bins of each positive's four sides, read from the head."""
-    rows = torch.empty((level.numel(), 4 * R), dtype=feats[0].dtype, device=feats[0].device)
+    rows = []
+    order = []
     for index, feat in enumerate(feats):
-        here = level == index
-        if here.any():
-            rows[here] = feat[0, :4 * R, gj[here], gi[here]].T
-    return rows.view(-1, 4, R).softmax(-1).reshape(-1, 4 * R)
+        here = (level == index).nonzero().squeeze(1)
+        if here.numel():
+            W = feat.shape[-1]
+            cells = feat[0, :4 * R].reshape(4 * R, -1).index_select(1, gj[here] * W + gi[here])  # (4R, k)
+            rows.append(cells.T)
+            order.append(here)
+    probs = torch.cat(rows).view(-1, 4, R).softmax(-1).reshape(-1, 4 * R)
+    out = torch.empty_like(probs)
+    out[torch.cat(order)] = probs
+    return out
 
 
 def _maps_of(branches: list[_Branch], trace: Trace, levels: list[LevelInfo]) -> dict[str, list[Tensor]]:
@@ -610,7 +614,8 @@ def _losses_of(branches: list[_Branch], breakdown, hyp: dict[str, float], R: int
             losses[f"{name}{suffix}"] = out.items[index]
             losses[f"{name}_raw{suffix}"] = raw[index].detach()
             terms.append(LossTerm(f"{name}{suffix}", (LossPart(label, total.detach()),), total.detach(),
-                                  values[index], gain=gain * weight, divisor=float(tss), normalised=raw[index].detach()))
+                                  values[index], gain=gain * weight, divisor=float(tss),
+                                  normalised=raw[index].detach()))
         losses[f"target_scores_sum{suffix}"] = tss
     if breakdown is None:
         out = branches[0].out
@@ -620,8 +625,8 @@ def _losses_of(branches: list[_Branch], breakdown, hyp: dict[str, float], R: int
     else:
         losses["total"] = breakdown.loss.sum().detach()
         device = losses["total"].device
-        losses["o2m_weight"] = torch.tensor(breakdown.o2m, device=device)
-        losses["o2o_weight"] = torch.tensor(breakdown.o2o, device=device)
+        losses["o2m_weight"] = torch.tensor(breakdown.o2m, dtype=torch.float64, device=device)
+        losses["o2o_weight"] = torch.tensor(breakdown.o2o, dtype=torch.float64, device=device)
         for key, value in breakdown.items.items():  # what upstream logs: the one-to-one items only
             losses[f"logged_{key}"] = value.detach()
         composition = LossComposition(tuple(terms), breakdown.loss.sum().detach(), losses["total"],
@@ -658,7 +663,7 @@ def _notes(scene: Scene, variant: Variant, branches: list[_Branch], breakdown, p
         if enlarge and bool(enlarged.any()):
             boxes = enlarged.nonzero().squeeze(1).tolist()
             extra = int((count - in_box)[enlarged].sum())
-            gained = int(((positives["rule"] % 4) == 3).sum())
+            gained = int(((positives["rule"] % 4) == 3).sum())  # both branches' rows in an E2E scheme
             notes.append(T("Small-object enlargement: box(es) {boxes} have a side shorter than stride_val = {sv:g} px. "
                            "stride_val is always the middle stride (stride[1]), on every level, so for the candidate "
                            "test each short side is raised to {sv:g} px about the box centre: {extra} candidate "
@@ -671,29 +676,35 @@ def _notes(scene: Scene, variant: Variant, branches: list[_Branch], breakdown, p
                            "anchor centre itself to get a candidate.", sv=sv))
         empty = (count == 0).nonzero().squeeze(1).tolist()
         if empty:
-            notes.append(T("Box(es) {boxes} hold no anchor centre{how}: no candidate, so no positive and no box loss.",
-                           boxes=_listing(empty), how="" if enlarge else " (without the enlargement)"))
+            notes.append(T("Box(es) {boxes} hold no anchor centre (even enlarged): no candidate, so no positive and no "
+                           "box loss.", boxes=_listing(empty)) if enlarge else
+                         T("Box(es) {boxes} hold no anchor centre: no candidate, so no positive and no box loss (the "
+                           "small-object enlargement would give them candidates).", boxes=_listing(empty)))
         for branch in branches:
             per_box = torch.bincount(branch.out.assignment.gt, minlength=N).cpu()
             lost = ((per_box == 0) & (count > 0)).nonzero().squeeze(1).tolist()
             if lost:
-                notes.append(T("{branch}Box(es) {boxes} end with no positive although they have candidates: every "
-                               "anchor they selected went to a target with a larger overlap u.",
-                               branch=_branch_head(branch.key), boxes=_listing(lost)))
+                notes.append(_text(branch.key, "Box(es) {boxes} end with no positive although they have candidates: "
+                                   "every anchor they selected went to a target with a larger overlap u.",
+                                   boxes=_listing(lost)))
             conflicts = trace.get(f"{branch.prefix}assigner.conflicts")
             n = int(conflicts.values["n_conflict_anchors"])
             if n:
                 outside = int((~conflicts["winner_selected"]).sum())
-                notes.append(T("{branch}{n} anchor(s) were in the top-k of several targets; each went to the target "
-                               "with the largest u among the targets it is a candidate of (lowest index on ties), "
-                               "{outside} of them to a target that had not selected it.",
-                               branch=_branch_head(branch.key), n=n, outside=outside))
+                notes.append(_text(branch.key, "{n} anchor(s) were in the top-k of several targets; each went to the "
+                                   "target with the largest u among the targets it is a candidate of (lowest index on "
+                                   "ties), {outside} of them to a target that had not selected it.", n=n,
+                                   outside=outside))
             ties = branch.out.assignment.topk_tie[0].nonzero().squeeze(1).tolist()
             if ties:
-                notes.append(T("{branch}Box(es) {boxes}: fewer than k candidates have t > 0 (or t ties at the k-th "
-                               "place), so which of the equal candidates became positives follows torch.topk's order "
-                               "of equal values, as upstream; positives with t = 0 get target score 0 and weigh "
-                               "nothing.", branch=_branch_head(branch.key), boxes=_listing(ties)))
+                notes.append(_text(branch.key, "Box(es) {boxes}: fewer than k candidates have t > 0 (or t ties at "
+                                   "the k-th place), so which of the equal candidates became positives follows "
+                                   "torch.topk's order of equal values, as upstream; positives with t = 0 get target "
+                                   "score 0 and weigh nothing.", boxes=_listing(ties)))
+    else:
+        notes.append(T("No boxes: the assigner returns at once (every anchor is background), the box terms are 0 and "
+                       "the class loss is the BCE of every logit against 0, divided by max(0, 1) = 1."))
+    if N:
         raw_sum = trace.get(f"{first.prefix}loss.cls").values["target_scores_sum_raw"]
         if raw_sum < 1:
             notes.append(T("Σ target scores = {raw:.4g} < 1: every term is divided by max(Σ, 1) = 1.", raw=raw_sum))
@@ -724,33 +735,34 @@ def _notes(scene: Scene, variant: Variant, branches: list[_Branch], breakdown, p
     notes.append(T("The class loss is BCE-with-logits on every anchor and class, divided by max(Σ target scores, 1): "
                    "no focal loss, no label smoothing. Anchors that are not positives pay BCE against 0, and a "
                    "positive's target is t·max(u)/max(t) of its box, not 1."))
-    notes.append(T("CIoU follows ultralytics' metrics.py: alpha = v / (1 - IoU + v + eps) (yolov9 writes v / (v - IoU + "
-                   "(1 + eps)), the same number up to the last bit); u is clamped at 0 and only candidates get an s, "
-                   "u and t (0 elsewhere)."))
+    notes.append(T("CIoU follows ultralytics' metrics.py: alpha = v / (1 - IoU + v + eps) (yolov9 writes "
+                   "v / (v - IoU + (1 + eps)), the same number up to the last bit); u is clamped at 0 and only "
+                   "candidates get an s, u and t (0 elsewhere)."))
     if scene.progress >= 1 and N:
         notes.append(T("At progress 1 the perfect head predicts the class at every anchor inside a box, but only the "
                        "top-k become positives: the other in-box anchors pay class BCE against a target of 0."))
-    notes += _non_finite_notes(positives, losses)
     return notes
 
 
-def _branch_head(key: str) -> str:
-    return f"{BRANCH_WORDS[key]}: " if key else ""
-
-
-NON_FINITE_CAUSE = ("a predicted box is degenerate (zero width or height, or inverted by negative raw distances), "
-                    "where CIoU's atan(w/h) or the IoU's union is 0/0; upstream gives the same number on these logits")
-
-
-def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor]) -> list:
-    bad_columns = [name for name, column in positives.items()
-                   if column.is_floating_point() and column.numel() and not bool(torch.isfinite(column).all())]
-    bad_losses = [name for name, value in losses.items() if not bool(torch.isfinite(value))]
-    if not bad_columns and not bad_losses:
+def _non_finite(named: list[tuple[str, Tensor]]) -> list[str]:
+    """The names of the float tensors holding a NaN or an infinity (one test for the common all-finite case)."""
+    floats = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
+    if not floats or bool(torch.isfinite(torch.cat([t.reshape(-1).double() for _, t in floats])).all()):
         return []
-    return [T("Non-finite numbers in {where}: {cause}.",
-              where=", ".join([f"column {c}" for c in bad_columns] + [f"loss {name}" for name in bad_losses]),
-              cause=NON_FINITE_CAUSE)]
+    return [name for name, t in floats if not bool(torch.isfinite(t).all())]
+
+
+def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], maps: dict[str, list[Tensor]],
+                      trace: Trace) -> list:
+    named = [(f"column {k}", v) for k, v in positives.items()] + [(f"loss {k}", v) for k, v in losses.items()]
+    named += [(f"map {k}", torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
+    named += [(f"stage {stage.name}: {key}", rec.value) for stage in trace for key, rec in stage.tensors.items()]
+    bad = _non_finite(named)
+    if not bad:
+        return []
+    return [T("Non-finite numbers in {where}: a predicted box is degenerate (zero width or height, or inverted by "
+              "negative raw distances), where CIoU's atan(w/h) or the IoU's union is 0/0; upstream gives the same "
+              "number on these logits.", where=", ".join(bad))]
 
 
 # -- checks and stage cells ------------------------------------------------------------------
@@ -770,55 +782,76 @@ def _checks(branches: list[_Branch], trace: Trace, levels: list[LevelInfo], e2e:
     return out
 
 
+def _text(branch: str, template: str, **values):
+    """A translatable text, prefixed with ``[o2m]`` / ``[o2o]`` in an end-to-end scheme."""
+    return T("[{branch}] " + template, branch=branch, **values) if branch else T(template, **values)
+
+
+WHERE = {True: "{level} ({gi}, {gj}) inside the box",
+         False: "{level} ({gi}, {gj}) outside the box, inside it enlarged to {sv:g} px"}
+TOP_K_TEXT = {
+    "selected": ": s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g}: rank {rank} of its top-{topk}, selected",
+    "below": ": s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g} is below this box's top-{topk} cut-off t = "
+             "{kth_t:.4g} by {gap:.3g}: not in its top-{topk}",
+    "tie": ": s = {s:.4g}, u = {u:.4g}, t = {t:.4g} equals this box's top-{topk} cut-off t = {kth_t:.4g}; "
+           "torch.topk's order of equal values left it out",
+}
+TOP_K_LABEL = {("selected", True): "#{rank} t {t:.2g}", ("selected", False): "+#{rank} t {t:.2g}",
+               ("below", True): "t {t:.2g} < {kth_t:.3g}", ("below", False): "t {t:.2g} < {kth_t:.3g}",
+               ("tie", True): "tie t {t:.2g}", ("tie", False): "tie t {t:.2g}"}
+
+
 def _branch_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], e2e: bool) -> list[Check]:
+    """Per candidate pair of this branch: its top-k test (thousands in a crowded scene: the loop builds
+    each check's texts straight from two dicts)."""
     result = branch.out.assignment
     cands = result.candidates
     M = branch.out.gt.shape[1]
     if cands.gt.numel() == 0:
         return []
     test = (lambda name: f"{branch.key}.{name}") if e2e else (lambda name: name)
-    lead = f"{BRANCH_WORDS[branch.key]}, " if e2e else ""
+    prefix = "[{branch}] " if branch.key else ""
+    templates = {(kind, inside): prefix + WHERE[inside] + text for kind, text in TOP_K_TEXT.items()
+                 for inside in (True, False)}
+    top_k = test("top_k")
     k = branch.topk
     level, gi, gj = (c.tolist() for c in _cells(cands.anchor, levels))
+    names = [levels[lv].name for lv in level]
     gt, anchor = cands.gt.tolist(), cands.anchor.tolist()
     s, u, t = cands.class_score.tolist(), cands.overlap.tolist(), cands.align_metric.tolist()
     rank, in_box = cands.topk_rank.tolist(), cands.in_box.tolist()
     kth = _kth_values(cands, k, M).tolist()
-    stride_val = result.stride_val
-    where_of = {}  # (gt, anchor) -> index
+    sv = result.stride_val
+    where_of = {(m, a): q for q, (m, a) in enumerate(zip(gt, anchor))}  # (gt, anchor) -> index
     checks: list[Check] = []
-    for q in range(len(gt)):
-        m, a = gt[q], anchor[q]
-        where_of[(m, a)] = q
-        name = levels[level[q]].name
-        inside = "inside the box" if in_box[q] else f"outside the box, inside it enlarged to {stride_val:g} px"
-        values = {"s": s[q], "u": u[q], "t": t[q], "kth_t": kth[m], "topk": k, "in_box": in_box[q]}
-        if rank[q] >= 0:
-            checks.append(Check(m, level[q], 0, gi[q], gj[q], test("top_k"), True, T(
-                "{lead}{level} ({gi}, {gj}) {inside}: s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g}: rank {rank} of "
-                "its top-{k}, selected", lead=lead, level=name, gi=gi[q], gj=gj[q], inside=inside, s=s[q], u=u[q],
-                t=t[q], rank=rank[q], k=k), {**values, "rank": rank[q]},
-                label=T("{mark}#{rank} t {t:.2g}", mark="" if in_box[q] else "+", rank=rank[q], t=t[q])))
-        elif t[q] < kth[m]:
-            checks.append(Check(m, level[q], 0, gi[q], gj[q], test("top_k"), False, T(
-                "{lead}{level} ({gi}, {gj}) {inside}: s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g} is below the "
-                "{k}-th best t of this box ({kth:.4g}) by {gap:.3g}: not in its top-{k}", lead=lead, level=name,
-                gi=gi[q], gj=gj[q], inside=inside, s=s[q], u=u[q], t=t[q], k=k, kth=kth[m], gap=kth[m] - t[q]),
-                values, label=T("t {t:.2g} < {kth:.2g}", t=t[q], kth=kth[m])))
-        else:
-            checks.append(Check(m, level[q], 0, gi[q], gj[q], test("top_k"), False, T(
-                "{lead}{level} ({gi}, {gj}) {inside}: s = {s:.4g}, u = {u:.4g}, t = {t:.4g} equals the {k}-th best t "
-                "of this box ({kth:.4g}); torch.topk's order of equal values left it out", lead=lead, level=name,
-                gi=gi[q], gj=gj[q], inside=inside, s=s[q], u=u[q], t=t[q], k=k, kth=kth[m]), values,
-                label=T("tie t {t:.2g}", t=t[q])))
-    checks += _conflict_checks(branch, trace, levels, test, lead, where_of, u)
+    for q, m in enumerate(gt):
+        kind = "selected" if rank[q] >= 0 else "below" if t[q] < kth[m] else "tie"
+        inside = bool(in_box[q])
+        values = {"s": s[q], "u": u[q], "t": t[q], "rank": rank[q], "kth_t": kth[m], "topk": k, "in_box": inside}
+        words = {**values, "branch": branch.key, "level": names[q], "gi": gi[q], "gj": gj[q], "sv": sv,
+                 "gap": kth[m] - t[q]}
+        checks.append(Check(m, level[q], 0, gi[q], gj[q], top_k, kind == "selected",
+                            Text(templates[kind, inside], words), values,
+                            label=Text(TOP_K_LABEL[kind, inside], values)))
+    checks += _conflict_checks(branch, trace, levels, test, where_of, u)
     if e2e and branch.key == "o2o":
-        checks += _topk2_checks(branch, trace, levels, test, lead)
+        checks += _topk2_checks(branch, trace, levels, test)
     return checks
 
 
-def _conflict_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], test, lead: str, where_of, u
-                     ) -> list[Check]:
+CONFLICT_TEXT = {
+    "kept": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; this box has the largest u here ({wu:.4g}): "
+            "it keeps the anchor",
+    "lost": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; box {w} has the largest u here ({wu:.4g}): "
+            "box {w} takes it",
+    "lost_outside": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; box {w}, which did not select it, has "
+                    "the largest u here ({wu:.4g}): box {w} takes it",
+    "zero": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; no target has u > 0 here, so the anchor goes to "
+            "box 0 (argmax of an all-zero column)",
+}
+
+
+def _conflict_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], test, where_of, u) -> list[Check]:
     stage = trace.get(f"{branch.prefix}assigner.conflicts")
     if not stage.values["n_conflict_anchors"]:
         return []
@@ -834,32 +867,29 @@ def _conflict_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], tes
     checks = []
     for f, a in enumerate(anchors):
         rivals = claimants.get(f, [])
-        who = ", ".join(f"box {m} (u {cu:.3g})" for m, cu in rivals)
-        name = levels[level[f]].name
-        w = winner[f]
-        why = (T("box {w} has the largest u here ({wu:.4g})", w=w, wu=winner_u[f]) if winner_u[f] > 0 or
-               winner_u[f] != winner_u[f] else T("no target has u > 0 here, so the anchor goes to box 0 (argmax of an "
-                                                 "all-zero column)"))
+        who = ", ".join(f"#{m} (u {cu:.3g})" for m, cu in rivals)
+        w, wu = winner[f], winner_u[f]
+        cell = dict(level=levels[level[f]].name, gi=gi[f], gj=gj[f], who=who, w=w, wu=wu)
         for m, cu in rivals:
             won = m == w
-            checks.append(Check(m, level[f], 0, gi[f], gj[f], test("conflict"), won, T(
-                "{lead}{level} ({gi}, {gj}) is in the top-k of {who}; {why}: {outcome}", lead=lead, level=name,
-                gi=gi[f], gj=gj[f], who=who, why=why,
-                outcome="this box keeps it" if won else f"box {w} takes it"),
-                {"u": cu, "winner": w, "winner_u": winner_u[f], "winner_selected": selected[f]},
-                label=T("won u {u:.2f}", u=cu) if won else T("lost to #{w}", w=w)))
+            key = ("zero" if not (wu > 0 or wu != wu) else "kept" if won else
+                   "lost" if selected[f] else "lost_outside")
+            checks.append(Check(m, level[f], 0, gi[f], gj[f], test("conflict"), won,
+                                _text(branch.key, CONFLICT_TEXT[key], **cell),
+                                {"u": cu, "winner": w, "winner_u": wu, "winner_selected": selected[f]},
+                                label=T("won u {u:.2f}", u=cu) if won else T("lost to #{w}", w=w)))
         if not selected[f]:
             q = where_of.get((w, a))
-            wu = u[q] if q is not None else winner_u[f]
-            checks.append(Check(w, level[f], 0, gi[f], gj[f], test("conflict"), True, T(
-                "{lead}{level} ({gi}, {gj}) is not in this box's top-k, but it is claimed by {who} and this box has "
-                "the largest u here ({wu:.4g}) among the targets it is a candidate of: it takes the anchor "
-                "(select_highest_overlaps)", lead=lead, level=name, gi=gi[f], gj=gj[f], who=who, wu=wu),
-                {"u": wu, "winner": w, "winner_selected": False}, label=T("took it, u {u:.2f}", u=wu)))
+            wu_pair = u[q] if q is not None else wu
+            checks.append(Check(w, level[f], 0, gi[f], gj[f], test("conflict"), True, _text(
+                branch.key, "{level} ({gi}, {gj}) is not in this box's top-k, but it is claimed by boxes {who} and "
+                "this box has the largest u here ({wu:.4g}) among the targets it is a candidate of: it takes the "
+                "anchor (select_highest_overlaps)", **{**cell, "wu": wu_pair}),
+                {"u": wu_pair, "winner": w, "winner_selected": False}, label=T("took it, u {u:.2f}", u=wu_pair)))
     return checks
 
 
-def _topk2_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], test, lead: str) -> list[Check]:
+def _topk2_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], test) -> list[Check]:
     try:
         stage = trace.get(f"{branch.prefix}assigner.topk2")
     except KeyError:
@@ -873,16 +903,14 @@ def _topk2_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], test, 
         counts[m] = counts.get(m, 0) + 1
     checks = []
     for i, m in enumerate(gt):
-        name = levels[level[i]].name
+        cell = dict(level=levels[level[i]].name, gi=gi[i], gj=gj[i], m=m, n=counts[m], t=t[i], k2=k2)
         if kept[i]:
-            text = T("{lead}{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); this one is #{rank} "
-                     "by t ({t:.4g}): kept (topk2 = {k2})", lead=lead, level=name, gi=gi[i], gj=gj[i], m=m,
-                     n=counts[m], rank=rank[i], t=t[i], k2=k2)
+            text = _text(branch.key, "{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); this one "
+                         "is #{rank} by t ({t:.4g}): kept (topk2 = {k2})", rank=rank[i], **cell)
             label = T("kept #{rank}", rank=rank[i])
         else:
-            text = T("{lead}{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); t = {t:.4g} is not "
-                     "among its best {k2}: dropped by topk2", lead=lead, level=name, gi=gi[i], gj=gj[i], m=m,
-                     n=counts[m], t=t[i], k2=k2)
+            text = _text(branch.key, "{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); t = "
+                         "{t:.4g} is not among its best {k2}: dropped by topk2", **cell)
             label = T("topk2 ✗")
         checks.append(Check(m, level[i], 0, gi[i], gj[i], test("topk2"), bool(kept[i]), text,
                             {"t": t[i], "rank": rank[i], "topk2": k2}, label=label))

@@ -71,8 +71,8 @@ COLUMNS = (
                formula="cost = cls {cls_cost} + 3 × {iou_cost} (−ln IoU) + penalty {penalty} = {cost}"),
     ColumnSpec("cls_cost", "BCE of sqrt(σ(cls)·σ(obj)) against the one-hot of the target's class, summed over the "
                            "classes", "loss", group="cost"),
-    ColumnSpec("iou_cost", "−ln(IoU + 1e-8) of the predicted box against the target (weighted 3.0 in the cost)", "loss",
-               group="cost"),
+    ColumnSpec("iou_cost", "−ln(IoU + 1e-8) of the predicted box against the target (weighted 3.0 in the cost)",
+               "loss", group="cost"),
     ColumnSpec("penalty", "100000 (0.3.0) or 1e6 (main) when the pair is not in the geometry relation, else 0",
                "loss", group="cost"),
     ColumnSpec("sel_rank", "rank of the anchor in its target's cost row (0 = cheapest); -1 when the target won it "
@@ -214,8 +214,12 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     recorder = trace if trace is not None else Trace()  # the result is read back from the trace
     with build_heads(scene, device) as heads:
         _apply_pins(scene, heads)
-        out = yolox_loss(heads.heads, labels, strides=STRIDES, use_l1=use_l1, iou_loss_type=iou_type,
-                         version=version, trace=recorder)
+        try:
+            out = yolox_loss(heads.heads, labels, strides=STRIDES, use_l1=use_l1, iou_loss_type=iou_type,
+                             version=version, trace=recorder)
+        except RuntimeError as exc:  # upstream raises too: a box with no candidate anchor at all
+            raise ValueError(f"boxes: YOLOX's SimOTA finds no candidate anchor for this scene ({exc}); upstream "
+                             "raises RuntimeError here too") from None
         probs = _head_probs(heads.heads, scene.nc)  # (A,) obj, (A, C) class probabilities
         raws = torch.cat([h[0, :4].reshape(4, -1) for h in heads.heads], 1).T  # (A, 4)
     grid = make_grid((scene.height, scene.width), STRIDES, device=device)
@@ -223,6 +227,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     maps = _maps(out, recorder, levels, probs)
     losses, composition = _losses(out, recorder)
     notes = _notes(scene, out, recorder, positives, losses, version, use_l1, iou_type)
+    notes += _non_finite_notes(positives, losses, maps, recorder)
     return SceneResult(
         scheme="yolox", levels=levels, positives=positives, maps=maps, losses=losses, trace=trace,
         device=str(device), composition=composition, notes=notes, targets=labels[0],
@@ -281,17 +286,10 @@ def _positives(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], grid, 
         position = order[torch.searchsorted(sel_key[order], key).clamp(max=sel_key.numel() - 1)]
         selected = sel_key[position] == key
         sel_rank = torch.where(selected, select["sel_rank"][position], -1)
-        for name, source in (("cost", "sel_cost"), ("cls", "sel_cls_cost"), ("iou", "sel_iou_cost"),
-                             ("penalty", "sel_penalty")):
-            value = select[source][position]
-            if name == "cost":
-                cost = torch.where(selected, value, cost)
-            elif name == "cls":
-                cls_cost = torch.where(selected, value, cls_cost)
-            elif name == "iou":
-                iou_cost = torch.where(selected, value, iou_cost)
-            else:
-                penalty = torch.where(selected, value.to(cost.dtype), penalty)
+        cost = torch.where(selected, select["sel_cost"][position], cost)
+        cls_cost = torch.where(selected, select["sel_cls_cost"][position], cls_cost)
+        iou_cost = torch.where(selected, select["sel_iou_cost"][position], iou_cost)
+        penalty = torch.where(selected, select["sel_penalty"][position].to(cost.dtype), penalty)
         if not bool(selected.all()):  # won without selecting it: the winner's numbers in the conflicts stage
             won = (~selected).nonzero().squeeze(1)
             col = conflicts["conflict_anchor"]
@@ -391,13 +389,15 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
     if spec.box_test:
         notes.append(T("SimOTA 0.3.0: an anchor is a candidate when its cell centre lies inside ANY box or within "
                        "2.5 strides of ANY box centre; a pair escapes the +100000 penalty only when the centre is "
-                       "inside THIS box AND its centre square. Switch version to main (1.5 strides, no box test, "
-                       "penalty 1e6) to see the two disagree on the same predictions."))
+                       "inside THIS box AND its centre square. Every test is strict: a centre exactly on an edge is "
+                       "out. Switch version to main (1.5 strides, no box test, penalty 1e6) to see the two disagree "
+                       "on the same predictions."))
     else:
         notes.append(T("SimOTA main (6ddff482): an anchor is a candidate when its cell centre lies within 1.5 strides "
                        "of ANY box centre (no box test); a pair escapes the +1e6 penalty when the centre is inside "
-                       "THIS box's centre square. Switch version to 0.3.0 (2.5 strides and the box test, penalty "
-                       "100000) to see the two disagree on the same predictions."))
+                       "THIS box's centre square. Every test is strict: a centre exactly on the square's border is "
+                       "out. Switch version to 0.3.0 (2.5 strides and the box test, penalty 100000) to see the two "
+                       "disagree on the same predictions."))
     if iou_type == "iou":
         notes.append(T("YOLOX's 'iou' box loss is 1 - IoU² (the IoU squared, not 1 - IoU), times reg_weight 5.0 and "
                        "divided by num_fg."))
@@ -453,9 +453,28 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
         notes.append(T("At progress 1 the perfect head predicts each box exactly at every anchor inside it or within "
                        "1.5 strides of its centre, with high objectness; only the dynamic-k cheapest become positives, "
                        "so the objectness BCE of the others (target 0) stays large."))
-    bad = [name for name, column in positives.items()
-           if column.is_floating_point() and column.numel() and not bool(torch.isfinite(column).all())]
-    bad += [f"loss {name}" for name, value in losses.items() if not bool(torch.isfinite(value))]
+    return notes
+
+
+def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], maps: dict[str, list[Tensor]],
+                      trace: Trace) -> list:
+    """A note for every NaN or infinity in the result or the trace, with where it comes from."""
+    named = [(f"column {k}", v) for k, v in positives.items()] + [(f"loss {k}", v) for k, v in losses.items()]
+    named += [(f"map {k}", torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
+    named += [(f"stage {stage.name}: {key}", rec.value) for stage in trace for key, rec in stage.tensors.items()]
+    floats = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
+    if not floats or bool(torch.isfinite(torch.cat([t.reshape(-1).double() for _, t in floats])).all()):
+        return []
+    bad = [name for name, t in floats if not bool(torch.isfinite(t).all())]
+    notes = []
+    if "stage simota.dynamic_k: gt_topk_iou" in bad:
+        bad.remove("stage simota.dynamic_k: gt_topk_iou")
+        notes.append(T("The image has fewer than 10 candidate anchors: in the dynamic_k stage each box's list of its "
+                       "10 largest IoUs is padded with NaN (only the real ones are summed)."))
+    if "stage simota.select: gt_next_cost" in bad:
+        bad.remove("stage simota.select: gt_next_cost")
+        notes.append(T("In the select stage gt_next_cost (the cheapest candidate a box did not take) is inf for a box "
+                       "that took every candidate."))
     if bad:
         notes.append(T("Non-finite numbers in {where}: a predicted box of zero area meets a zero-area target, where "
                        "YOLOX's IoU has no eps in the union (0/0); upstream gives the same number on these logits.",
@@ -464,9 +483,14 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
 
 
 # -- checks and stage cells ------------------------------------------------------------------
-def _penalty_words(version: str) -> str:
-    return ("not inside both this box and its centre square" if VERSIONS[version].box_test
-            else "outside this box's centre square")
+CONFLICT_TEXT = {
+    "kept": "{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column picks this "
+            "box ({wc:.4g}): it keeps the anchor",
+    "lost": "{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column picks box "
+            "{w} ({wc:.4g}): box {w} gets it",
+    "lost_outside": "{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column "
+                    "picks box {w} ({wc:.4g}), which never took it: box {w} gets it",
+}
 
 
 def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: str) -> list[Check]:
@@ -477,7 +501,6 @@ def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: 
     conflicts, result = trace.get("simota.conflicts"), trace.get("simota.result")
     ks = k_stage["gt_dynamic_k"].tolist()
     sums = k_stage["gt_iou_sum"].tolist()
-    penalty_words = _penalty_words(version)
 
     def cell(anchors: Tensor) -> list[tuple[int, int, int, str]]:
         level, gi, gj = (c.tolist() for c in _cells(anchors.cpu(), levels))
@@ -497,19 +520,21 @@ def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: 
         lv, i, j, name = where
         values = {"iou": iou, "cls_cost": cls_c, "iou_cost": iou_c, "penalty": pen, "cost": cost, "k": ks[g],
                   "kth_cost": kth[g]}
-        parts = dict(level=name, gi=i, gj=j, iou=iou, c=cls_c, ic=iou_c, p=pen, cost=cost, g=g, k=ks[g],
-                     why=f" ({penalty_words})" if pen else "")
+        parts = dict(level=name, gi=i, gj=j, iou=iou, c=cls_c, ic=iou_c, p=pen, cost=cost, g=g, k=ks[g])
         if (g, a) in taken:
             rank = sel_rank[taken[(g, a)]]
             return Check(g, lv, 0, i, j, "select", True, T(
-                "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty {p:g}{why} = "
+                "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty {p:g} = "
                 "{cost:.4g}: rank {rank} of box {g}'s cost row, within its k = {k}: taken", rank=rank, **parts),
                 {**values, "rank": rank}, label=T("c {cost:.3g} ✓", cost=cost))
-        relation = "above" if cost > kth[g] else "equal to"
-        return Check(g, lv, 0, i, j, "select", False, T(
-            "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty {p:g}{why} = "
-            "{cost:.4g}, {relation} {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest: not taken",
-            relation=relation, kth=kth[g], **parts), values, label=T("c {cost:.3g} ✗", cost=cost))
+        template = ("{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty "
+                    "{p:g} = {cost:.4g}, above {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest: not taken"
+                    if cost > kth[g] else
+                    "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty "
+                    "{p:g} = {cost:.4g}, equal to {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest; "
+                    "torch.topk's order of equal values left it out")
+        return Check(g, lv, 0, i, j, "select", False, T(template, kth=kth[g], **parts), values,
+                     label=T("c {cost:.3g} ✗", cost=cost))
 
     pair_gt, pair_anchor = cost_stage["pair_gt"].tolist(), cost_stage["pair_anchor"].tolist()
     columns = [cost_stage[k].tolist() for k in ("pair_iou", "pair_cls_cost", "pair_iou_cost", "pair_penalty",
@@ -552,12 +577,10 @@ def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: 
                                          cell(conflicts["claim_anchor"])):
             lv, i, j, name = where
             f = index_of[a]
-            who = ", ".join(f"box {m} ({mc:.4g})" for m, mc in claimants[a])
-            tail = "" if w_sel[f] else ", which never took it"
+            who = ", ".join(f"#{m} ({mc:.4g})" for m, mc in claimants[a])
+            key = "kept" if won else "lost" if w_sel[f] else "lost_outside"
             checks.append(Check(g, lv, 0, i, j, "conflict", bool(won), T(
-                "{level} ({gi}, {gj}) was taken by {who}; torch.min over ALL boxes' costs in this column picks box {w} "
-                "({wc:.4g}){tail}: {outcome}", level=name, gi=i, gj=j, who=who, w=winner[f], wc=w_cost[f], tail=tail,
-                outcome="this box keeps it" if won else f"box {winner[f]} gets it"),
+                CONFLICT_TEXT[key], level=name, gi=i, gj=j, who=who, w=winner[f], wc=w_cost[f]),
                 {"cost": c, "winner": winner[f], "winner_cost": w_cost[f], "winner_selected": bool(w_sel[f])},
                 label=T("won c {c:.3g}", c=c) if won else T("lost to #{w}", w=winner[f])))
         for f, where in enumerate(cell(conflicts["conflict_anchor"])):
@@ -565,7 +588,7 @@ def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: 
                 continue
             lv, i, j, name = where
             a = c_anchor[f]
-            who = ", ".join(f"box {m} ({mc:.4g})" for m, mc in claimants[a])
+            who = ", ".join(f"#{m} ({mc:.4g})" for m, mc in claimants[a])
             checks.append(Check(winner[f], lv, 0, i, j, "conflict", True, T(
                 "{level} ({gi}, {gj}): box {w} never took this anchor (it is not among its k = {k} cheapest), but its "
                 "cost here, cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty {p:g} = {wc:.4g}, is the lowest of the "
