@@ -99,7 +99,8 @@ class Prepared(NamedTuple):
 
 
 def prepare_explain(scene: Scene, maps: Iterable[str] | None, stage_data: int | None, stages: bool,
-                    columns: Iterable[str] | None, checks: bool, inline_bytes: int, max_bytes: int) -> Prepared:
+                    columns: Iterable[str] | None, checks: bool, inline_bytes: int, max_bytes: int,
+                    target: int | None = None, lang: str = "en") -> Prepared:
     """Compute an explain response: bytes when its estimate is at most ``inline_bytes``, a document
     to stream up to ``max_bytes``, else :class:`TooLarge`."""
     computed = run(scene, record=stages)
@@ -108,23 +109,24 @@ def prepare_explain(scene: Scene, maps: Iterable[str] | None, stage_data: int | 
         raise TooLarge(estimate, max_bytes)
     if estimate <= inline_bytes:
         return Prepared(dumps(export.result_to_dict(computed, maps=maps, stage_data=stage_data, stages=stages,
-                                                    columns=columns, checks=checks, arrays=True)), None, estimate)
+                                                    columns=columns, checks=checks, arrays=True, target=target,
+                                                    lang=lang)), None, estimate)
     with export.lazy_data():
         doc = export.result_to_dict(computed, maps=maps, stage_data=stage_data, stages=stages, columns=columns,
-                                    checks=checks, arrays=True)
+                                    checks=checks, arrays=True, target=target, lang=lang)
     return Prepared(None, doc, estimate)
 
 
-def prepare_export(scene: Scene, inline_bytes: int, max_bytes: int) -> Prepared:
+def prepare_export(scene: Scene, inline_bytes: int, max_bytes: int, lang: str = "en") -> Prepared:
     """Compute an export document, as :func:`prepare_explain`."""
     computed = run(scene)
     estimate = estimate_bytes(computed)
     if estimate > max_bytes:
         raise TooLarge(estimate, max_bytes)
     if estimate <= inline_bytes:
-        return Prepared(dumps(export.build_export(computed, arrays=True)), None, estimate)
+        return Prepared(dumps(export.build_export(computed, arrays=True, lang=lang)), None, estimate)
     with export.lazy_data():
-        doc = export.build_export(computed, arrays=True)
+        doc = export.build_export(computed, arrays=True, lang=lang)
     return Prepared(None, doc, estimate)
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .text import T
 from .trace import Trace
 
 __all__ = ["bbox_iou", "IoUTerms", "iou_terms", "ciou_alpha_paper", "xywh2xyxy", "xyxy2xywh"]
@@ -118,7 +119,7 @@ def bbox_iou(box1: Tensor, box2: Tensor, xywh: bool = True, GIoU: bool = False, 
         # every term once, recorded; the result is the same expression of the same terms
         terms = iou_terms(box1, box2, xywh, eps, variant)
         trace.record(
-            "bbox_iou", f"{kind} of predicted vs target boxes",
+            "bbox_iou", T("{kind} of predicted vs target boxes", kind=kind),
             "IoU = inter/union; GIoU subtracts the empty share of the enclosing box; DIoU subtracts "
             "rho²/c² (centre distance over enclosing diagonal); CIoU also subtracts v·alpha "
             "(aspect-ratio term, alpha taken without gradient)",

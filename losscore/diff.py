@@ -31,7 +31,7 @@ class Change:
 
 def _slots(result: SceneResult) -> set[Slot]:
     p = result.positives
-    if "level" not in p:  # a query scheme: (gt, query) pairs
+    if "query" in p:  # a query scheme: (gt, query) pairs
         return {(g, 0, q, 0, 0) for g, q in zip(p["gt"].tolist(), p["query"].tolist())}
     return set(zip(p["gt"].tolist(), p["level"].tolist(), p["anchor"].tolist(), p["gi"].tolist(), p["gj"].tolist()))
 
@@ -52,7 +52,8 @@ def diff_results(before_scene: Scene, before: SceneResult, after_scene: Scene, a
     sentences: list[Text] = []
     changed = _params_changed(before_scene, after_scene)
     if before_scene.scheme != after_scene.scheme:
-        lead = T("{a} → {b}", a=get_scheme(before_scene.scheme).title, b=get_scheme(after_scene.scheme).title)
+        lead = T("{a} → {b}", a=Text(get_scheme(before_scene.scheme).title),
+                 b=Text(get_scheme(after_scene.scheme).title))
     elif changed:
         lead = T("{changes}", changes=", ".join(f"{n} {_fmt(x)} → {_fmt(y)}" for n, x, y in changed))
     elif before_scene.boxes != after_scene.boxes:
@@ -60,6 +61,8 @@ def diff_results(before_scene: Scene, before: SceneResult, after_scene: Scene, a
     elif (before_scene.seed, before_scene.progress) != (after_scene.seed, after_scene.progress):
         lead = T("predictions: seed {s0} → {s1}, progress {p0:.3g} → {p1:.3g}", s0=before_scene.seed,
                  s1=after_scene.seed, p0=before_scene.progress, p1=after_scene.progress)
+    elif before_scene.pins != after_scene.pins:
+        lead = T("pinned predictions moved")
     else:
         lead = T("same scene")
     n_before, n_after = len(a), len(b)
@@ -84,7 +87,7 @@ def diff_results(before_scene: Scene, before: SceneResult, after_scene: Scene, a
         spec = get_scheme(after_scene.scheme)
         hints = [p.inert_hint for name, _, _ in changed for p in spec.params if p.name == name and p.inert_hint]
         sentences.append(T("Nothing changed for this scene.") if not hints else
-                         T("Nothing changed for this scene: {hint}", hint=hints[0]))
+                         T("Nothing changed for this scene: {hint}", hint=Text(hints[0])))
     return Change(added, removed, sentences, nothing)
 
 
@@ -138,7 +141,7 @@ def reveal(result: SceneResult, level: int, guess: list[tuple[int, int]], rule_d
         k = positive[cell][0]
         name = names[rule[k]] if 0 <= rule[k] < len(names) else str(rule[k])
         reasons[cell] = T("({gi}, {gj}) is positive for box #{gt} by the {rule} rule: {doc}", gi=cell[0], gj=cell[1],
-                          gt=gt[k], rule=name, doc=rule_docs.get(name, ""))
+                          gt=gt[k], rule=Text(name), doc=rule_docs.get(name, ""))
     checks = [c for c in result.check_list() if c.level == level and anchor in (-1, c.anchor)]
     for cell in extras:
         failed = [c for c in checks if (c.gi, c.gj) == cell and not c.passed]

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from . import registry
 from .mmdet.loss import py_focal_loss_with_prob
 from .scene import Box, Check, LevelSpec, LossComposition, Pin, Scene, SceneResult, SchemeSpec, stage_parts
-from .text import render
+from .target_spec import TargetColumn, TargetTable
+from .text import T, render
 from .trace import Trace, encode_tensor
 from .wire import LazyFlat, batch_stats, dtype_name, encode_map, flat_values, numpy_flat, plain, plain_float
 
@@ -364,6 +365,114 @@ def _checks_to_list(result: SceneResult, checks: bool | str | None, lang: str) -
     return [_check_to_dict(c, lang) for c in result.check_list() if wanted(c)]
 
 
+def _where(check: Check, result: SceneResult, spec: SchemeSpec, lang: str) -> str:
+    """Where a check is, in words: "P3 (20, 28)", "P4 (13, 17) anchor 2", or "query 7"."""
+    if spec.kind == "queries":
+        return render(T("query {q}", q=check.anchor), lang)
+    level = result.levels[check.level] if 0 <= check.level < len(result.levels) else None
+    name = level.name if level is not None else f"L{check.level}"
+    anchors = 1 if level is None or level.anchors_px is None else int(level.anchors_px.shape[0])
+    if anchors > 1:
+        return render(T("{level} ({gi}, {gj}) anchor {anchor}", level=name, gi=check.gi, gj=check.gj,
+                        anchor=check.anchor), lang)
+    return f"{name} ({check.gi}, {check.gj})"
+
+
+def _sort_value(value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return math.inf if math.isnan(value) else float(value)  # NaN rows go last
+    return math.inf
+
+
+def target_to_dict(result: SceneResult, spec: SchemeSpec, scene: Scene, gt: int, lang: str = "en") -> dict[str, Any] | None:
+    """The box panel of box ``gt`` (``None`` when there is no such box): its positives counted, the
+    facts, verdicts, tables, histogram its :class:`~losscore.target_spec.TargetSpec` declares, built
+    from the box's checks. Every number is computed here; the page formats."""
+    if not 0 <= gt < len(scene.boxes):
+        return None
+    declared = spec.target
+    mine = [c for c in result.check_list() if c.gt == gt]
+    by_test: dict[str, list[Check]] = {}
+    for check in mine:
+        by_test.setdefault(check.test, []).append(check)
+    counts = _counts(result, spec)["per_box"]
+    count = counts[gt] if gt < len(counts) else {"gt": gt, "total": 0, "by_rule": {}, "per_level": []}
+    facts = []
+    for fact in declared.facts:
+        first = next((c for c in by_test.get(fact.test, ()) if fact.key in c.values), None)
+        if first is not None:
+            facts.append({"label": render(fact.label, lang), "value": plain(first.values[fact.key]), "unit": fact.unit})
+    verdicts = [render(c.text, lang) for test in declared.verdicts for c in by_test.get(test, ())]
+    tables = []
+    tests_declared = {table.test for table in declared.tables}
+    auto = [] if not declared.auto else [test for test in by_test if test not in tests_declared]
+    for table in (*declared.tables, *(TargetTable(test, test) for test in auto)):
+        checks = by_test.get(table.test, [])
+        if not checks:
+            continue
+        columns = table.columns or tuple(TargetColumn(key, key) for key in dict.fromkeys(
+            k for c in checks for k in c.values))
+        if table.sort:
+            checks = sorted(checks, key=lambda c: _sort_value(c.values.get(table.sort)), reverse=table.descending)
+        shown = checks[:table.limit]
+        tables.append({
+            "test": table.test, "title": render(table.title, lang), "doc": render(table.doc, lang),
+            "columns": [c.to_dict(lang) for c in columns], "total": len(checks), "shown": len(shown),
+            "passed": sum(1 for c in checks if c.passed), "failed": sum(1 for c in checks if not c.passed),
+            "rows": [{"level": c.level, "anchor": c.anchor, "gi": c.gi, "gj": c.gj, "where": _where(c, result, spec, lang),
+                      "passed": c.passed, "label": render(c.label, lang), "text": render(c.text, lang),
+                      "values": [plain(c.values.get(col.key)) for col in columns]} for c in shown],
+        })
+    histogram = None
+    if declared.histogram is not None:
+        h = declared.histogram
+        checks = [c for c in by_test.get(h.test, ()) if isinstance(c.values.get(h.key), (int, float))]
+        lo, hi = h.range
+        edges = torch.linspace(lo, hi, h.bins + 1, dtype=torch.float64)
+        values = torch.tensor([float(c.values[h.key]) for c in checks], dtype=torch.float64)
+        passed = torch.tensor([bool(c.passed) for c in checks], dtype=torch.bool)
+        index = ((values - lo) / (hi - lo) * h.bins).floor().clamp(0, h.bins - 1).long()
+        first = checks[0].values if checks else {}
+        histogram = {
+            "title": render(h.title, lang), "edges": edges.tolist(), "centres": ((edges[:-1] + edges[1:]) / 2).tolist(),
+            "width": (hi - lo) / h.bins, "range": [lo, hi],
+            "passed": torch.bincount(index[passed], minlength=h.bins).tolist(),
+            "failed": torch.bincount(index[~passed], minlength=h.bins).tolist(),
+            "passed_label": render(h.passed, lang), "failed_label": render(h.failed, lang), "count": len(checks),
+            "lines": [{"label": render(label, lang), "key": key, "value": plain(first[key]), "main": i == len(h.lines) - 1}
+                      for i, (key, label) in enumerate(h.lines) if key in first],
+        }
+    return {"gt": gt, "box": _box_dict(scene.boxes[gt]), "positives": count["total"], "by_rule": count["by_rule"],
+            "per_level": count["per_level"], "facts": facts, "verdicts": verdicts, "tables": tables,
+            "histogram": histogram}
+
+
+def target_maps(result: SceneResult, spec: SchemeSpec, gt: int, names: Iterable[str]) -> dict[str, list[torch.Tensor]]:
+    """The box panel's heat layers for box ``gt``: each declared :class:`~losscore.target_spec.TargetMap`
+    in ``names`` as one ``(A, H, W)`` float32 tensor per level, the value of the box's check of that
+    test at its cell, NaN where the box has none."""
+    wanted = [m for m in spec.target.maps if m.name in set(names)]
+    if not wanted or spec.kind != "grid":
+        return {}
+    checks = [c for c in result.check_list() if c.gt == gt]
+    out = {}
+    for declared in wanted:
+        levels = []
+        for info in result.levels:
+            anchors = 1 if info.anchors_px is None else int(info.anchors_px.shape[0])
+            levels.append(torch.full((anchors, int(info.grid[0]), int(info.grid[1])), math.nan, dtype=torch.float32))
+        for c in checks:
+            value = c.values.get(declared.key)
+            if c.test == declared.test and isinstance(value, (int, float)) and 0 <= c.level < len(levels):
+                grid = levels[c.level]
+                if 0 <= c.anchor < grid.shape[0] and 0 <= c.gj < grid.shape[1] and 0 <= c.gi < grid.shape[2]:
+                    grid[c.anchor, c.gj, c.gi] = float(value)
+        out[declared.name] = levels
+    return out
+
+
 def _check_to_dict(check: Check, lang: str) -> dict[str, Any]:
     return {"gt": check.gt, "level": check.level, "anchor": check.anchor, "gi": check.gi, "gj": check.gj,
             "test": check.test, "passed": check.passed, "text": render(check.text, lang),
@@ -380,6 +489,7 @@ def result_to_dict(
     checks: bool | str = True,
     arrays: bool = False,
     lang: str = "en",
+    target: int | None = None,
 ) -> dict[str, Any]:
     """The ``POST /api/v1/explain`` response for a run.
 
@@ -389,10 +499,14 @@ def result_to_dict(
     include (``None``: all of them). ``stage_data``: a stage tensor carries its flat ``data`` only
     when it has at most this many elements (``None``: always). ``arrays``: see :mod:`losscore.wire`.
     ``lang``: the language of every text (notes, checks, stage titles; see :mod:`losscore.text`).
+    ``target``: a box index: its declared heat layers (``box.*``, among ``maps``) and, unless
+    ``checks`` asks for none, its box panel (:func:`target_to_dict`).
     """
     result, scene = run.result, run.scene
     spec = registry.get_scheme(scene.scheme)
     wanted = list(result.maps) if maps is None else [m for m in maps if m in result.maps]
+    box_maps = {} if target is None else target_maps(
+        result, spec, target, [m.name for m in spec.target.maps] if maps is None else maps)
     return {
         "scheme": scene.scheme,
         "family": spec.family,
@@ -413,7 +527,8 @@ def result_to_dict(
         "boxes": [_box_dict(b) for b in scene.boxes],
         "positives": _positive_rows(result, spec, columns, arrays),
         "counts": _counts(result, spec),
-        "maps": {name: {"levels": [encode_map(t) for t in result.maps[name]]} for name in wanted},
+        "maps": {name: {"levels": [encode_map(t) for t in levels]}
+                 for name, levels in [*((n, result.maps[n]) for n in wanted), *box_maps.items()]},
         "losses": {name: plain_float(float(value)) for name, value in result.losses.items()},
         "composition": composition_to_dict(result.composition, spec, lang),
         "focal": focal_state(spec, scene.params, result, arrays, lang),
@@ -421,6 +536,8 @@ def result_to_dict(
         "queries": None if result.queries is None else _rows(result.queries, arrays),
         "matrices": None if result.matrices is None else {name: encode_map(m) for name, m in result.matrices.items()},
         "checks": _checks_to_list(result, checks, lang),
+        "target": None if target is None or check_filter(checks) is None
+        else target_to_dict(result, spec, scene, target, lang),
         "notes": [render(n, lang) for n in result.notes],
         "stages": _stages_to_list(run.trace, stage_data, arrays, _stage_cells(result, lang), lang) if stages else [],
     }

@@ -2,7 +2,8 @@
 scheme's declared strides and anchors (the page never computes geometry).
 
 :func:`preset_scene` returns the boxes (and parameters, when a preset needs one) for a scheme and
-image size; :data:`PRESETS` lists the names with a one-line title each.
+image size; :data:`PRESETS` lists the names with a one-line title each (``Preset.to_dict(lang)`` gives
+them in English or 中文).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .scene import Box, SchemeSpec
+from .text import render
 
 __all__ = ["PRESETS", "Preset", "preset_scene", "centred"]
 
@@ -23,9 +25,13 @@ def centred(cls: int, cx: float, cy: float, w: float, h: float) -> Box:
 @dataclass(frozen=True)
 class Preset:
     name: str
-    title: str
+    title: str  # a template of losscore/catalogue (rendered in the reader's language by to_dict)
     doc: str
     build: Callable[[SchemeSpec, int, int, int, dict[str, Any]], tuple[list[Box], dict[str, Any]]]
+
+    def to_dict(self, lang: str = "en") -> dict[str, str]:
+        """``name``, and ``title`` and ``doc`` in ``lang``."""
+        return {"name": self.name, "title": render(self.title, lang), "doc": render(self.doc, lang)}
 
 
 def _first_anchor(spec: SchemeSpec) -> tuple[float, float]:

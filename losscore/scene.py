@@ -30,8 +30,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .text import render as _r
+from .text import T, TextError, render as _r
 from .trace import Trace
+from .target_spec import TargetSpec
 
 __all__ = [
     "Box",
@@ -190,28 +191,29 @@ class ParamSpec:
         where = f"params.{self.name}"
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"{where}: expected true or false, got {_excerpt(value)}")
+                raise TextError(where, T("expected true or false, got {got}", got=_excerpt(value)))
             return value
         if self.kind == "choice":
             if value not in self.choices:
-                raise ValueError(f"{where}: expected one of {list(self.choices)}, got {_excerpt(value)}")
+                raise TextError(where, T("expected one of {choices}, got {got}", choices=list(self.choices),
+                                         got=_excerpt(value)))
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {_excerpt(value)}")
+            raise TextError(where, T("expected a number, got {got}", got=_excerpt(value)))
         try:
             as_float = float(value)
         except OverflowError:  # an integer literal beyond the float range (e.g. 1e309 written out)
-            raise ValueError(f"{where}: {_excerpt(value)} is too large to be a number") from None
+            raise TextError(where, T("{got} is too large to be a number", got=_excerpt(value))) from None
         if not math.isfinite(as_float):
-            raise ValueError(f"{where}: must be finite, got {value!r}")
+            raise TextError(where, T("must be finite, got {got}", got=repr(value)))
         if self.kind == "int":
             if as_float != int(value):
-                raise ValueError(f"{where}: expected an integer, got {value!r}")
+                raise TextError(where, T("expected an integer, got {got}", got=repr(value)))
             value = int(value)
         if self.min is not None and value < self.min:
-            raise ValueError(f"{where}: {value!r} is below the minimum {self.min}")
+            raise TextError(where, T("{got} is below the minimum {min}", got=repr(value), min=self.min))
         if self.max is not None and value > self.max:
-            raise ValueError(f"{where}: {value!r} is above the maximum {self.max}")
+            raise TextError(where, T("{got} is above the maximum {max}", got=repr(value), max=self.max))
         return value
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
@@ -257,7 +259,8 @@ class RuleSpec:
     doc: str  # one line
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
-        return {"name": self.name, "glyph": self.glyph, "doc": _r(self.doc, lang)}
+        # "name" is the key positives and counts use; "label" is the name in the reader's language
+        return {"name": self.name, "label": _r(self.name, lang), "glyph": self.glyph, "doc": _r(self.doc, lang)}
 
 
 @dataclass(frozen=True)
@@ -313,8 +316,8 @@ class LossTermSpec:
     gain: str = ""  # label of the gain, e.g. "hyp['box']"; "" = none
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
-        return {"name": self.name, "doc": _r(self.doc, lang), "part_factor": self.part_factor, "divisor": self.divisor,
-                "gain": self.gain}
+        return {"name": self.name, "doc": _r(self.doc, lang), "part_factor": _r(self.part_factor, lang),
+                "divisor": _r(self.divisor, lang), "gain": _r(self.gain, lang)}
 
 
 @dataclass(frozen=True)
@@ -420,9 +423,9 @@ class Check:
     gj: int
     test: str  # a short name: "anchor_ratio", "neighbour.left", "top_k", ...
     passed: bool
-    text: str
+    text: str  # a losscore.text.Text (or a plain template), rendered in the reader's language
     values: Mapping[str, Any] = field(default_factory=dict)
-    label: str = ""  # a few characters drawn on the grid ("frac 0.62 ≥ g", "r 3.13 < 4")
+    label: str = ""  # a few characters drawn on the grid ("frac 0.62 ≥ g", "r 3.13 < 4"); a Text too
 
 
 @dataclass(frozen=True)
@@ -435,7 +438,7 @@ class StageCell:
     anchor: int
     gi: int
     gj: int
-    label: str = ""
+    label: str = ""  # a losscore.text.Text (or a plain template)
 
 
 @dataclass
@@ -455,7 +458,8 @@ class SceneResult:
       rules, top-k, ...), each with its numbers; built on demand (:meth:`check_list`), since a
       crowded TAL scene has thousands and the page asks for them only when a gesture ends.
     ``stage_cells``: per stage name, the cells that stage is about (built on demand, like checks).
-    ``notes``: sentences the page shows as they are.
+    ``notes``: sentences the page shows as they are, each a :class:`~losscore.text.Text` (or a plain
+      template) rendered in the reader's language.
     """
 
     scheme: str
@@ -515,6 +519,7 @@ class SchemeSpec:
     kind: str = "grid"
     query_columns: tuple[ColumnSpec, ...] = ()
     matrices: tuple[MapSpec, ...] = ()
+    target: TargetSpec = field(default_factory=TargetSpec)  # the box panel (losscore.target_spec)
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -529,7 +534,7 @@ class SchemeSpec:
             return self.required_columns + ((self.pred_box,) if self.pred_box else ())
         if which == "default":
             return tuple(c.name for c in self.columns if c.default)
-        raise ValueError(f"columns: unknown set {which!r}; sets: default, all, grid")
+        raise TextError("columns", T("unknown set {which}; sets: default, all, grid", which=repr(which)))
 
     @property
     def rule_names(self) -> tuple[str, ...]:
@@ -540,15 +545,16 @@ class SchemeSpec:
             if p.name == name:
                 return p
         known = [p.name for p in self.params]
-        raise ValueError(f"params.{_excerpt(name, 60).strip(chr(39))}: unknown parameter for scheme "
-                         f"{self.name!r}; known: {known}")
+        raise TextError(f"params.{_excerpt(name, 60).strip(chr(39))}",
+                        T("unknown parameter for scheme {scheme}; known: {known}", scheme=repr(self.name), known=known))
 
     def column(self, name: str) -> ColumnSpec:
         for c in self.columns:
             if c.name == name:
                 return c
-        raise ValueError(f"columns: unknown column {_excerpt(name, 60)} for scheme {self.name!r}; "
-                         f"known: {[c.name for c in self.columns]}")
+        raise TextError("columns", T("unknown column {name} for scheme {scheme}; known: {known}",
+                                     name=_excerpt(name, 60), scheme=repr(self.name),
+                                     known=[c.name for c in self.columns]))
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params}
@@ -577,6 +583,7 @@ class SchemeSpec:
             "kind": self.kind,
             "query_columns": [c.to_dict(lang) for c in self.query_columns],
             "matrices": [m.to_dict(lang) for m in self.matrices],
+            "target": self.target.to_dict(lang),
         }
 
 
@@ -587,11 +594,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("device: 'cuda' was requested but no CUDA device is available here")
+            raise TextError("device", T("'cuda' was requested but no CUDA device is available here"))
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {_excerpt(name)}")
+    raise TextError("device", T("expected 'auto', 'cpu' or 'cuda', got {got}", got=_excerpt(name)))
 
 
 def _is_int(value: Any) -> bool:
@@ -614,67 +621,72 @@ def validate_scene(scene: Scene, spec: SchemeSpec) -> Scene:
 
     The one validation path of a scene (the API, the CLI and the library all come through here).
     Raises ``ValueError`` whose message starts with the field path (``boxes[0].cls: ...``) and
-    says the problem once.
+    says the problem once: a :class:`~losscore.text.TextError`, whose ``path`` and translatable
+    ``text`` give the message in any language (:func:`losscore.text.error_message`).
     """
     if scene.scheme != spec.name:
-        raise ValueError(f"scheme: the scene is for {scene.scheme!r}, not {spec.name!r}")
+        raise TextError("scheme", T("the scene is for {scene}, not {scheme}", scene=repr(scene.scheme),
+                                    scheme=repr(spec.name)))
     _validate_levels(scene, spec)
     strides = [lv.stride for lv in scene.levels] if scene.levels else list(spec.strides)
     for side, value in (("width", scene.width), ("height", scene.height)):
         if not _is_int(value):
-            raise ValueError(f"image.{side}: expected an integer number of pixels, got {_excerpt(value)}")
+            raise TextError(f"image.{side}", T("expected an integer number of pixels, got {got}", got=_excerpt(value)))
         if value <= 0:
-            raise ValueError(f"image.{side}: must be positive, got {value}")
+            raise TextError(f"image.{side}", T("must be positive, got {got}", got=value))
         if value > MAX_IMAGE_SIDE:
-            raise ValueError(f"image.{side}: {value} px is above the limit of {MAX_IMAGE_SIDE} px")
+            raise TextError(f"image.{side}", T("{value} px is above the limit of {limit} px", value=value,
+                                              limit=MAX_IMAGE_SIDE))
         largest = max(strides)
         if value % largest:
-            raise ValueError(
-                f"image.{side}: {value} px is not a multiple of the largest stride {largest} "
-                f"(the grids of all levels must be whole)")
+            raise TextError(f"image.{side}", T(
+                "{value} px is not a multiple of the largest stride {largest} (the grids of all levels must be whole)",
+                value=value, largest=largest))
     if not _is_int(scene.nc) or not 1 <= scene.nc <= MAX_NC:
-        raise ValueError(f"nc: expected an integer in [1, {MAX_NC}], got {_excerpt(scene.nc)}")
+        raise TextError("nc", T("expected an integer in [1, {max}], got {got}", max=MAX_NC, got=_excerpt(scene.nc)))
     cells = sum((scene.width // stride) * (scene.height // stride) for stride in strides)
     anchors = max((len(lv.anchors) for lv in scene.levels), default=3) if scene.levels else 3
     head_elements = cells * max(3, anchors) * (64 + scene.nc)  # the largest head any scheme builds, per element
     if head_elements > MAX_HEAD_ELEMENTS:
-        raise ValueError(
-            f"nc: {scene.width}x{scene.height} px with {scene.nc} classes needs a prediction head of about "
-            f"{head_elements / 1e6:.0f}M values, above the limit of {MAX_HEAD_ELEMENTS / 1e6:.0f}M; "
-            f"use fewer classes or a smaller image")
+        raise TextError("nc", T(
+            "{width}x{height} px with {nc} classes needs a prediction head of about {millions:.0f}M values, above "
+            "the limit of {limit:.0f}M; use fewer classes or a smaller image", width=scene.width,
+            height=scene.height, nc=scene.nc, millions=head_elements / 1e6, limit=MAX_HEAD_ELEMENTS / 1e6))
     if len(scene.boxes) > MAX_BOXES:
-        raise ValueError(f"boxes: {len(scene.boxes)} boxes is above the limit of {MAX_BOXES}")
+        raise TextError("boxes", T("{count} boxes is above the limit of {limit}", count=len(scene.boxes),
+                                   limit=MAX_BOXES))
     mx, my = BOX_MARGIN_FRAC * scene.width, BOX_MARGIN_FRAC * scene.height
     for i, box in enumerate(scene.boxes):
         where = f"boxes[{i}]"
         if not _is_int(box.cls) or not 0 <= box.cls < scene.nc:
-            raise ValueError(f"{where}.cls: expected an integer in [0, {scene.nc - 1}], got {_excerpt(box.cls)}")
+            raise TextError(f"{where}.cls", T("expected an integer in [0, {max}], got {got}", max=scene.nc - 1,
+                                              got=_excerpt(box.cls)))
         for name in ("x1", "y1", "x2", "y2"):
             v = getattr(box, name)
             if not _is_number(v) or not _finite(v):
-                raise ValueError(f"{where}.{name}: expected a finite number, got {_excerpt(v)}")
+                raise TextError(f"{where}.{name}", T("expected a finite number, got {got}", got=_excerpt(v)))
         if box.x2 <= box.x1:
-            raise ValueError(f"{where}.x2: must be greater than x1 ({box.x1:g}), got {box.x2:g}")
+            raise TextError(f"{where}.x2", T("must be greater than x1 ({x1:g}), got {x2:g}", x1=box.x1, x2=box.x2))
         if box.y2 <= box.y1:
-            raise ValueError(f"{where}.y2: must be greater than y1 ({box.y1:g}), got {box.y2:g}")
+            raise TextError(f"{where}.y2", T("must be greater than y1 ({y1:g}), got {y2:g}", y1=box.y1, y2=box.y2))
         if box.x1 < -mx or box.y1 < -my or box.x2 > scene.width + mx or box.y2 > scene.height + my:
-            raise ValueError(
-                f"{where}: lies outside the image by more than the allowed margin "
-                f"({BOX_MARGIN_FRAC:g} of the image side)")
+            raise TextError(where, T("lies outside the image by more than the allowed margin ({margin:g} of the "
+                                     "image side)", margin=BOX_MARGIN_FRAC))
         cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
         if not (0 <= cx <= scene.width and 0 <= cy <= scene.height):
-            raise ValueError(f"{where}: its centre ({cx:g}, {cy:g}) lies outside the image")
+            raise TextError(where, T("its centre ({cx:g}, {cy:g}) lies outside the image", cx=cx, cy=cy))
     if not isinstance(scene.params, Mapping):
-        raise ValueError("params: expected an object")
+        raise TextError("params", T("expected an object"))
     params: dict[str, Any] = {}
     for name, value in scene.params.items():
         params[name] = spec.param(name).validate(value)
     for p in spec.params:
         params.setdefault(p.name, p.default)
     if not _is_int(scene.seed) or not 0 <= scene.seed < 2**31:
-        raise ValueError(f"predictions.seed: expected an integer in [0, 2^31), got {_excerpt(scene.seed)}")
+        raise TextError("predictions.seed", T("expected an integer in [0, 2^31), got {got}", got=_excerpt(scene.seed)))
     if not _is_number(scene.progress) or not _finite(scene.progress) or not 0.0 <= scene.progress <= 1.0:
-        raise ValueError(f"predictions.progress: expected a number in [0, 1], got {_excerpt(scene.progress)}")
+        raise TextError("predictions.progress", T("expected a number in [0, 1], got {got}",
+                                                  got=_excerpt(scene.progress)))
     _validate_pins(scene, spec)
     resolve_device(scene.device)
     return Scene(
@@ -695,27 +707,33 @@ def _validate_levels(scene: Scene, spec: SchemeSpec) -> None:
     if scene.levels is None:
         return
     if not spec.custom_levels:
-        raise ValueError(f"levels: scheme {spec.name!r} has fixed levels; custom levels are for anchor-based schemes")
+        raise TextError("levels", T("scheme {scheme} has fixed levels; custom levels are for anchor-based schemes",
+                                    scheme=repr(spec.name)))
     levels = scene.levels
     if not isinstance(levels, tuple) or not 1 <= len(levels) <= MAX_LEVELS:
-        raise ValueError(f"levels: expected 1 to {MAX_LEVELS} levels, got {len(levels) if isinstance(levels, tuple) else levels!r}")
+        raise TextError("levels", T("expected 1 to {max} levels, got {got}", max=MAX_LEVELS,
+                                    got=len(levels) if isinstance(levels, tuple) else repr(levels)))
     previous = 0
     for i, level in enumerate(levels):
         where = f"levels[{i}]"
         if not _is_int(level.stride) or not 2 <= level.stride <= MAX_STRIDE:
-            raise ValueError(f"{where}.stride: expected an integer in [2, {MAX_STRIDE}] px, got {_excerpt(level.stride)}")
+            raise TextError(f"{where}.stride", T("expected an integer in [2, {max}] px, got {got}", max=MAX_STRIDE,
+                                                 got=_excerpt(level.stride)))
         if level.stride <= previous:
-            raise ValueError(f"{where}.stride: strides must increase from level to level ({previous} then {level.stride})")
+            raise TextError(f"{where}.stride", T("strides must increase from level to level ({previous} then {stride})",
+                                                 previous=previous, stride=level.stride))
         previous = level.stride
         if not 1 <= len(level.anchors) <= MAX_ANCHORS:
-            raise ValueError(f"{where}.anchors: expected 1 to {MAX_ANCHORS} anchors, got {len(level.anchors)}")
+            raise TextError(f"{where}.anchors", T("expected 1 to {max} anchors, got {got}", max=MAX_ANCHORS,
+                                                  got=len(level.anchors)))
         if len(level.anchors) != len(levels[0].anchors):
-            raise ValueError(f"{where}.anchors: every level needs the same number of anchors "
-                             f"({len(levels[0].anchors)} on level 0, {len(level.anchors)} here)")
+            raise TextError(f"{where}.anchors", T("every level needs the same number of anchors ({first} on level "
+                                                  "0, {here} here)", first=len(levels[0].anchors),
+                                                  here=len(level.anchors)))
         for a, wh in enumerate(level.anchors):
             if len(wh) != 2 or not all(_is_number(v) and _finite(v) and 0 < v <= MAX_IMAGE_SIDE * 2 for v in wh):
-                raise ValueError(f"{where}.anchors[{a}]: expected (w, h) in pixels, each in (0, {MAX_IMAGE_SIDE * 2}], "
-                                 f"got {_excerpt(wh)}")
+                raise TextError(f"{where}.anchors[{a}]", T("expected (w, h) in pixels, each in (0, {max}], got {got}",
+                                                           max=MAX_IMAGE_SIDE * 2, got=_excerpt(wh)))
 
 
 def scene_levels(scene: Scene, spec: SchemeSpec) -> tuple[tuple[int, ...], tuple[tuple[tuple[float, float], ...], ...] | None]:
@@ -730,43 +748,48 @@ def _validate_pins(scene: Scene, spec: SchemeSpec) -> None:
     """Pins name a slot that exists (level, anchor and cell inside the scheme's grids) and a box
     with finite centre and positive finite size."""
     if len(scene.pins) > MAX_PINS:
-        raise ValueError(f"predictions.pins: {len(scene.pins)} pins is above the limit of {MAX_PINS}")
+        raise TextError("predictions.pins", T("{count} pins is above the limit of {limit}", count=len(scene.pins),
+                                              limit=MAX_PINS))
     for index, pin in enumerate(scene.pins):
         where = f"predictions.pins[{index}]"
         for name in ("level", "anchor", "gi", "gj"):
             value = getattr(pin, name)
             if not _is_int(value) or value < 0:
-                raise ValueError(f"{where}.{name}: expected a non-negative integer, got {_excerpt(value)}")
+                raise TextError(f"{where}.{name}", T("expected a non-negative integer, got {got}", got=_excerpt(value)))
         for name in ("cx", "cy", "w", "h"):
             value = getattr(pin, name)
             if not _is_number(value) or not _finite(value):
-                raise ValueError(f"{where}.{name}: expected a finite number, got {_excerpt(value)}")
+                raise TextError(f"{where}.{name}", T("expected a finite number, got {got}", got=_excerpt(value)))
         if spec.kind == "queries":  # a pin moves one query's predicted box: level 0, anchor = query, cell (0, 0)
             queries = int(scene.params.get("num_queries", next((p.default for p in spec.params
                                                                if p.name == "num_queries"), 100)))
             if pin.level != 0 or pin.gi != 0 or pin.gj != 0:
-                raise ValueError(f"{where}: a query pin has level 0 and cell (0, 0); the query index goes in anchor")
+                raise TextError(where, T("a query pin has level 0 and cell (0, 0); the query index goes in anchor"))
             if pin.anchor >= queries:
-                raise ValueError(f"{where}.anchor: query {pin.anchor} does not exist (there are {queries} queries)")
+                raise TextError(f"{where}.anchor", T("query {query} does not exist (there are {queries} queries)",
+                                                     query=pin.anchor, queries=queries))
             for name in ("w", "h"):
                 if not getattr(pin, name) > 0:
-                    raise ValueError(f"{where}.{name}: must be positive, got {getattr(pin, name):g}")
+                    raise TextError(f"{where}.{name}", T("must be positive, got {got:g}", got=getattr(pin, name)))
             continue
         strides, anchors_px = scene_levels(scene, spec)
         if pin.level >= len(strides):
-            raise ValueError(f"{where}.level: {pin.level} is not a level of this scene (it has {len(strides)})")
+            raise TextError(f"{where}.level", T("{level} is not a level of this scene (it has {count})",
+                                                level=pin.level, count=len(strides)))
         stride = strides[pin.level]
         rows, columns = scene.height // stride, scene.width // stride
         anchors = 1 if anchors_px is None else len(anchors_px[pin.level])
         if pin.anchor >= anchors:
-            raise ValueError(f"{where}.anchor: {pin.anchor} is not an anchor of level {pin.level} (it has {anchors})")
+            raise TextError(f"{where}.anchor", T("{anchor} is not an anchor of level {level} (it has {count})",
+                                                 anchor=pin.anchor, level=pin.level, count=anchors))
         if pin.gi >= columns:
-            raise ValueError(f"{where}.gi: column {pin.gi} is outside the {columns}-column grid")
+            raise TextError(f"{where}.gi", T("column {gi} is outside the {columns}-column grid", gi=pin.gi,
+                                             columns=columns))
         if pin.gj >= rows:
-            raise ValueError(f"{where}.gj: row {pin.gj} is outside the {rows}-row grid")
+            raise TextError(f"{where}.gj", T("row {gj} is outside the {rows}-row grid", gj=pin.gj, rows=rows))
         for name in ("w", "h"):
             if not getattr(pin, name) > 0:
-                raise ValueError(f"{where}.{name}: must be positive, got {getattr(pin, name):g}")
+                raise TextError(f"{where}.{name}", T("must be positive, got {got:g}", got=getattr(pin, name)))
 
 
 def boxes_to_targets(scene: Scene, device: torch.device) -> torch.Tensor:

@@ -50,7 +50,7 @@ def parse_maps(spec: SchemeSpec, maps: str | None) -> list[str] | None:
     if maps.strip() == "none":
         return []
     names = [name.strip() for name in maps.split(",") if name.strip()]
-    known = [m.name for m in spec.maps]
+    known = [m.name for m in spec.maps] + [m.name for m in spec.target.maps]  # box.*: the selected box's (?target=)
     unknown = [name for name in names if name not in known]
     if unknown:
         raise SceneError(f"unknown map(s) {unknown[:5]} for scheme {spec.name!r}; known: {known} or 'all'",
@@ -75,9 +75,10 @@ def parse_columns(spec: SchemeSpec, columns: str | None) -> list[str]:
 
 
 @router.get("/schemes", response_model=SchemesOut, summary="Every scheme, its parameters and maps")
-async def schemes() -> Response:
+async def schemes(lang: Annotated[str, Query(pattern="^(en|zh)$", description="language of every text")] = "en"
+                  ) -> Response:
     content = {
-        "schemes": [spec.to_dict() for spec in registry.all_schemes().values()],
+        "schemes": [spec.to_dict(lang) for spec in registry.all_schemes().values()],
         "scene_defaults": SCENE_DEFAULTS,
         "limits": {"max_boxes": MAX_BOXES, "max_nc": MAX_NC, "max_image_side": MAX_IMAGE_SIDE,
                    "box_margin_frac": BOX_MARGIN_FRAC, "max_head_elements": MAX_HEAD_ELEMENTS,
@@ -106,6 +107,10 @@ async def explain(
                                  description="the tests the code ran, each with its numbers and a sentence: 'all', "
                                              "or 'box:N' (about box N) and 'cell:L:gi:gj' (about one cell), "
                                              "comma-separated; default none")] = "none",
+    target: Annotated[int | None, Query(ge=0, le=10_000, description="a box index: its box panel (the facts, "
+                                        "tables and histogram the scheme declares) and its box.* maps")] = None,
+    lang: Annotated[str, Query(pattern="^(en|zh)$", description="language of every text (notes, checks, "
+                                                                "stages): en or zh")] = "en",
 ) -> Response:
     spec = _spec(body.scheme)
     wanted = parse_maps(spec, maps)
@@ -114,6 +119,8 @@ async def explain(
         check_filter(checks)
     except ValueError as exc:
         raise SceneError(str(exc).partition(": ")[2], ["query", "checks"]) from exc
+    if target is not None and target >= len(body.boxes):
+        raise SceneError(f"no box {target}: the scene has {len(body.boxes)} box(es), numbered from 0", ["query", "target"])
     scene = body.to_scene()
     # torch work and encoding run in the scene's lane (app.compute): light scenes never wait behind heavy ones.
     # A request that may answer hundreds of megabytes (much stage data) takes a stream slot first, so the
@@ -124,7 +131,8 @@ async def explain(
     prepared: serialize.Prepared | None = None
     try:
         prepared = await lanes.run(scene, serialize.prepare_explain, scene, wanted, stage_data, stages,
-                                   wanted_columns, checks, settings.stream_bytes, settings.max_response_bytes)
+                                   wanted_columns, checks, settings.stream_bytes, settings.max_response_bytes,
+                                   target, lang)
     except serialize.TooLarge as exc:
         raise HTTPException(413, f"this explain response would be {exc.args[0]} (LOSSLAB_MAX_RESPONSE_BYTES): "
                                  "ask for less stage data (stage_data, stages) or fewer maps, or run `losslab "
@@ -155,7 +163,9 @@ async def focal_curve(
 
 @router.post("/export", response_model=ExportOut, responses=ERRORS,
              summary="The full trace of a scene as a downloadable JSON document")
-async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep) -> Response:
+async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep,
+                 lang: Annotated[str, Query(pattern="^(en|zh)$", description="language of every text")] = "en"
+                 ) -> Response:
     """Computed in the heavy lane; a large document is streamed as it is encoded (holding one of
     the worker's stream slots, taken before computing), one above LOSSLAB_MAX_RESPONSE_BYTES is a 413."""
     _spec(body.scheme)
@@ -165,7 +175,7 @@ async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep) -> Respo
         raise HTTPException(503, _STREAMS_BUSY, headers={"Retry-After": "5"})
     try:
         prepared = await lanes.run(scene, serialize.prepare_export, scene, settings.stream_bytes,
-                                   settings.max_response_bytes, heavy=True)
+                                   settings.max_response_bytes, lang, heavy=True)
     except serialize.TooLarge as exc:
         lanes.release_stream()
         raise HTTPException(413, f"the export of this scene would be {exc.args[0]} "

@@ -24,6 +24,7 @@ from ..predictions import blend_logits
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, StageCell,
                      resolve_device)
+from ..target_spec import TargetColumn as Col, TargetSpec, TargetTable
 from ..text import T
 from ..trace import Trace
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
@@ -435,6 +436,14 @@ def _stage_cells(C: Tensor, query: Tensor, gt: Tensor, correct: Tensor):
     return build
 
 
+TARGET = TargetSpec(
+    tables=(TargetTable("cost", "Its cheapest queries (and the one it got)",
+                        "C = −1·p(class) + 5·L1 − 2·GIoU; the Hungarian assignment gives each box one query (✓)",
+                        (Col("cost_total", "C", "loss"), Col("cost_class", "−p", "loss"), Col("cost_bbox", "L1", "loss"),
+                         Col("cost_giou", "−GIoU", "loss"), Col("rank", "rank", "index")), sort="rank"),),
+)
+
+
 SPEC = SchemeSpec(
     name="detr", title="DETR (Hungarian matching)", family="detr", strides=STRIDES, params=PARAMS,
     explain=explain_scene, upstream=UPSTREAM,
@@ -447,5 +456,5 @@ SPEC = SchemeSpec(
     inspector=InspectorSpec(groups=(("matching", "Matching"), ("cost", "Cost"), ("boxes", "Boxes"),
                                     ("class", "Class"), ("loss", "Loss shares")),
                             target_columns=("target_box_px",), loss_columns=("nll", "loss_bbox_term", "loss_giou_term")),
-    kind="queries", query_columns=QUERY_COLUMNS, matrices=MATRICES,
+    kind="queries", query_columns=QUERY_COLUMNS, matrices=MATRICES, target=TARGET,
 )

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..text import T
 from ..trace import Trace
 
 __all__ = [
@@ -179,17 +180,20 @@ def record_focal_terms(trace: Trace, terms: FocalTerms, target: Tensor, weight: 
                  code=f"{_CODE} {fn}", tensors={"focal_weight": (terms.focal_weight, "N C")})
     share = terms.loss / terms.loss.sum().clamp_min(torch.finfo(terms.loss.dtype).tiny)
     trace.record("focal.loss", "Weighted loss per element",
-                 "loss = BCE · focal_weight" + ("" if weight is None else " · weight")
-                 + "; share = each element's part of the sum, to see which samples dominate",
+                 "loss = BCE · focal_weight; share = each element's part of the sum, to see which samples dominate"
+                 if weight is None else
+                 "loss = BCE · focal_weight · weight; share = each element's part of the sum, to see which samples "
+                 "dominate",
                  code=f"{_CODE} {fn}",
                  tensors={"bce": (terms.bce, "N C"), "loss": (terms.loss, "N C"), "share": (share, "N C")}
                  | ({} if weight is None else {"weight": (weight, "N C")}))
     divisor = None if avg_factor is None else float(avg_factor) + float(torch.finfo(torch.float32).eps)
+    how = {"mean": T("mean over all N·C elements") if avg_factor is None
+           else T("sum / (avg_factor + eps): avg_factor is usually the number of positives"),
+           "sum": T("sum of all elements"), "none": T("no reduction")}[reduction]
     trace.record("focal.reduction", "Reduction",
-                 {"mean": "mean over all N·C elements" if avg_factor is None
-                  else "sum / (avg_factor + eps): avg_factor is usually the number of positives",
-                  "sum": "sum of all elements", "none": "no reduction"}[reduction]
-                 + (f"; then × loss_weight {loss_weight:g}" if loss_weight != 1.0 else ""),
+                 T("{how}; then × loss_weight {loss_weight:g}", how=how, loss_weight=loss_weight)
+                 if loss_weight != 1.0 else how,
                  code=_CODE_UTILS, tensors={"output": (out, "")},
                  values={"reduction": reduction,
                          "avg_factor": None if avg_factor is None else float(avg_factor),

@@ -8,6 +8,7 @@ from ..predictions import blend_logits
 from ..scene import (ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, StageCell, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
+from ..text import T, Text
 from ..trace import Trace
 from .loss import FocalLoss
 
@@ -93,7 +94,7 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
     reduction = scene.param("reduction")
     use_avg_factor = bool(scene.param("use_avg_factor"))
     generator = torch.Generator().manual_seed(scene.seed)
-    notes: list[str] = []
+    notes: list[Text | str] = []
     targets = boxes_to_targets(scene, device)
     boxes_xyxy = torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in scene.boxes], dtype=torch.float32,
                               device=device).view(-1, 4)
@@ -122,9 +123,10 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
     avg_factor = None
     if use_avg_factor and reduction == "mean":
         avg_factor = float(max(num_pos, 1))
-        notes.append(f"avg_factor = number of positive cells = {num_pos}" +
-                     (" (0 clamped to 1, as FCOS does)" if num_pos == 0 else "") +
-                     ": the summed loss is divided by it (RetinaNet), not by all S·C elements.")
+        notes.append(T("avg_factor = number of positive cells = {num_pos} (0 clamped to 1, as FCOS does): the summed "
+                       "loss is divided by it (RetinaNet), not by all S·C elements.", num_pos=num_pos) if num_pos == 0
+                     else T("avg_factor = number of positive cells = {num_pos}: the summed loss is divided by it "
+                            "(RetinaNet), not by all S·C elements.", num_pos=num_pos))
     elif use_avg_factor:
         notes.append("use_avg_factor is ignored with reduction 'sum': upstream raises ValueError for "
                      "avg_factor with 'sum'.")
@@ -181,13 +183,14 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
     notes.append("maps p_t / focal_weight / alpha_factor / modulating show one column per cell: the "
                  "target class at positive cells, the most probable class at background cells.")
     divisor = avg_factor if avg_factor is not None else (float(terms.loss.numel()) if reduction == "mean" else 1.0)
-    parts = (LossPart("positive cells", loss_row[positive].sum()), LossPart("background cells", loss_row[~positive].sum()))
+    parts = (LossPart(T("positive cells"), loss_row[positive].sum()),
+             LossPart(T("background cells"), loss_row[~positive].sum()))
     composition = LossComposition(
         (LossTerm("focal", parts, element_sum, total.detach(), gain=loss_weight, divisor=divisor,
                   normalised=None if divisor == 1.0 else element_sum / divisor),),
         total.detach(), total.detach())
     def stage_cells() -> dict[str, list[StageCell]]:
-        cells = [StageCell(gt, L, 0, gi, gj, f"p_t {p:.2g}") for gt, L, gi, gj, p in zip(
+        cells = [StageCell(gt, L, 0, gi, gj, T("p_t {p:.2g}", p=p)) for gt, L, gi, gj, p in zip(
             positives["gt"].tolist(), positives["level"].tolist(), positives["gi"].tolist(), positives["gj"].tolist(),
             positives["p_t"].tolist())]
         names = ("assign.centre_in_box", "focal.p_t", "focal.alpha_factor", "focal.modulating", "focal.focal_weight",

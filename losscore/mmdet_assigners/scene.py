@@ -48,6 +48,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec,
                      LossTerm, LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, resolve_device)
+from ..target_spec import TargetColumn as Col, TargetFact, TargetHistogram, TargetMap, TargetSpec, TargetTable
 from ..text import T
 from ..trace import Trace
 from .atss import ATSSAssignResult, atss_assign
@@ -1005,6 +1006,27 @@ def _atss_stage_cells(grid: Grid, targets: Targets, assign: ATSSAssignResult, po
     return build
 
 
+ATSS_TARGET = TargetSpec(
+    facts=(TargetFact("candidates (k nearest per level)", "iou_threshold", "K", "count"),
+           TargetFact("mean IoU of the candidates", "iou_threshold", "mean", "iou"),
+           TargetFact("std of their IoUs (K − 1)", "iou_threshold", "std", "iou"),
+           TargetFact("IoU threshold = mean + std", "iou_threshold", "threshold", "iou")),
+    tables=(
+        TargetTable("iou_threshold", "Its candidates, by IoU", "positive needs IoU ≥ threshold and the centre inside",
+                    (Col("iou", "IoU", "iou"), Col("distance", "distance", "px"), Col("rank", "rank on level", "index")),
+                    sort="iou", descending=True),
+        TargetTable("centre_inside", "Anchor centre inside the box?", "by more than 0.01 px",
+                    (Col("margin", "margin", "px"), Col("iou", "IoU", "iou")), sort="iou", descending=True),
+        TargetTable("shared", "Anchors positive for several boxes", "the box with the largest IoU keeps it",
+                    (Col("iou", "IoU", "iou"),)),
+    ),
+    histogram=TargetHistogram("iou_threshold", "iou", "IoU of its candidates", (("mean", "mean"), ("threshold", "threshold")),
+                              passed="IoU ≥ threshold", failed="below"),
+    maps=(TargetMap("box.iou", "iou_threshold", "iou", "IoU of each of this box's candidates with it", "iou"),),
+    verdicts=("zero_positives",),
+)
+
+
 ATSS_SPEC = SchemeSpec(
     name="atss", title="ATSS (mmdet 3.3.0)", family="mmdet_assigners", strides=ATSS_STRIDES, params=ATSS_PARAMS,
     explain=explain_atss, upstream=f"{UPSTREAM} mmdet/models/task_modules/assigners/atss_assigner.py, "
@@ -1015,6 +1037,7 @@ ATSS_SPEC = SchemeSpec(
     focal=FocalSpec(gamma="gamma", alpha="alpha", applies_to="the class loss", points=("cls_prob", "cls_focal")),
     phases=ATSS_PHASES, anchors_px=ATSS_ANCHORS, level_names=ATSS_LEVELS, pred_box="pred_box_px",
     target_box="target_box_px",
+    target=ATSS_TARGET,
     inspector=InspectorSpec(groups=(("assignment", "ATSS selection"), ("decode", "Decode"), ("iou", "IoU"),
                                     ("centerness", "Centerness"), ("focal", "Class (focal)"), ("loss", "Loss shares")),
                             target_columns=("iou", "centerness_target"), loss_columns=("cls_focal", "bbox_term",
@@ -1498,6 +1521,28 @@ def _rtmdet_stage_cells(grid: Grid, targets: Targets, assign: DSLAssignResult, p
     return build
 
 
+RTMDET_TARGET = TargetSpec(
+    facts=(TargetFact("dynamic k = int(sum of its 13 largest IoUs)", "dynamic_k", "dynamic_k", "count"),),
+    tables=(
+        TargetTable("dynamic_k", "Its points, cheapest first", "cost = class + IoU + centre; the dynamic-k cheapest are "
+                    "taken (✓), unless a cheaper box takes the point", (
+                        Col("cost", "cost", "loss"), Col("cost_class", "class", "loss"), Col("cost_iou", "IoU cost", "loss"),
+                        Col("cost_centre", "centre", "loss"), Col("iou", "IoU", "iou"), Col("distance", "strides", "ratio")),
+                    sort="rank", limit=30),
+        TargetTable("conflict", "Points several boxes took", "the lowest cost keeps it",
+                    (Col("cost", "cost", "loss"), Col("iou", "IoU", "iou"))),
+        TargetTable("outside", "Positive outside the box", "a valid point (inside some box) can be taken by another box",
+                    (Col("cost", "cost", "loss"), Col("iou", "IoU", "iou"))),
+    ),
+    maps=(TargetMap("box.cost", "dynamic_k", "cost", "this box's total cost at each valid point", "loss", "log"),
+          TargetMap("box.cost_class", "dynamic_k", "cost_class", "this box's soft-label class cost at each valid point", "loss"),
+          TargetMap("box.cost_iou", "dynamic_k", "cost_iou", "this box's IoU cost −ln(IoU) · 3 at each valid point", "loss"),
+          TargetMap("box.cost_centre", "dynamic_k", "cost_centre", "this box's soft centre prior 10^(d − 3) at each valid "
+                    "point", "loss", "log"),
+          TargetMap("box.iou", "dynamic_k", "iou", "IoU of each point's predicted box with this box", "iou")),
+)
+
+
 RTMDET_SPEC = SchemeSpec(
     name="rtmdet", title="RTMDet (dynamic soft labels, mmdet 3.3.0)", family="mmdet_assigners",
     strides=RTMDET_STRIDES, params=RTMDET_PARAMS, explain=explain_rtmdet,
@@ -1508,6 +1553,7 @@ RTMDET_SPEC = SchemeSpec(
     maps=RTMDET_MAPS, rules=RTMDET_RULES, columns=RTMDET_COLUMNS, losses=RTMDET_LOSSES, focal=None,
     phases=RTMDET_PHASES, anchors_px=None, level_names=RTMDET_LEVELS, pred_box="pred_box_px",
     target_box="target_box_px",
+    target=RTMDET_TARGET,
     inspector=InspectorSpec(groups=(("assignment", "Dynamic k"), ("cost", "Cost terms"), ("decode", "Decode"),
                                     ("iou", "IoU"), ("class", "Class (QFL)"), ("loss", "Loss shares")),
                             target_columns=("iou",), loss_columns=("qfl", "bbox_term"),

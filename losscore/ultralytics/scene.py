@@ -32,6 +32,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, boxes_to_targets, resolve_device)
+from ..target_spec import TargetColumn as Col, TargetFact, TargetMap, TargetSpec, TargetTable
 from ..text import T, Text
 from ..trace import Trace
 from .loss import DEFAULT_HYP, DetectionLoss, E2ELoss, detection_loss
@@ -968,6 +969,32 @@ def _stage_cells(branches: list[_Branch], trace: Trace, levels: list[LevelInfo],
     return cells
 
 
+def _target(e2e: bool) -> TargetSpec:
+    branches = (("o2m.", "one-to-many: "), ("o2o.", "one-to-one: ")) if e2e else (("", ""),)
+    tables = []
+    for prefix, title in branches:
+        tables.append(TargetTable(f"{prefix}top_k", title + "its anchors inside the box, by t",
+                                  "t = s^α · u^β; the top-k are taken (✓)",
+                                  (Col("t", "t", "ratio"), Col("s", "s (class)", "prob"), Col("u", "u (IoU)", "iou"),
+                                   Col("rank", "rank", "index"), Col("in_box", "inside", "bool")), sort="t", descending=True,
+                                  limit=25))
+        tables.append(TargetTable(f"{prefix}conflict", title + "anchors several boxes took", "the largest u keeps it",
+                                  (Col("u", "its u", "iou"), Col("winner", "winner", "index"), Col("winner_u", "winner's u", "iou"))))
+        if prefix == "o2o.":
+            tables.append(TargetTable("o2o.topk2", title + "after the conflicts, only the best topk2 stay",
+                                      "YOLOv10 / YOLO26: one positive per box", (Col("t", "t", "ratio"), Col("rank", "rank", "index")),
+                                      sort="t", descending=True))
+    first = branches[0][0]
+    return TargetSpec(
+        facts=(TargetFact("top-k", f"{first}top_k", "topk", "count"),
+               TargetFact("its k-th best t (the cut-off)", f"{first}top_k", "kth_t", "ratio")),
+        tables=tuple(tables),
+        maps=(TargetMap("box.t", f"{first}top_k", "t", "alignment t = s^α·u^β of each anchor inside this box", "ratio"),
+              TargetMap("box.s", f"{first}top_k", "s", "class score s of this box's class at each anchor inside it", "prob"),
+              TargetMap("box.u", f"{first}top_k", "u", "IoU u of each anchor's predicted box with this box", "iou")),
+    )
+
+
 # -- the schemes -------------------------------------------------------------------------------
 def _spec(name: str, title: str, doc: str, params: tuple[ParamSpec, ...]) -> SchemeSpec:
     variant = VARIANTS[name]
@@ -976,7 +1003,7 @@ def _spec(name: str, title: str, doc: str, params: tuple[ParamSpec, ...]) -> Sch
         name=name, title=title, family="ultralytics", strides=STRIDES, params=params, explain=explain_scene,
         upstream=UPSTREAM, doc=doc, maps=_maps(e2e), rules=RULES_E2E if e2e else RULES_V8, columns=_columns(R, e2e),
         losses=_losses(R, e2e), focal=None, phases=_phases(R, e2e), anchors_px=None, level_names=LEVEL_NAMES,
-        pred_box="pred_box_px", target_box="target_box_px", inspector=_inspector(R, e2e))
+        pred_box="pred_box_px", target_box="target_box_px", inspector=_inspector(R, e2e), target=_target(e2e))
 
 
 SPEC_YOLOV8 = _spec(

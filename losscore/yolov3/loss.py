@@ -256,9 +256,10 @@ def legacy_build_targets(
                      "th": (th[slot], "P"), "positive_rows": (positive_rows, "N")})
         trace.record(
             "build_targets.coord_scale", "Darknet's 2 - w·h scale",
-            "darknet multiplies the coordinate error by 2 - w·h (w, h as image fractions): a tiny "
-            "box counts up to twice, a full-image box once" + ("" if lambda_scale else
-                                                              "; off here, so every scale is 1"),
+            ("darknet multiplies the coordinate error by 2 - w·h (w, h as image fractions): a tiny "
+             "box counts up to twice, a full-image box once" if lambda_scale else
+             "darknet multiplies the coordinate error by 2 - w·h (w, h as image fractions): a tiny "
+             "box counts up to twice, a full-image box once; off here, so every scale is 1"),
             code=_CODE_DARKNET,
             tensors={"coord_scale": (coord_scale[slot], "P"),
                      "two_minus_wh": (2 - pos_gw / W * (pos_gh / H), "P")},
@@ -437,9 +438,11 @@ def yolo_layer_loss(
                      "conf": (decoded.conf, "B A H W")})
         trace.record(
             "yolo_layer.terms", "Loss terms",
-            "MSE on σ(x), σ(y) and raw w, h over positives" + (" (× 2 - w·h)" if lambda_scale else "")
-            + "; BCE objectness over positives (× obj_scale) and over non-ignored negatives "
-            "(× noobj_scale); BCE classes over positives; each a mean",
+            ("MSE on σ(x), σ(y) and raw w, h over positives (× 2 - w·h); BCE objectness over positives "
+             "(× obj_scale) and over non-ignored negatives (× noobj_scale); BCE classes over positives; each a mean"
+             if lambda_scale else
+             "MSE on σ(x), σ(y) and raw w, h over positives; BCE objectness over positives (× obj_scale) and over "
+             "non-ignored negatives (× noobj_scale); BCE classes over positives; each a mean"),
             code=_CODE_LAYER,
             tensors={k: (v.detach(), "") for k, v in terms.items()} | {"total": (total.detach(), "")},
             values={"obj_scale": float(obj_scale), "noobj_scale": float(noobj_scale),

@@ -29,6 +29,7 @@ from ..predictions import blend_logits
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, StageCell, scene_levels, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
+from ..text import T, Text
 from ..trace import Trace
 from .loss import YOLOV3_ANCHORS_PX, YOLOV3_STRIDES, bbox_wh_iou, legacy_build_targets, yolo_layer_loss
 
@@ -137,16 +138,16 @@ def _level_logits(targets_rows: Tensor, anchors: Tensor, H: int, W: int, nc: int
 
 
 def _apply_pins(logits: Tensor, scene: Scene, level: int, stride: int, anchors_px: Tensor,
-                notes: list[str]) -> None:
+                notes: list) -> None:
     _, A, H, W, _ = logits.shape
     for pin in scene.pins:
         if pin.level != level:
             continue
-        where = f"pin at level {level} anchor {pin.anchor} cell ({pin.gi}, {pin.gj})"  # validated by validate_scene
-        frac_x, frac_y = pin.cx / stride - pin.gi, pin.cy / stride - pin.gj
+        frac_x, frac_y = pin.cx / stride - pin.gi, pin.cy / stride - pin.gj  # validated by validate_scene
         if not (0 < frac_x < 1 and 0 < frac_y < 1):
-            notes.append(f"{where}: the centre must lie strictly inside the cell (σ reaches (0, 1) "
-                         f"only); clamped to the cell.")
+            notes.append(T("pin at level {level} anchor {anchor} cell ({gi}, {gj}): the centre must lie strictly "
+                           "inside the cell (σ reaches (0, 1) only); clamped to the cell.", level=level,
+                           anchor=pin.anchor, gi=pin.gi, gj=pin.gj))
         frac_x = min(max(frac_x, _FRACTION_EPS), 1 - _FRACTION_EPS)
         frac_y = min(max(frac_y, _FRACTION_EPS), 1 - _FRACTION_EPS)
         anchor_w, anchor_h = float(anchors_px[pin.anchor, 0]), float(anchors_px[pin.anchor, 1])
@@ -172,7 +173,7 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
     lambda_scale = bool(scene.param("lambda_scale"))
     assign = scene.param("assign")
     generator = torch.Generator().manual_seed(scene.seed)
-    notes: list[str] = []
+    notes: list[Text | str] = []
     strides, anchors_levels = scene_levels(scene, SPEC)  # the scene's own levels, or yolov3.cfg's
     level_names = _names(strides)
     anchors_all_px = torch.tensor(anchors_levels, dtype=torch.float32, device=device)  # (L, A, 2)
@@ -246,7 +247,7 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
             losses[f"{term}.{name}"] = result.terms[term].detach()
         losses[f"total.{name}"] = result.total.detach()
         if owner_level is None and N and bool(torch.isnan(result.total)):
-            notes.append(f"{name}: a loss term is nan (an empty mean), as upstream.")
+            notes.append(T("{level}: a loss term is nan (an empty mean), as upstream.", level=name))
         elif owner_level is not None and N and not bool(positive_rows.any()):
             # Darknet sums its deltas, so a level that owns no target adds nothing to the
             # positive terms; the port's means over an empty selection would be nan.
@@ -255,8 +256,8 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
             conf = obj_scale * losses[f"conf_obj.{name}"] + noobj_scale * losses[f"conf_noobj.{name}"]
             losses[f"conf.{name}"] = conf
             losses[f"total.{name}"] = sum(losses[f"{term}.{name}"] for term in ("x", "y", "w", "h", "cls")) + conf
-            notes.append(f"{name}: no target's best anchor is on this level; darknet sums its deltas, so the "
-                         f"positive terms add 0 here (the port's means over no positives would be nan).")
+            notes.append(T("{level}: no target's best anchor is on this level; darknet sums its deltas, so the "
+                           "positive terms add 0 here (the port's means over no positives would be nan).", level=name))
 
         if N:
             box_cells[:, level, 0], box_cells[:, level, 1] = built.gi.cpu(), built.gj.cpu()
@@ -339,11 +340,12 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
                         positives["gi"].tolist(), positives["gj"].tolist(), positives["best_iou"].tolist()))
         for level, name in enumerate(level_names):
             here = [r for r in rows if r[1] == level]
-            cells = [StageCell(n, level, -1, int(box_cells[n, level, 0]), int(box_cells[n, level, 1]), "centre cell")
+            centre = T("centre cell")
+            cells = [StageCell(n, level, -1, int(box_cells[n, level, 0]), int(box_cells[n, level, 1]), centre)
                      for n in range(N)]
             for step in ("scale_to_grid", "wh_iou", "ignore", "offsets", "coord_scale", "classes"):
                 out[f"build_targets.{name}.{step}"] = cells
-            positive = [StageCell(n, L, a, gi, gj, f"wh-IoU {iou:.2f}") for n, L, a, gi, gj, iou in here]
+            positive = [StageCell(n, L, a, gi, gj, T("wh-IoU {iou:.2f}", iou=iou)) for n, L, a, gi, gj, iou in here]
             for step in ("decode", "terms", "gradients", "metrics"):
                 out[f"yolo_layer.{name}.{step}"] = positive
         return out
@@ -377,6 +379,10 @@ def _composition(losses: dict[str, Tensor], obj_scale: float, noobj_scale: float
                            losses["total"])
 
 
+_BEST_OF_LEVEL = "{level} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g}, the best of this level: positive"
+_BEST_OF_9 = "{level} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g}, the best of all 9 anchors: positive"
+
+
 def _level_checks(level: int, name: str, anchors_px: Tensor, wh_iou: Tensor, best_anchor: Tensor, gi: Tensor,
                   gj: Tensor, ignore_thresh: float, owner_level: Tensor | None, best_all: Tensor | None
                   ) -> list[Check]:
@@ -393,24 +399,29 @@ def _level_checks(level: int, name: str, anchors_px: Tensor, wh_iou: Tensor, bes
         for anchor in range(num_anchors):
             aw, ah = anchors_px[anchor].tolist()
             iou = float(wh_iou[anchor, gt])
-            label = f"{name} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g}"
+            head = {"level": name, "anchor": anchor, "aw": aw, "ah": ah, "iou": iou}
             if anchor == best[gt] and here:
-                source = "of this level" if owners is None else "of all 9 anchors"
+                text = T(_BEST_OF_LEVEL if owners is None else _BEST_OF_9, **head)
                 out.append(Check(gt, level, anchor, gi[gt], gj[gt], "best_anchor", True,
-                                 f"{label}, the best {source}: positive", {"wh_iou": iou}, label=f"★ best {iou:.2f}"))
+                                 text, {"wh_iou": iou}, label=T("★ best {iou:.2f}", iou=iou)))
                 continue
             if anchor == best[gt]:
                 owner_anchor = best9[gt] % num_anchors
                 out.append(Check(gt, level, anchor, gi[gt], gj[gt], "best_anchor", False,
-                                 f"{label}, best of this level, but the best of all 9 anchors is on "
-                                 f"P{3 + owners[gt]} (anchor {owner_anchor}): not positive here (darknet)",
-                                 {"wh_iou": iou}, label=f"best here {iou:.2f}, not of 9"))
+                                 T("{level} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g}, best of this level, "
+                                   "but the best of all 9 anchors is on P{owner} (anchor {owner_anchor}): not positive "
+                                   "here (darknet)", **head, owner=3 + owners[gt], owner_anchor=owner_anchor),
+                                 {"wh_iou": iou}, label=T("best here {iou:.2f}, not of 9", iou=iou)))
             ignored = iou > ignore_thresh
-            text = (f"{label} > ignore_thresh {ignore_thresh:g}: ignored (left out of the no-object loss)"
-                    if ignored else f"{label} ≤ ignore_thresh {ignore_thresh:g}: a negative (in the no-object loss)")
+            text = (T("{level} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g} > ignore_thresh {ignore_thresh:g}: "
+                      "ignored (left out of the no-object loss)", **head, ignore_thresh=ignore_thresh)
+                    if ignored else
+                    T("{level} anchor {anchor} ({aw:g}×{ah:g} px): wh-IoU {iou:.4g} ≤ ignore_thresh {ignore_thresh:g}: "
+                      "a negative (in the no-object loss)", **head, ignore_thresh=ignore_thresh))
             out.append(Check(gt, level, anchor, gi[gt], gj[gt], "ignore", not ignored, text,
                              {"wh_iou": iou, "ignore_thresh": ignore_thresh},
-                             label=f"∅ ignored {iou:.2f}" if ignored else f"negative {iou:.2f}"))
+                             label=(T("∅ ignored {iou:.2f}", iou=iou) if ignored
+                                    else T("negative {iou:.2f}", iou=iou))))
     return out
 
 

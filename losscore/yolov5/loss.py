@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..boxes import bbox_iou
+from ..text import T, TextError
 from ..trace import Trace
 
 __all__ = [
@@ -308,8 +309,8 @@ def _trace_level_assignment(trace: Trace, level: int, scaled: Tensor, level_anch
     grid_h, grid_w = grid
     trace.record(
         "scale", "Targets × gain",
-        f"gain = (1, 1, W, H, W, H) = (1, 1, {grid_w}, {grid_h}, {grid_w}, {grid_h}) turns normalised "
-        "x, y, w, h into grid units of this level",
+        T("gain = (1, 1, W, H, W, H) = (1, 1, {w}, {h}, {w}, {h}) turns normalised x, y, w, h into grid units of "
+          "this level", w=grid_w, h=grid_h),
         code="ComputeLoss.build_targets: t = targets * gain",
         tensors={"xywh_grid": (scaled[0, :, 2:6], "N 4"), "anchors": (level_anchors, "A 2")},
         values={"level": level, "grid_hw": [grid_h, grid_w]},
@@ -317,8 +318,8 @@ def _trace_level_assignment(trace: Trace, level: int, scaled: Tensor, level_anch
     if state is not None:
         trace.record(
             "anchor_filter", "Anchor-ratio filter",
-            f"r_max = max(w/aw, aw/w, h/ah, ah/h); a pair is kept when r_max < anchor_t = {anchor_t:g} "
-            "(strict: a ratio of exactly anchor_t is rejected). A shape test, not an IoU test",
+            T("r_max = max(w/aw, aw/w, h/ah, ah/h); a pair is kept when r_max < anchor_t = {anchor_t:g} "
+              "(strict: a ratio of exactly anchor_t is rejected). A shape test, not an IoU test", anchor_t=anchor_t),
             code="ComputeLoss.build_targets: j = torch.max(r, 1 / r).max(2)[0] < self.hyp['anchor_t']",
             tensors={"wh_ratio": (state["wh_ratio"], "A N 2"), "r_max": (state["r_max"], "A N"),
                      "keep": (state["keep"], "A N")},
@@ -333,9 +334,9 @@ def _trace_level_assignment(trace: Trace, level: int, scaled: Tensor, level_anch
         reasons = _neighbour_reasons(direction_fraction, direction_distance, g).masked_fill(fired, 0)  # (K, 4)
         trace.record(
             "neighbours", "Neighbour-cell tests",
-            f"per kept pair: left fires when frac(x) < g = {g:g} and x > 1, up when frac(y) < g and "
-            "y > 1; right and down apply the same test to the mirrored coordinate (W - x, H - y). "
-            "A rule does not fire when the fraction is >= g or the centre is within 1 cell of that border",
+            T("per kept pair: left fires when frac(x) < g = {g:g} and x > 1, up when frac(y) < g and "
+              "y > 1; right and down apply the same test to the mirrored coordinate (W - x, H - y). "
+              "A rule does not fire when the fraction is >= g or the centre is within 1 cell of that border", g=g),
             code="ComputeLoss.build_targets: j, k = ((gxy % 1 < g) & (gxy > 1)).T; l, m = ((gxi % 1 < g) & (gxi > 1)).T",
             tensors={"target": (kept[:, 7].long(), "K"), "anchor": (kept[:, 6].long(), "K"),
                      "gxy": (centre, "K 2"), "fraction": (fraction, "K 2"), "gxy_mirrored": (mirrored, "K 2"),
@@ -367,8 +368,8 @@ def default_balance(num_levels: int) -> list[float]:
     ``[4.0, 1.0, 0.25, 0.06, 0.02]`` (more than 5 levels: pass ``balance`` explicitly)."""
     weights = {3: [4.0, 1.0, 0.4]}.get(num_levels, [4.0, 1.0, 0.25, 0.06, 0.02])
     if num_levels > len(weights):
-        raise ValueError(f"balance: upstream defines objectness weights for at most 5 levels, got "
-                         f"{num_levels}; pass balance=[...] explicitly")
+        raise TextError("balance", T("upstream defines objectness weights for at most 5 levels, got {levels}; pass "
+                                     "balance=[...] explicitly", levels=num_levels))
     return weights[:num_levels]
 
 
@@ -438,9 +439,10 @@ class ComputeLoss:
         self.autobalance = autobalance
         self.balance = list(balance) if balance is not None else default_balance(self.nl)
         if len(self.balance) != self.nl:
-            raise ValueError(f"balance: {len(self.balance)} weights for {self.nl} levels")
+            raise TextError("balance", T("{weights} weights for {levels} levels", weights=len(self.balance),
+                                         levels=self.nl))
         if autobalance and (self.strides is None or 16.0 not in self.strides):
-            raise ValueError("autobalance: needs strides that include 16 (upstream's reference level)")
+            raise TextError("autobalance", T("needs strides that include 16 (upstream's reference level)"))
         self.ssi = self.strides.index(16.0) if autobalance else 0
         self.g = g
         self._criteria_key: tuple | None = None
@@ -562,8 +564,9 @@ class ComputeLoss:
         if trace is not None:
             trace.record(
                 "loss.total", "Gains and total",
-                f"lbox × box ({self.hyp['box']:g}) + lobj × obj ({self.hyp['obj']:g}) + lcls × cls "
-                f"({self.hyp['cls']:g}), times the batch size {batch}; lobj already holds each level × balance",
+                T("lbox × box ({box:g}) + lobj × obj ({obj:g}) + lcls × cls ({cls:g}), times the batch size "
+                  "{batch}; lobj already holds each level × balance", box=self.hyp["box"], obj=self.hyp["obj"],
+                  cls=self.hyp["cls"], batch=batch),
                 code="ComputeLoss.__call__: return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()",
                 tensors={"before_gains": (torch.cat(raw), "3"), "loss_items": (items, "3"), "loss": (loss, "1")},
                 values={"gains": [self.hyp["box"], self.hyp["obj"], self.hyp["cls"]], "batch": batch,
@@ -583,8 +586,8 @@ class ComputeLoss:
         )
         trace.record(
             "objectness_target", "Objectness targets",
-            f"tobj = (1 - gr) + gr·clamp(CIoU, 0) with gr = {self.gr:g}, detached; several rows may "
-            "hit one slot: the last write wins (rows listed in write order)",
+            T("tobj = (1 - gr) + gr·clamp(CIoU, 0) with gr = {gr:g}, detached; several rows may "
+              "hit one slot: the last write wins (rows listed in write order)", gr=self.gr),
             code="ComputeLoss.__call__: iou = iou.detach().clamp(0); tobj[b, a, gj, gi] = iou",
             tensors={"row": (row, "P"), "iou_clamped": (clamped_iou, "P"), "tobj_value": (tobj_value, "P"),
                      "slot": (slot, "P"), "written": (survives, "P"), "tobj": (tobj, "B A H W")},
@@ -599,8 +602,8 @@ class ComputeLoss:
                 tensors["modulating_factor"] = (factors.modulating_factor, "P C")
             trace.record(
                 "class", "Class targets and BCE",
-                f"cp = {self.cp:g} for the target's class, cn = {self.cn:g} elsewhere (label smoothing); "
-                "BCE with logits averaged over P×C elements",
+                T("cp = {cp:g} for the target's class, cn = {cn:g} elsewhere (label smoothing); "
+                  "BCE with logits averaged over P×C elements", cp=self.cp, cn=self.cn),
                 code="ComputeLoss.__call__: t = torch.full_like(pcls, self.cn); t[range(n), tcls[i]] = self.cp",
                 tensors=tensors, values={"cp": self.cp, "cn": self.cn, "cls_pw": self.hyp["cls_pw"]},
             )
@@ -619,17 +622,20 @@ class ComputeLoss:
             tensors["modulating_factor"] = (factors.modulating_factor, "B A H W")
         trace.record(
             "objectness", "Objectness BCE over every slot",
-            "BCE with logits between σ(obj) and tobj at every (image, anchor, cell), averaged; a soft "
-            "target t leaves an entropy floor (BCE > 0 even when σ(obj) = t)"
-            + ("; focal: × alpha_factor × (1 - p_t)^gamma" if isinstance(bce_obj, FocalLoss) else ""),
+            ("BCE with logits between σ(obj) and tobj at every (image, anchor, cell), averaged; a soft "
+             "target t leaves an entropy floor (BCE > 0 even when σ(obj) = t); focal: × alpha_factor × (1 - p_t)^gamma"
+             if isinstance(bce_obj, FocalLoss) else
+             "BCE with logits between σ(obj) and tobj at every (image, anchor, cell), averaged; a soft "
+             "target t leaves an entropy floor (BCE > 0 even when σ(obj) = t)"),
             code="ComputeLoss.__call__: obji = self.BCEobj(pi[..., 4], tobj)",
             tensors=tensors, values={"obj_pw": self.hyp["obj_pw"], "fl_gamma": self.hyp["fl_gamma"]},
         )
         zero = torch.zeros((), dtype=level_obj.dtype, device=level_obj.device)
         trace.record(
             "level_losses", "Level losses × balance",
-            f"this level's objectness loss is weighted by balance[{level}] = {self.balance[level]:g} "
-            "before summing levels; box and class losses are summed unweighted",
+            T("this level's objectness loss is weighted by balance[{level}] = {balance:g} "
+              "before summing levels; box and class losses are summed unweighted", level=level,
+              balance=self.balance[level]),
             code="ComputeLoss.__call__: lobj += obji * self.balance[i]",
             tensors={"box": ((level_box if level_box is not None else zero).detach(), ""),
                      "obj": (level_obj.detach(), ""), "obj_balanced": ((level_obj * self.balance[level]).detach(), ""),

@@ -20,7 +20,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, StageCell,
                      boxes_to_targets, resolve_device, scene_levels)
-from ..text import T
+from ..text import T, Text, TextError, join
 from ..trace import Trace
 from .loss import NEIGHBOUR_REASONS, UPSTREAM, ComputeLoss, default_balance, last_write_mask
 
@@ -129,6 +129,9 @@ COLUMNS = (
     ColumnSpec("cls_bce", "class BCE of this row averaged over the C classes (0 when nc == 1: no class loss)", "loss", group="class"),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+DIRECTIONS = ("left", "up", "right", "down")  # the neighbour rules, in the trace's order
+DIRECTION_TEXT = tuple(T(direction) for direction in DIRECTIONS)
+RULE_TEXT = tuple(T(rule.name) for rule in RULES)  # a rule's name in the reader's language
 
 
 def _logit(prob: Tensor) -> Tensor:
@@ -194,23 +197,24 @@ def perfect_logits(shapes: list[tuple[int, ...]], assigned, device: torch.device
     return heads
 
 
-def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, strides, notes: list[str]) -> None:
+def _apply_pins(scene: Scene, preds: BlendedHeads, anchors_grid: Tensor, strides, notes: list) -> None:
     """Overwrite the box logits of each pinned slot (validated by ``validate_scene``)."""
     for index, pin in enumerate(scene.pins):
         stride = strides[pin.level]
         offset = torch.tensor([pin.cx / stride - pin.gi, pin.cy / stride - pin.gj], device=preds[0].device)
         size = torch.tensor([pin.w / stride, pin.h / stride], device=preds[0].device)
         anchor = anchors_grid[pin.level, pin.anchor].to(preds[0].device)
-        clamped = []
+        clamped: list[Text] = []
         for axis, value in zip("xy", offset.tolist()):
             if not -0.5 < value < 1.5:
-                clamped.append(f"{axis} offset {value:.3g} cells (reachable: -0.5..1.5)")
+                clamped.append(T("{axis} offset {value:.3g} cells (reachable: -0.5..1.5)", axis=axis, value=value))
         for axis, value in zip("wh", (size / anchor).tolist()):
             if not 0 < value < 4:
-                clamped.append(f"{axis} {value:.3g} anchors (reachable: 0..4)")
+                clamped.append(T("{axis} {value:.3g} anchors (reachable: 0..4)", axis=axis, value=value))
         if clamped:
-            notes.append(f"Pin {index} (P{3 + pin.level}, anchor {pin.anchor}, cell {pin.gi},{pin.gj}) is "
-                         f"unreachable by YOLOv5's decode: {', '.join(clamped)}; clamped to the nearest reachable box.")
+            notes.append(T("Pin {index} (P{level}, anchor {anchor}, cell {gi},{gj}) is unreachable by YOLOv5's "
+                           "decode: {clamped}; clamped to the nearest reachable box.", index=index,
+                           level=3 + pin.level, anchor=pin.anchor, gi=pin.gi, gj=pin.gj, clamped=join(clamped)))
         _, num_anchors, grid_h, grid_w, channels = preds[pin.level].shape
         slot = ((0 * num_anchors + pin.anchor) * grid_h + pin.gj) * grid_w + pin.gi  # image 0
         box_channels = slot * channels + torch.arange(4, device=offset.device)
@@ -231,11 +235,12 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
                               autobalance=bool(scene.param("autobalance")), g=float(scene.param("g")))
     except ValueError as exc:  # e.g. autobalance without a stride-16 level, balance for > 5 levels
         field = "params.autobalance" if "autobalance" in str(exc) else "levels"
-        raise ValueError(f"{field}: upstream's ComputeLoss refuses these levels: {exc}") from None
+        reason = exc.as_text() if isinstance(exc, TextError) else str(exc)
+        raise TextError(field, T("upstream's ComputeLoss refuses these levels: {reason}", reason=reason)) from None
     grids = [(scene.height // s, scene.width // s) for s in strides]
     num_anchors = compute.na
     shapes = [(1, num_anchors, h, w, 5 + scene.nc) for h, w in grids]
-    notes: list[str] = []
+    notes: list[Text | str] = []
     with torch.no_grad():
         assigned = compute.build_targets(shapes, targets, trace=recorder)  # recorded once, used twice
         generator = torch.Generator().manual_seed(scene.seed)
@@ -247,12 +252,12 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
             try:
                 loss, items = compute(preds.heads, targets, trace=recorder, assigned=assigned)
             except ZeroDivisionError:  # upstream's autobalance line divides by a level's objectness loss
-                raise ValueError(
-                    "params.autobalance: upstream YOLOv5 itself fails on this scene: autobalance updates "
+                raise TextError("params.autobalance", T(
+                    "upstream YOLOv5 itself fails on this scene: autobalance updates "
                     "balance[i] with 0.0001 / obji, and with fl_gamma > 0 and fl_alpha = 1 a level without "
                     "positives has an objectness loss of exactly 0 (alpha_factor = 1 - alpha = 0 at every "
                     "negative), so the division raises ZeroDivisionError in upstream's ComputeLoss too. "
-                    "Turn autobalance off, or use fl_alpha < 1.") from None
+                    "Turn autobalance off, or use fl_alpha < 1.")) from None
             obj_prob = [torch.sigmoid(head[0, ..., 4]) for head in preds.heads]  # (A, H, W) per level
     levels = [LevelInfo(name, stride, grid, torch.tensor(anchors, device=device))
               for name, stride, grid, anchors in zip(compute.level_names, strides, grids, anchors_px)]
@@ -312,13 +317,14 @@ def _stage_cells(trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], ce
                  positives: dict[str, Tensor]) -> dict[str, list[StageCell]]:
     """For the stepper: the cells each stage is about, with what it did there."""
     out: dict[str, list[StageCell]] = {}
-    rule_names = [r.name for r in RULES]
     gt_all, lv_all = positives["gt"].tolist(), positives["level"].tolist()
     an_all, gi_all, gj_all = positives["anchor"].tolist(), positives["gi"].tolist(), positives["gj"].tolist()
     for level, info in enumerate(levels):
         name = info.name
         rows = [k for k, lv in enumerate(lv_all) if lv == level]
-        centre = [StageCell(n, level, -1, int(c[0]), int(c[1]), "centre cell") for n, c in enumerate(cells[:, level].tolist())]
+        centre_label = T("centre cell")
+        centre = [StageCell(n, level, -1, int(c[0]), int(c[1]), centre_label)
+                  for n, c in enumerate(cells[:, level].tolist())]
         out[f"build_targets.{name}.scale"] = centre
         try:
             ratio = trace.get(f"build_targets.{name}.anchor_filter")
@@ -327,7 +333,8 @@ def _stage_cells(trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], ce
         if ratio is not None:
             r_max, keep = ratio["r_max"].cpu().tolist(), ratio["keep"].cpu().tolist()
             out[f"build_targets.{name}.anchor_filter"] = [
-                StageCell(n, level, a, c.gi, c.gj, f"a{a} r {r_max[a][n]:.3g} {'✓' if keep[a][n] else '✗'}")
+                StageCell(n, level, a, c.gi, c.gj, T("a{anchor} r {r:.3g} {mark}", anchor=a, r=r_max[a][n],
+                                                   mark="✓" if keep[a][n] else "✗"))
                 for n, c in enumerate(centre) for a in range(len(r_max))]
             stage = trace.get(f"build_targets.{name}.neighbours")
             target, anchor = stage["target"].cpu().tolist(), stage["anchor"].cpu().tolist()
@@ -335,26 +342,35 @@ def _stage_cells(trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], ce
             steps = ((-1, 0), (0, -1), (1, 0), (0, 1))
             cells_here = []
             for k, (n, a) in enumerate(zip(target, anchor)):
-                for d, direction in enumerate(("left", "up", "right", "down")):
+                for d, direction in enumerate(DIRECTION_TEXT):
                     gi, gj = centre[n].gi + steps[d][0], centre[n].gj + steps[d][1]
-                    cells_here.append(StageCell(n, level, a, gi, gj, f"{direction} {'✓' if fired[k][d] else '✗'}"))
+                    cells_here.append(StageCell(n, level, a, gi, gj, T("{direction} {mark}", direction=direction,
+                                                                       mark="✓" if fired[k][d] else "✗")))
             out[f"build_targets.{name}.neighbours"] = cells_here
-        positive_cells = [StageCell(gt_all[k], level, an_all[k], gi_all[k], gj_all[k], rule_names[int(positives['rule'][k])])
-                          for k in rows]
+        positive_cells = [StageCell(gt_all[k], level, an_all[k], gi_all[k], gj_all[k],
+                                    RULE_TEXT[int(positives['rule'][k])]) for k in rows]
         out[f"build_targets.{name}.rows"] = positive_cells
         for step, column, fmt in (("decode", "pxy", "xy"), ("bbox_iou", "ciou", "CIoU"), ("box_loss", "ciou", "1-CIoU"),
                                   ("objectness_target", "tobj", "tobj"), ("class", "cls_bce", "BCE"),
                                   ("objectness", "obj_bce", "BCE"), ("level_losses", "obj_bce", "BCE")):
             values = positives[column]
             out[f"loss.{name}.{step}"] = [
-                StageCell(c.gt, c.level, c.anchor, c.gi, c.gj,
-                          f"{fmt} {_short(values[k])}") for c, k in zip(positive_cells, rows)]
+                StageCell(c.gt, c.level, c.anchor, c.gi, c.gj, T("{symbol} {value}", symbol=fmt, value=_short(values[k])))
+                for c, k in zip(positive_cells, rows)]
     return out
 
 
 def _short(value: Tensor) -> str:
     flat = value.reshape(-1).tolist()
     return ", ".join(f"{v:.3g}" for v in flat)
+
+
+_RATIO_KEPT = ("{level} anchor {anchor} ({aw:g}×{ah:g} px): r_max = max(w/aw, aw/w, h/ah, ah/h) = "
+               "max({w:.4g}/{aw:g}, {aw:g}/{w:.4g}, {h:.4g}/{ah:g}, {ah:g}/{h:.4g}) = {r:.4g} < anchor_t {anchor_t:g}: "
+               "kept")
+_RATIO_REJECTED = ("{level} anchor {anchor} ({aw:g}×{ah:g} px): r_max = max(w/aw, aw/w, h/ah, ah/h) = "
+                   "max({w:.4g}/{aw:g}, {aw:g}/{w:.4g}, {h:.4g}/{ah:g}, {ah:g}/{h:.4g}) = {r:.4g} ≥ anchor_t "
+                   "{anchor_t:g}: rejected (strict <: a ratio of exactly anchor_t is rejected too)")
 
 
 def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[LevelInfo], cells: Tensor
@@ -376,13 +392,12 @@ def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[Level
             w, h = box.x2 - box.x1, box.y2 - box.y1
             for anchor, (aw, ah) in enumerate(anchors_px):
                 r, kept = float(r_max[anchor, gt]), bool(keep[anchor, gt])
-                verdict = "kept" if kept else "rejected (strict <: a ratio of exactly anchor_t is rejected too)"
-                text = (f"{name} anchor {anchor} ({aw:g}×{ah:g} px): r_max = max(w/aw, aw/w, h/ah, ah/h) = "
-                        f"max({w:.4g}/{aw:g}, {aw:g}/{w:.4g}, {h:.4g}/{ah:g}, {ah:g}/{h:.4g}) = {r:.4g} "
-                        f"{'<' if kept else '≥'} anchor_t {anchor_t:g}: {verdict}")
+                text = T(_RATIO_KEPT if kept else _RATIO_REJECTED, level=name, anchor=anchor, aw=aw, ah=ah, w=w, h=h,
+                         r=r, anchor_t=anchor_t)
                 checks.append(Check(gt, level, anchor, gi, gj, "anchor_ratio", kept, text,
                                     {"w": w, "h": h, "aw": aw, "ah": ah, "r_max": r, "anchor_t": anchor_t},
-                                    label=f"r {r:.3g} {'<' if kept else '≥'} {anchor_t:g} {'✓' if kept else '✗'}"))
+                                    label=T("r {r:.3g} < {anchor_t:g} ✓" if kept else "r {r:.3g} ≥ {anchor_t:g} ✗",
+                                            r=r, anchor_t=anchor_t)))
         try:
             stage = trace.get(f"build_targets.{name}.neighbours")
         except KeyError:
@@ -394,7 +409,8 @@ def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[Level
         steps = ((-1, 0), (0, -1), (1, 0), (0, 1))  # left, up, right, down: the cell next to the centre cell
         for k, (gt, anchor) in enumerate(zip(target, anchor_of)):
             gi, gj = centre_cell[gt].tolist()
-            for d, direction in enumerate(("left", "up", "right", "down")):
+            for d, direction in enumerate(DIRECTIONS):
+                words = DIRECTION_TEXT[d]
                 axis = d % 2
                 coord = float(gxy[k, axis]) if d < 2 else float(mirrored[k, axis])
                 frac = float(fraction[k, axis]) if d < 2 else float(fraction_m[k, axis])
@@ -402,18 +418,21 @@ def _checks(scene: Scene, trace: Trace, compute: ComputeLoss, levels: list[Level
                 symbol = ("x", "y")[axis] if d < 2 else ("W - x", "H - y")[axis]
                 why = int(reason[k, d])
                 if ok:
-                    text = (f"{direction} neighbour: frac({symbol}) = {frac:.4g} < g = {g:g} and {symbol} = "
-                            f"{coord:.4g} > 1: added")
-                    label = f"{direction} ✓\n{frac:.2f} < g"
+                    text = T("{direction} neighbour: frac({symbol}) = {frac:.4g} < g = {g:g} and {symbol} = "
+                             "{coord:.4g} > 1: added", direction=words, symbol=symbol, frac=frac, g=g, coord=coord)
+                    label = T("{direction} ✓\n{frac:.2f} < g", direction=words, frac=frac)
                 else:
                     parts = []
                     if NEIGHBOUR_REASONS[why] in ("fraction >= g", "both"):
-                        parts.append(f"frac({symbol}) = {frac:.4g} ≥ g = {g:g}")
+                        parts.append(T("frac({symbol}) = {frac:.4g} ≥ g = {g:g}", symbol=symbol, frac=frac, g=g))
                     if NEIGHBOUR_REASONS[why] in ("centre within 1 cell of the border", "both"):
-                        parts.append(f"{symbol} = {coord:.4g} ≤ 1 (centre within one cell of the border)")
-                    text = f"{direction} neighbour: {' and '.join(parts)}: not added"
-                    label = (f"{direction} ✗\n{frac:.2f} ≥ g" if NEIGHBOUR_REASONS[why] != "centre within 1 cell of the border"
-                             else f"{direction} ✗\nborder")
+                        parts.append(T("{symbol} = {coord:.4g} ≤ 1 (centre within one cell of the border)",
+                                       symbol=symbol, coord=coord))
+                    text = T("{direction} neighbour: {reasons}: not added", direction=words,
+                             reasons=join(parts, "{a} and {b}"))
+                    label = (T("{direction} ✗\n{frac:.2f} ≥ g", direction=words, frac=frac)
+                             if NEIGHBOUR_REASONS[why] != "centre within 1 cell of the border"
+                             else T("{direction} ✗\nborder", direction=words))
                 di, dj = steps[d]
                 checks.append(Check(gt, level, anchor, gi + di, gj + dj, f"neighbour.{direction}", ok, text,
                                     {"fraction": frac, "g": g, "coordinate": coord, "centre": [gi, gj]}, label=label))
@@ -516,17 +535,17 @@ def _maps(trace: Trace, compute: ComputeLoss, obj_prob: list[Tensor], grids) -> 
 
 
 def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str, Tensor],
-           items: Tensor, losses: dict[str, Tensor]) -> list[str]:
+           items: Tensor, losses: dict[str, Tensor]) -> list[Text | str]:
     notes = []
     count = positives["gt"].shape[0]
     per_level = [int((positives["level"] == level).sum()) for level in range(compute.nl)]
-    notes.append(f"{count} positive rows from {len(scene.boxes)} boxes ("
-                 + ", ".join(f"{name} {n}" for name, n in zip(compute.level_names, per_level))
-                 + "): each box can claim up to 3 cells × 3 anchors on every level.")
+    notes.append(T("{count} positive rows from {boxes} boxes ({per_level}): each box can claim up to 3 cells × "
+                   "3 anchors on every level.", count=count, boxes=len(scene.boxes),
+                   per_level=", ".join(f"{name} {n}" for name, n in zip(compute.level_names, per_level))))
     overwritten = int((~positives["tobj_written"]).sum())
     if overwritten:
-        notes.append(f"{overwritten} positive rows share a slot with a later row: their objectness target "
-                     "was overwritten (last write wins; tobj_written is False).")
+        notes.append(T("{count} positive rows share a slot with a later row: their objectness target "
+                       "was overwritten (last write wins; tobj_written is False).", count=overwritten))
     broken = ~(torch.isfinite(positives["ciou"]) & torch.isfinite(positives["tobj"])) if count else None
     if count and bool(broken.any()):
         notes.append(T("{bad} positive row(s) have a NaN CIoU, so their objectness target, the box loss and the "
@@ -547,12 +566,12 @@ def _notes(scene: Scene, compute: ComputeLoss, trace: Trace, positives: dict[str
             ciou_gated = terms["iou"] - (terms["rho2"] / terms["c2"] + terms["v"] * alpha_gated)
             gated.append((1.0 - ciou_gated.reshape(-1)).mean())
         box_gated = float(sum(gated)) * compute.hyp["box"]
-        notes.append(f"CIoU alpha follows YOLOv5 (alpha = v/(v - IoU + 1) for every IoU, no gate): box loss "
-                     f"{float(items[0]):.6g}. With the paper's (IoU > 0.5) gate (mmdet PR #5835) it would be "
-                     f"{box_gated:.6g}.")
+        notes.append(T("CIoU alpha follows YOLOv5 (alpha = v/(v - IoU + 1) for every IoU, no gate): box loss "
+                       "{box:.6g}. With the paper's (IoU > 0.5) gate (mmdet PR #5835) it would be {gated:.6g}.",
+                       box=float(items[0]), gated=box_gated))
     balance = ", ".join(f"{b:g}" for b in default_balance_of(compute))
-    notes.append("Loss keys: box/obj/cls are after the hyp gains; box.P3, cls.P3 and obj_raw.P3 are per-level "
-                 f"means before gains, obj.P3 is the objectness mean × balance[level] ({balance}).")
+    notes.append(T("Loss keys: box/obj/cls are after the hyp gains; box.P3, cls.P3 and obj_raw.P3 are per-level "
+                   "means before gains, obj.P3 is the objectness mean × balance[level] ({balance}).", balance=balance))
     notes.append("anchor_t is a shape-ratio test (strict <), not an IoU threshold; hyp['iou_t'] is dead code "
                  "upstream (ComputeLoss never reads it).")
     if count:
@@ -571,7 +590,7 @@ def default_balance_of(compute: ComputeLoss) -> list[float]:
     return default_balance(compute.nl)
 
 
-def _objectness_target_note(compute: ComputeLoss, positives: dict[str, Tensor]) -> str:
+def _objectness_target_note(compute: ComputeLoss, positives: dict[str, Tensor]) -> Text | str:
     """Why the objectness loss does not reach 0 at positives, in the words that fit this scene."""
     tobj, floor = positives["tobj"], positives["obj_bce_floor"]
     if compute.gr == 0:
@@ -583,9 +602,10 @@ def _objectness_target_note(compute: ComputeLoss, positives: dict[str, Tensor]) 
                 "0 < t < 1 (the usual case: t = clamp(CIoU, 0) mixed by gr) leaves an entropy floor BCE(t, t) > 0.")
     best = int(torch.where(soft, floor, torch.full_like(floor, -1.0)).argmax())
     target, value = float(tobj[best]), float(floor[best])
-    return (f"The objectness target is the (clamped) CIoU mixed by gr, a soft label, not 1: BCE(p, t) is smallest "
-            f"at p = t and even there equals the entropy of t (e.g. t = {target:.4g} leaves {value:.4g}; column "
-            "obj_bce_floor), so the objectness loss at a positive stays above 0 unless t is exactly 0 or 1.")
+    return T("The objectness target is the (clamped) CIoU mixed by gr, a soft label, not 1: BCE(p, t) is smallest "
+             "at p = t and even there equals the entropy of t (e.g. t = {target:.4g} leaves {value:.4g}; column "
+             "obj_bce_floor), so the objectness loss at a positive stays above 0 unless t is exactly 0 or 1.",
+             target=target, value=value)
 
 
 SPEC = SchemeSpec(

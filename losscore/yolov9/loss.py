@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import bbox_iou, xywh2xyxy
+from ..text import T
 from ..trace import Trace
 from .tal import Assignment, TaskAlignedAssigner, assign, bbox2dist, dist2bbox, make_anchors
 
@@ -363,10 +364,10 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     if trace is not None:
         trace.record(
             "inputs.split", "Split the head output",
-            f"each level [B, no={4 * R + C}, H, W] is viewed as [B, no, H*W] and concatenated to "
-            f"[B, no, N={N}]; .split(({4 * R}, {C}), 1) splits dim 1, the channels, into box-bin logits "
-            f"and class logits. That is correct: a blog comment saying it should split dim 2 is wrong "
-            f"(dim 2 is the N anchors and {4 * R}+{C} != {N})",
+            T("each level [B, no={no}, H, W] is viewed as [B, no, H*W] and concatenated to "
+              "[B, no, N={N}]; .split(({bins}, {C}), 1) splits dim 1, the channels, into box-bin logits "
+              "and class logits. That is correct: a blog comment saying it should split dim 2 is wrong "
+              "(dim 2 is the N anchors and {bins}+{C} != {N})", no=4 * R + C, N=N, bins=4 * R, C=C),
             code=f"{LOSS_CODE} (split)",
             values={"B": B, "no": 4 * R + C, "N": N, "reg_max": R, "nc": C, "levels": len(feats)},
         )
@@ -398,9 +399,9 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     if trace is not None:
         trace.record(
             "inputs.decode", "Decode boxes from bin distributions",
-            f"per side, softmax over {R} bins and take the expected bin (softmax @ [0..{R - 1}]) as the "
-            "distance in cells; box = anchor -/+ (l, t, r, b). Only anchors inside some box are decoded "
-            "here: the others can never be positive and get no box loss",
+            T("per side, softmax over {R} bins and take the expected bin (softmax @ [0..{last}]) as the "
+              "distance in cells; box = anchor -/+ (l, t, r, b). Only anchors inside some box are decoded "
+              "here: the others can never be positive and get no box loss", R=R, last=R - 1),
             code="utils/loss_tal.py ComputeLoss.bbox_decode, utils/tal/anchor_generator.py dist2bbox",
             tensors={"batch": (cand_batch, "Q"), "anchor": (cand_anchor, "Q"),
                      "distances": (head.distances, "Q 4"), "pred_box_px": (head.boxes_px, "Q 4")})
@@ -430,10 +431,14 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
     if trace is not None:
         trace.record(
             "loss.cls", "Class loss",
-            "BCE-with-logits of every anchor's class logits against the target scores (0 except the "
-            "positive's own class, which gets its normalised score), summed and divided by the sum of "
-            "target scores. hyp label_smoothing is read but unused upstream; VarifocalLoss is defined "
-            "but not called" + (f"; focal loss gamma {fl_gamma}, alpha 0.25" if fl_gamma > 0 else ""),
+            (T("BCE-with-logits of every anchor's class logits against the target scores (0 except the "
+               "positive's own class, which gets its normalised score), summed and divided by the sum of "
+               "target scores. hyp label_smoothing is read but unused upstream; VarifocalLoss is defined "
+               "but not called; focal loss gamma {gamma}, alpha 0.25", gamma=fl_gamma) if fl_gamma > 0 else
+             "BCE-with-logits of every anchor's class logits against the target scores (0 except the "
+             "positive's own class, which gets its normalised score), summed and divided by the sum of "
+             "target scores. hyp label_smoothing is read but unused upstream; VarifocalLoss is defined "
+             "but not called"),
             code=f"{LOSS_CODE} (cls loss, BCEcls)",
             tensors={"cls_logit": (cls_logit, "P"), "target_score": (fg_score, "P")},
             values={"background_sum": background.item(), "positive_correction": correction.sum().item(),
@@ -457,10 +462,10 @@ def compute_loss(feats: Sequence[Tensor], targets: Tensor, *, nc: int, strides: 
         bin_left = target_ltrb.long()
         trace.record(
             "loss.dfl", "Distribution focal loss",
-            f"per positive and side: softmax over {R} bins, expected distance, and the target distance "
-            f"d (clamped to [0, {R - 1} - 0.01]) split over bins floor(d) and floor(d)+1 with weights "
-            "floor(d)+1-d and d-floor(d) (3.3 -> bins 3, 4 with 0.7, 0.3); loss = weighted "
-            "cross-entropy at both bins, mean over sides, times the target score",
+            T("per positive and side: softmax over {R} bins, expected distance, and the target distance "
+              "d (clamped to [0, {last} - 0.01]) split over bins floor(d) and floor(d)+1 with weights "
+              "floor(d)+1-d and d-floor(d) (3.3 -> bins 3, 4 with 0.7, 0.3); loss = weighted "
+              "cross-entropy at both bins, mean over sides, times the target score", R=R, last=R - 1),
             code="utils/loss_tal.py BboxLoss._df_loss",
             tensors={"probs": (probs, "P 4 R"), "expected": (distances, "P 4"),
                      "target_ltrb": (target_ltrb, "P 4"), "bin_left": (bin_left, "P 4"),

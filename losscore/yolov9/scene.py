@@ -19,7 +19,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, boxes_to_targets, resolve_device)
-from ..text import T
+from ..text import T, Text, TextError
 from ..trace import Trace
 from .loss import BOX_GAIN, CLS_GAIN, DFL_GAIN, _bce_focal, compute_loss
 
@@ -170,20 +170,21 @@ def perfect_writes(scene: Scene, nc: int, device: torch.device) -> tuple[Tensor,
     return background, writes
 
 
-def _apply_pin(preds: BlendedHeads, pin: Pin, notes: list[str]) -> None:
+def _apply_pin(preds: BlendedHeads, pin: Pin, notes: list) -> None:
     """Overwrite the bin logits of one anchor (validated by ``validate_scene``)."""
     stride = STRIDES[pin.level]
     H, W = preds[pin.level].shape[-2:]
     ax, ay = (pin.gi + 0.5) * stride, (pin.gj + 0.5) * stride
     sides = [(ax - (pin.cx - pin.w / 2)) / stride, (ay - (pin.cy - pin.h / 2)) / stride,
              (pin.cx + pin.w / 2 - ax) / stride, (pin.cy + pin.h / 2 - ay) / stride]
-    where = f"pin P{pin.level + 3} ({pin.gi}, {pin.gj})"
+    where = {"level": pin.level + 3, "gi": pin.gi, "gj": pin.gj}
     if min(sides) < 0:
-        notes.append(f"{where}: unreachable, the anchor centre lies outside the pinned box (distances are >= 0); "
-                     "the negative sides are clamped to 0")
+        notes.append(T("pin P{level} ({gi}, {gj}): unreachable, the anchor centre lies outside the pinned box "
+                       "(distances are >= 0); the negative sides are clamped to 0", **where))
     if max(sides) > REG_MAX - 1:
-        notes.append(f"{where}: unreachable, a side is {max(sides):.2f} cells but the 16 bins reach at most "
-                     f"{REG_MAX - 1} cells ({(REG_MAX - 1) * stride} px at stride {stride}); clamped")
+        notes.append(T("pin P{level} ({gi}, {gj}): unreachable, a side is {side:.2f} cells but the 16 bins reach at "
+                       "most {bins} cells ({px} px at stride {stride}); clamped", **where, side=max(sides),
+                       bins=REG_MAX - 1, px=(REG_MAX - 1) * stride, stride=stride))
     feat = preds[pin.level]
     distances = torch.tensor(sides, dtype=feat.dtype, device=feat.device)
     bin_index = torch.arange(4 * REG_MAX, device=feat.device) * (H * W) + pin.gj * W + pin.gi
@@ -193,7 +194,7 @@ def _apply_pin(preds: BlendedHeads, pin: Pin, notes: list[str]) -> None:
 def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     """Run YOLOv9's ``ComputeLoss`` on one drawn image (B = 1)."""
     device = resolve_device(scene.device)
-    notes: list[str] = []
+    notes: list[Text | str] = []
     targets = boxes_to_targets(scene, device)  # (N, 6)
     generator = torch.Generator().manual_seed(scene.seed)
     background, writes = perfect_writes(scene, scene.nc, device)
@@ -205,7 +206,7 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
         return _explain_heads(scene, heads.heads, targets, notes, trace, device)
 
 
-def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: list[str], trace: Trace | None,
+def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: list, trace: Trace | None,
                    device: torch.device) -> SceneResult:
     nc = scene.nc
     levels = [LevelInfo(f"P{i + 3}", s, (scene.height // s, scene.width // s), None) for i, s in enumerate(STRIDES)]
@@ -213,7 +214,8 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
     N = sum(sizes)
     topk = int(scene.param("topk"))
     if topk > N:
-        raise ValueError(f"params.topk: {topk} is more than the {N} anchors of this image")
+        raise TextError("params.topk", T("{topk} is more than the {anchors} anchors of this image", topk=topk,
+                                         anchors=N))
     fl_gamma, cls_pw = float(scene.param("fl_gamma")), float(scene.param("cls_pw"))
     recorder = trace if trace is not None else Trace()  # the checks are read back from the trace
     out = compute_loss(preds, targets, nc=nc, strides=STRIDES, reg_max=REG_MAX, cls_pw=cls_pw,
@@ -288,7 +290,8 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
     notes += [
         "Box loss uses yolov9's bbox_iou: in xyxy mode h = y2 - y1 + eps (YOLOv5/YOLOv8 use clamp(eps)).",
         "DFL has 16 bins 0..15 per side (reg_max 16, target clamped to 14.99); YOLOv8 uses 17 bins (clamp 15.99).",
-        f"Gains are hard-coded: box {BOX_GAIN}, cls {CLS_GAIN}, dfl {DFL_GAIN}; total = their sum times the batch size (1).",
+        T("Gains are hard-coded: box {box}, cls {cls}, dfl {dfl}; total = their sum times the batch size (1).",
+          box=BOX_GAIN, cls=CLS_GAIN, dfl=DFL_GAIN),
         "VarifocalLoss is defined in loss_tal.py but ComputeLoss does not call it; label_smoothing is read and unused.",
         "Only anchors whose centre lies inside a box can be positive; a high-overlap anchor can still lose the top-k "
         "when its class score s is low, since t = s^alpha * u^beta.",
@@ -297,9 +300,10 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
     ]
     if result is not None and bool((result.rule > 0).any()):
         won = int((result.rule > 0).sum())
-        notes.append(f"{won} anchor(s) were claimed by several targets and went to the target with the highest CIoU.")
+        notes.append(T("{won} anchor(s) were claimed by several targets and went to the target with the highest CIoU.",
+                       won=won))
     if not bool(torch.isfinite(out.total)):
-        notes.append("The total is not finite: " + _non_finite_reason(out))
+        notes.append(T("The total is not finite: {reason}", reason=_non_finite_reason(out)))
     elif float(out.total) > 1000:
         notes.append(T("The total is large ({total:.4g}) because cls is the class BCE summed over every anchor and "
                        "class ({anchors} × {nc}) and divided by target_scores_sum = {tss:.4g}: with untrained "
@@ -308,7 +312,7 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
                        "target_scores_sum grows and cls falls.", total=float(out.total), anchors=N, nc=nc,
                        tss=float(tss)))
     composition = LossComposition(
-        tuple(LossTerm(name, (LossPart("all levels", raw * tss),), raw * tss, item, gain=gain, divisor=float(tss),
+        tuple(LossTerm(name, (LossPart(T("all levels"), raw * tss),), raw * tss, item, gain=gain, divisor=float(tss),
                        normalised=raw)
               for name, raw, item, gain in (("box", out.box, out.items[0], BOX_GAIN), ("cls", out.cls, out.items[1], CLS_GAIN),
                                             ("dfl", out.dfl, out.items[2], DFL_GAIN))),
@@ -343,32 +347,33 @@ def _stage_cells(trace: Trace, levels: list[LevelInfo], sizes: list[int], positi
     except KeyError:
         return out
     gt, anchor, t = candidates["gt"].tolist(), candidates["anchor"].tolist(), candidates["t"].tolist()
-    out["assigner.candidates"] = [StageCell(m, L, 0, gi, gj, f"t {tq:.2g}")
+    out["assigner.candidates"] = [StageCell(m, L, 0, gi, gj, T("t {t:.2g}", t=tq))
                                   for m, tq, (L, gi, gj) in zip(gt, t, _anchor_cells(anchor, levels, sizes))]
     kept, topk_anchor = ranked["kept"][0].tolist(), ranked["topk_anchor"][0].tolist()
     picks = [(m, rank, a) for m, row in enumerate(topk_anchor) for rank, a in enumerate(row) if kept[m][rank]]
-    out["assigner.topk"] = [StageCell(m, L, 0, gi, gj, f"rank {rank}")
+    out["assigner.topk"] = [StageCell(m, L, 0, gi, gj, T("rank {rank}", rank=rank))
                             for (m, rank, _), (L, gi, gj) in zip(picks, _anchor_cells([p[2] for p in picks], levels, sizes))]
     try:
         conflicts = trace.get("assigner.conflicts")
         c_anchor, c_winner = conflicts["anchor"].tolist(), conflicts["winner"].tolist()
-        out["assigner.conflicts"] = [StageCell(w, L, 0, gi, gj, f"won by #{w}")
+        out["assigner.conflicts"] = [StageCell(w, L, 0, gi, gj, T("won by #{box}", box=w))
                                      for w, (L, gi, gj) in zip(c_winner, _anchor_cells(c_anchor, levels, sizes))]
     except KeyError:
         pass
     score = normalised["score"].tolist()
     fg = _anchor_cells(normalised["anchor"].tolist(), levels, sizes)
-    out["assigner.normalise"] = [StageCell(m, L, 0, gi, gj, f"score {sc:.2g}")
+    out["assigner.normalise"] = [StageCell(m, L, 0, gi, gj, T("score {score:.2g}", score=sc))
                                  for m, sc, (L, gi, gj) in zip(normalised["gt"].tolist(), score, fg)]
     rows = list(zip(positives["gt"].tolist(), positives["level"].tolist(), positives["gi"].tolist(), positives["gj"].tolist()))
     for step, column, label in (("cls", "cls_bce", "BCE"), ("dfl", "dfl_term", "DFL"), ("box", "ciou", "CIoU")):
         values = positives[column].tolist()
-        out[f"loss.{step}"] = [StageCell(m, L, 0, gi, gj, f"{label} {v:.3g}") for (m, L, gi, gj), v in zip(rows, values)]
+        out[f"loss.{step}"] = [StageCell(m, L, 0, gi, gj, T("{symbol} {value:.3g}", symbol=label, value=v))
+                               for (m, L, gi, gj), v in zip(rows, values)]
     return out
 
 
-def _non_finite_reason(out) -> str:
-    return ("a prediction decodes to a degenerate box (zero width or height), where the CIoU's atan(w/h) and the "
+def _non_finite_reason(out) -> Text:
+    return T("a prediction decodes to a degenerate box (zero width or height), where the CIoU's atan(w/h) and the "
             "IoU are 0/0; upstream gives the same NaN on these logits.")
 
 
@@ -398,21 +403,27 @@ def _checks_builder(trace: Trace, levels: list[LevelInfo], sizes: list[int], top
             gi, gj = cell % widths[level], cell // widths[level]
             name = levels[level].name
             values = {"s": float(s[q]), "u": float(u[q]), "t": float(t[q]), "kth_t": float(kth[m]), "topk": topk}
-            head = f"{name} ({gi}, {gj}): s = {values['s']:.4g}, u = {values['u']:.4g}, t = s^α·u^β = {values['t']:.4g}"
+            head = {"level": name, "gi": gi, "gj": gj, "s": values["s"], "u": values["u"], "t": values["t"],
+                    "topk": topk}
             if (m, a) in in_topk:
                 winner = owner.get(a)
                 if winner == m:
-                    out.append(Check(m, level, 0, gi, gj, "top_k", True, f"{head}: in its top-{topk}, positive",
-                                     values, label=f"t {values['t']:.2g} ✓"))
+                    out.append(Check(m, level, 0, gi, gj, "top_k", True,
+                                     T("{level} ({gi}, {gj}): s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g}: in its "
+                                       "top-{topk}, positive", **head),
+                                     values, label=T("t {t:.2g} ✓", t=values["t"])))
                 else:
                     out.append(Check(m, level, 0, gi, gj, "conflict", False,
-                                     f"{head}: in its top-{topk}, but box {winner} has the higher overlap u here "
-                                     f"and takes the anchor", {**values, "winner": winner},
-                                     label=f"lost to #{winner}"))
+                                     T("{level} ({gi}, {gj}): s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g}: in its "
+                                       "top-{topk}, but box {winner} has the higher overlap u here and takes the anchor",
+                                       **head, winner=winner), {**values, "winner": winner},
+                                     label=T("lost to #{winner}", winner=winner)))
             else:
                 out.append(Check(m, level, 0, gi, gj, "top_k", False,
-                                 f"{head} below the {topk}-th best t of this box ({values['kth_t']:.4g}): "
-                                 f"not in its top-{topk}", values, label=f"t {values['t']:.2g} < {values['kth_t']:.2g}"))
+                                 T("{level} ({gi}, {gj}): s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g} below the "
+                                   "{topk}-th best t of this box ({kth_t:.4g}): not in its top-{topk}", **head,
+                                   kth_t=values["kth_t"]),
+                                 values, label=T("t {t:.2g} < {kth_t:.2g}", t=values["t"], kth_t=values["kth_t"])))
         return out
 
     return build

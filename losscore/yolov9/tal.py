@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..boxes import bbox_iou
+from ..text import T
 from ..trace import Trace
 
 __all__ = [
@@ -268,8 +269,8 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
     if trace is not None:
         trace.record(
             "assigner.topk", "Top-k alignment per target",
-            f"each target keeps the {topk} anchors with the largest t (anchors outside the box count "
-            "as 0 and are then dropped); a high-overlap anchor with a low class score can lose here",
+            T("each target keeps the {topk} anchors with the largest t (anchors outside the box count "
+              "as 0 and are then dropped); a high-overlap anchor with a low class score can lose here", topk=topk),
             code=f"{ASSIGNER_CODE}.select_topk_candidates",
             tensors={"topk_anchor": (topk_anchor, "B M K"), "topk_t": (topk_metric, "B M K"),
                      "kept": (chosen, "B M K")},

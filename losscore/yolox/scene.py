@@ -25,6 +25,7 @@ from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, resolve_device)
+from ..target_spec import TargetColumn as Col, TargetFact, TargetMap, TargetSpec, TargetTable
 from ..text import T
 from ..trace import Trace
 from .assign import RULE_NAMES, VERSIONS
@@ -655,6 +656,29 @@ def _stage_cells(out: LossBreakdown, trace: Trace, levels: list[LevelInfo]) -> d
     return cells
 
 
+TARGET = TargetSpec(
+    facts=(TargetFact("sum of the 10 largest IoUs", "top10_iou", "iou_sum", "iou"),
+           TargetFact("dynamic_k = max(1, int(sum))", "top10_iou", "k", "count")),
+    tables=(
+        TargetTable("top10_iou", "Its 10 largest IoUs (over all its candidates)",
+                    "their sum, truncated, is how many anchors the box takes (dynamic_k)",
+                    (Col("iou", "IoU", "iou"), Col("place", "place", "index")), sort="place"),
+        TargetTable("select", "Its cost row, cheapest first",
+                    "cost = class cost + 3 × IoU cost + penalty; the dynamic_k cheapest are taken (✓)",
+                    (Col("cost", "cost", "loss"), Col("cls_cost", "class", "loss"), Col("iou_cost", "−ln IoU", "loss"),
+                     Col("penalty", "penalty", "loss"), Col("iou", "IoU", "iou")), sort="cost", limit=30),
+        TargetTable("conflict", "Conflicts: anchors several boxes took",
+                    "the anchor goes to the box with the lowest cost in its column, even one that never took it",
+                    (Col("cost", "its cost", "loss"), Col("winner", "winner", "index"), Col("winner_cost", "winner's cost", "loss"),
+                     Col("winner_selected", "winner took it", "bool"))),
+    ),
+    maps=(TargetMap("box.cost", "select", "cost", "this box's SimOTA cost at each of its candidates", "loss", "log"),
+          TargetMap("box.cls_cost", "select", "cls_cost", "this box's class cost at each of its candidates", "loss"),
+          TargetMap("box.iou", "select", "iou", "IoU of each candidate's predicted box with this box", "iou")),
+    verdicts=("no_anchor",),
+)
+
+
 SPEC = SchemeSpec(
     name="yolox", title="YOLOX (SimOTA, 0.3.0 or main)", family="yolox", strides=STRIDES, params=PARAMS,
     explain=explain_scene, upstream=UPSTREAM,
@@ -663,4 +687,5 @@ SPEC = SchemeSpec(
         "positives. The release 0.3.0 and GitHub main (6ddff482) differ in the candidate rule and penalty.",
     maps=MAPS, rules=RULES, columns=COLUMNS, losses=LOSSES, focal=None, phases=PHASES, anchors_px=None,
     level_names=LEVEL_NAMES, pred_box="pred_box_px", target_box="target_box_px", inspector=INSPECTOR,
+    target=TARGET,
 )

@@ -50,8 +50,9 @@ export async function getPresets(scheme, scene) {
  * map only), 'full' when a gesture ends (every map and column, the stage list and the checks),
  * 'compare' for the compare column (every map, no stages), 'probe' to validate a scene (nothing heavy).
  */
-export async function explain(scene, { kind = 'full', heat = '', lang = 'en', checks = 'all', signal } = {}) {
+export async function explain(scene, { kind = 'full', heat = '', lang = 'en', checks = 'all', target = null, signal } = {}) {
   const query = new URLSearchParams();
+  if (target !== null && kind !== 'probe') query.set('target', String(target)); // the selected box: its panel, box.* maps
   if (kind === 'light') {
     query.set('columns', 'grid');
     query.set('stage_data', '0');

@@ -8,6 +8,7 @@ import { HASH_THROTTLE_MS } from './config.js';
 import { GridView, renderAnchorStrip } from './views/grid.js';
 import { renderInspector, renderQueryInspector } from './views/inspector.js';
 import { renderMatrix } from './views/queries.js';
+import { renderTarget } from './views/target.js';
 import { renderPositivesTable, renderCounts } from './views/table.js';
 import { renderWaterfall, renderTermBars, renderFocal } from './views/losses.js';
 import { renderPipeline, renderStageSelect, renderStage } from './views/stepper.js';
@@ -65,7 +66,7 @@ window.addEventListener('hashchange', () => {
 
 // ---- requests --------------------------------------------------------------------------------
 const mainRequests = new Coalescer(
-  ({ scene, kind, heat }) => explain(scene, { kind, heat, lang: app.state.lang, checks: `box:${app.state.sel}` }),
+  ({ scene, kind, heat }) => explain(scene, { kind, heat, lang: app.state.lang, checks: `box:${app.state.sel}`, target: selectedBox() ? app.state.sel : null }),
   { onResult: (result, job) => onResult(result, job), onError: (error, job) => onError(error, job) },
 );
 const cmpRequests = new Coalescer(
@@ -176,10 +177,21 @@ function setStatus(text, isError = false) {
 }
 
 // ---- rendering -------------------------------------------------------------------------------
+/** The selected box, or undefined. */
+function selectedBox() {
+  return app.state.boxes[app.state.sel];
+}
+
+/** The heat layers on offer: the scheme's maps, and the selected box's own (box.*) when a box is selected. */
+function heatLayers(s) {
+  if (!s) return [];
+  return [...s.maps, ...(selectedBox() ? s.target?.maps || [] : [])];
+}
+
 function heatName() {
   const s = spec();
   if (app.state.heat === '-') return '';
-  if (app.state.heat && s?.maps.some((m) => m.name === app.state.heat)) return app.state.heat;
+  if (app.state.heat && heatLayers(s).some((m) => m.name === app.state.heat)) return app.state.heat;
   return s?.maps[0]?.name || '';
 }
 
@@ -243,7 +255,12 @@ function renderSlow() {
   renderCounts($('counts'), s, r);
   renderPositivesTable($('positives-table'), s, r, {
     onHover: (row) => glowCells(row ? [row] : null),
-    onPick: (row) => { app.state.level = row.level; app.picked = { gi: row.gi, gj: row.gj }; app.state.view = gridView.viewOnCell(row.gi, row.gj); writeHash(true); applyView(); renderFast(probe.renderedSeq); renderInspectorNow(); },
+    onPick: (row) => pickCell(row),
+  });
+  renderTarget($('target-panel'), {
+    spec: s, result: r,
+    onHover: (cell) => (s.kind === 'queries' ? (cell && pickQuery(cell.anchor)) : glowCells(cell ? [cell] : null)),
+    onPick: (cell) => (s.kind === 'queries' ? pickQuery(cell.anchor) : pickCell(cell)),
   });
   renderWaterfall($('waterfall'), r, (term, part) => glowCells(term ? termCells(r, term, part) : null));
   renderTermBars($('loss-bar'), r, { log: $('loss-log').checked });
@@ -256,6 +273,23 @@ function renderSlow() {
       onHover: (pair) => { if (pair) { app.query = pair.query; renderInspectorNow(); gridView.renderQueries(r, { spec: s, selectedQuery: pair.query }); } },
     });
   }
+}
+
+/** Keep a cell in the inspector, on its level, in view (a positives row or a box-panel row clicked). */
+function pickCell(cell) {
+  app.state.level = cell.level;
+  app.picked = { gi: cell.gi, gj: cell.gj };
+  app.state.view = gridView.viewOnCell(cell.gi, cell.gj);
+  writeHash(true);
+  applyView();
+  renderFast(probe.renderedSeq);
+  renderInspectorNow();
+}
+
+function pickQuery(query) {
+  app.query = query;
+  renderInspectorNow();
+  gridView.renderQueries(app.result, { spec: spec(app.result.scheme), selectedQuery: query });
 }
 
 function renderInspectorNow() {
@@ -386,13 +420,15 @@ function syncLevelControls(r) {
   $('level-select').value = String(L);
   const heat = $('heat-select');
   const s = spec(r.scheme);
-  const options = ['-', ...s.maps.map((m) => m.name)];
+  const layers = heatLayers(s);
+  const options = ['-', ...layers.map((m) => m.name)];
   if ([...heat.options].map((o) => o.value).join('|') !== options.join('|')) {
     heat.replaceChildren();
     for (const name of options) {
-      const o = el('option', { text: name === '-' ? t('view.noHeat') : name }, heat);
+      const declared = layers.find((m) => m.name === name);
+      const label = declared?.target ? `${t('box.heat', { n: app.state.sel })} ${name.slice(4)}` : name; // box.cost -> cost
+      const o = el('option', { text: name === '-' ? t('view.noHeat') : label }, heat);
       o.value = name;
-      const declared = s.maps.find((m) => m.name === name);
       if (declared) o.title = declared.doc;
     }
   }

@@ -11,7 +11,8 @@ from e2e_helpers import api_get, api_post, wait_rendered
 pytestmark = pytest.mark.e2e
 
 LESSONS = ["cells", "anchor-t", "offsets", "objectness", "balance", "focal", "tal", "dfl", "switched-off",
-           "two-yolos", "ignore"]
+           "two-yolos", "ignore", "small-object", "one-to-one", "simota-k", "atss-zero", "rtmdet-unmatched",
+           "detr-one-query"]
 
 
 def scene_of(lab) -> dict:

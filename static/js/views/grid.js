@@ -81,7 +81,8 @@ export class GridView {
     this.svg.style.setProperty('--label', `${geo.screenSize(12, view, width)}px`);
     this.svg.style.setProperty('--small', `${geo.screenSize(10, view, width)}px`);
     if (this.boxes.length) this.renderBoxes(this.boxes, this.selected);
-    if (this.result) this.renderResult(this.result, this.lastOptions);
+    if (this.result && this.queryOptions) this.renderQueries(this.result, this.queryOptions);
+    else if (this.result && this.lastOptions) this.renderResult(this.result, this.lastOptions);
   }
 
   screenWidth() { return (this.drag?.rect ?? this.svg.getBoundingClientRect()).width || 600; }
@@ -357,7 +358,7 @@ export class GridView {
    */
   renderResult(result, options) {
     this.result = result;
-    this.lastOptions = options;
+    this.lastOptions = options; this.queryOptions = null;
     const { spec, levelIndex, anchor, heat, selected, seq } = options;
     this.spec = spec;
     const L = geo.clampIndex(levelIndex, result.levels.length);
@@ -472,8 +473,10 @@ export class GridView {
    * A set-prediction scheme: every query's predicted box (matched ones in their box's colour, the
    * others grey), draggable like pins (the slot is level 0, anchor = the query, cell (0, 0)).
    */
-  renderQueries(result, { spec, selectedQuery = -1, seq } = {}) {
+  renderQueries(result, options = {}) {
+    const { spec, selectedQuery = -1, seq } = options;
     this.result = result; this.spec = spec; this.level = null;
+    this.queryOptions = options; this.lastOptions = null;
     this.gridRect.setAttribute('visibility', 'hidden');
     this.heat.setAttribute('visibility', 'hidden');
     this.cellLayer.replaceChildren(); this.checkLayer.replaceChildren(); this.overLayer.replaceChildren();
@@ -496,7 +499,7 @@ export class GridView {
 
   renderHeat(result, L, anchor, heat, spec) {
     const map = heat && result.maps?.[heat];
-    const declared = spec?.maps?.find((m) => m.name === heat);
+    const declared = [...(spec?.maps || []), ...(spec?.target?.maps || [])].find((m) => m.name === heat);
     if (!map || !map.levels?.[L] || !declared) { this.heat.setAttribute('visibility', 'hidden'); this.heatRange = null; return; }
     const range = paintHeat(this.canvas, decodeLevel(map.levels[L]), { anchor, reduce: declared.reduce, scale: declared.scale, range: declared.range });
     if (!range) { this.heat.setAttribute('visibility', 'hidden'); this.heatRange = null; return; }
