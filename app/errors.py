@@ -25,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from losscore.text import LANGUAGES, error_message
+
 log = logging.getLogger("losslab")
 
 SCENE_FIELDS = {"scheme", "image", "nc", "boxes", "params", "predictions", "device", "levels"}
@@ -33,12 +35,33 @@ _SEGMENT = re.compile(r"\[(\d+)\]|\.?([A-Za-z_]\w*)")
 
 
 class SceneError(Exception):
-    """A scene that losscore rejected; ``loc`` is FastAPI's location of the field."""
+    """A scene that losscore rejected; ``loc`` is FastAPI's location of the field. ``source``: the
+    losscore exception it came from, rendered again in the request's language when answered."""
 
-    def __init__(self, message: str, loc: list[str | int]):
+    def __init__(self, message: str, loc: list[str | int], source: BaseException | None = None, prefix: str = "body"):
         super().__init__(message)
         self.message = message
         self.loc = loc
+        self.source = source
+        self.prefix = prefix
+
+    def message_in(self, lang: str) -> str:
+        """The message in ``lang`` (the location stays the English field path)."""
+        if self.source is None or lang == "en":
+            return self.message
+        return _split(error_message(self.source, lang), self.prefix)[1]
+
+
+def request_lang(request: Request) -> str:
+    """The reader's language: ``?lang=`` when given, else the first of Accept-Language we speak, else en."""
+    lang = request.query_params.get("lang")
+    if lang in LANGUAGES:
+        return lang
+    for part in request.headers.get("accept-language", "").split(","):
+        code = part.split(";")[0].strip().lower()[:2]
+        if code in LANGUAGES:
+            return code
+    return "en"
 
 
 def scene_error_loc(message: str, prefix: str = "body") -> list[str | int]:
@@ -64,7 +87,7 @@ def scene_error(exc: ValueError, prefix: str = "body") -> "SceneError":
     """A losscore ``ValueError`` as a :class:`SceneError`: ``loc`` from the path at the front of its
     message, ``msg`` the rest (so a client that prints "loc: msg" says the location once)."""
     loc, rest = _split(str(exc), prefix)
-    return SceneError(rest, loc)
+    return SceneError(rest, loc, exc, prefix)
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -83,7 +106,8 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 
 async def _scene_handler(request: Request, exc: SceneError) -> Response:
-    return json_response({"detail": [{"loc": exc.loc, "msg": exc.message, "type": "value_error"}]}, 422)
+    return json_response({"detail": [{"loc": exc.loc, "msg": exc.message_in(request_lang(request)),
+                                      "type": "value_error"}]}, 422)
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> Response:

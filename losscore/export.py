@@ -276,8 +276,14 @@ def _counts(result: SceneResult, spec: SchemeSpec) -> dict[str, Any]:
                 by_rule[name] = n
         per_box.append({"gt": index, "total": int(mine.numel()), "by_rule": by_rule,
                         "per_level": [int(((gt == index) & (level == i)).sum()) for i in range(len(result.levels))]})
+    split = None
+    if spec.split is not None and spec.split.column in positives:
+        column = positives[spec.split.column].cpu()
+        split = [{"value": value, "total": int((column == value).sum()),
+                  "per_level": [int(((column == value) & (level == i)).sum()) for i in range(len(result.levels))]}
+                 for value, _ in spec.split.values]
     return {"total": int(gt.numel()), "per_level": [sum(row) for row in per_level_anchor],
-            "per_level_anchor": per_level_anchor, "per_box": per_box}
+            "per_level_anchor": per_level_anchor, "per_box": per_box, "split": split}
 
 
 def focal_state(spec: SchemeSpec, params: Mapping[str, Any], result: SceneResult | None = None,

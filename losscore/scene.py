@@ -38,6 +38,7 @@ __all__ = [
     "Box",
     "Pin",
     "LevelSpec",
+    "SplitSpec",
     "Scene",
     "scene_levels",
     "ParamSpec",
@@ -261,6 +262,18 @@ class RuleSpec:
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
         # "name" is the key positives and counts use; "label" is the name in the reader's language
         return {"name": self.name, "label": _r(self.name, lang), "glyph": self.glyph, "doc": _r(self.doc, lang)}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Positives shown side by side by the value of one of their columns: YOLOv10's and YOLO26's
+    one-to-many and one-to-one branches on the same boxes (``column`` "branch", values 0 and 1)."""
+
+    column: str
+    values: tuple[tuple[int, str], ...]  # (value, label), in the order shown, left to right
+
+    def to_dict(self, lang: str = "en") -> dict[str, Any]:
+        return {"column": self.column, "values": [{"value": v, "label": _r(label, lang)} for v, label in self.values]}
 
 
 @dataclass(frozen=True)
@@ -520,6 +533,7 @@ class SchemeSpec:
     query_columns: tuple[ColumnSpec, ...] = ()
     matrices: tuple[MapSpec, ...] = ()
     target: TargetSpec = field(default_factory=TargetSpec)  # the box panel (losscore.target_spec)
+    split: SplitSpec | None = None  # positives side by side by a column's value (YOLOv10's two branches)
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -531,7 +545,8 @@ class SchemeSpec:
         if which == "all":
             return tuple(c.name for c in self.columns)
         if which == "grid":
-            return self.required_columns + ((self.pred_box,) if self.pred_box else ())
+            return (self.required_columns + ((self.pred_box,) if self.pred_box else ())
+                    + ((self.split.column,) if self.split else ()))
         if which == "default":
             return tuple(c.name for c in self.columns if c.default)
         raise TextError("columns", T("unknown set {which}; sets: default, all, grid", which=repr(which)))
@@ -584,6 +599,7 @@ class SchemeSpec:
             "query_columns": [c.to_dict(lang) for c in self.query_columns],
             "matrices": [m.to_dict(lang) for m in self.matrices],
             "target": self.target.to_dict(lang),
+            "split": None if self.split is None else self.split.to_dict(lang),
         }
 
 

@@ -58,6 +58,7 @@ async def presets(
     width: Annotated[int, Query(ge=32, le=2048)] = 640,
     height: Annotated[int, Query(ge=32, le=2048)] = 640,
     nc: Annotated[int, Query(ge=1, le=1000)] = 80,
+    lang: Annotated[str, Query(pattern="^(en|zh)$", description="language of titles and docs")] = "en",
 ) -> Response:
     try:
         spec = registry.get_scheme(scheme)
@@ -67,7 +68,7 @@ async def presets(
     out = []
     for preset in PRESETS:
         boxes, params = preset_scene(spec, preset.name, width, height, nc)
-        out.append({"name": preset.name, "title": preset.title, "doc": preset.doc, "params": params,
+        out.append({**preset.to_dict(lang), "params": params,
                     "boxes": [{"cls": b.cls, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in boxes]})
     return Response(serialize.dumps({"presets": out}), media_type="application/json")
 

@@ -36,12 +36,12 @@ async function parse(response) {
   return body;
 }
 
-export async function getSchemes() {
-  return parse(await fetch(`${API_BASE}/schemes`));
+export async function getSchemes(lang = 'en') {
+  return parse(await fetch(`${API_BASE}/schemes?lang=${lang}`));
 }
 
-export async function getPresets(scheme, scene) {
-  const query = new URLSearchParams({ scheme, width: scene.image.width, height: scene.image.height, nc: scene.nc });
+export async function getPresets(scheme, scene, lang = 'en') {
+  const query = new URLSearchParams({ scheme, width: scene.image.width, height: scene.image.height, nc: scene.nc, lang });
   return parse(await fetch(`${API_BASE}/presets?${query}`));
 }
 
@@ -108,8 +108,8 @@ export async function compareScenes(before, after, lang = 'en') {
 }
 
 /** POST /export; returns {blob, filename, data} (data = the parsed export). */
-export async function exportTrace(scene) {
-  const response = await fetch(`${API_BASE}/export`, {
+export async function exportTrace(scene, lang = 'en') {
+  const response = await fetch(`${API_BASE}/export?lang=${lang}`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(scene),
   });
   if (!response.ok) return parse(response);

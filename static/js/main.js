@@ -56,9 +56,10 @@ function writeHash(now = false) {
   if (now) { clearTimeout(app.hashTimer); write(); } else if (!app.hashTimer) app.hashTimer = setTimeout(write, HASH_THROTTLE_MS);
 }
 
-window.addEventListener('hashchange', () => {
+window.addEventListener('hashchange', async () => {
   if (location.hash === app.lastHash) return;
   app.state = deserialize(location.hash);
+  try { await loadSchemes(app.state.lang); } catch (error) { setStatus(error.message, true); }
   syncControls();
   lessons.sync();
   update();
@@ -86,7 +87,10 @@ function update({ dragging = false, pointerTime = null } = {}) {
   const seq = mainRequests.submit({ scene, kind: dragging ? 'light' : 'full', heat: heatName() }, { pointerTime, dragging });
   probe.submittedSeq = seq;
   probe.requests.push({ seq, kind: dragging ? 'light' : 'full' });
-  if (app.state.compare) {
+  if (splitOn()) {
+    cmpView.setImage(scene.image.width, scene.image.height);
+    cmpView.renderBoxes(app.state.boxes, app.state.sel);
+  } else if (app.state.compare) {
     cmpView.setImage(scene.image.width, scene.image.height);
     cmpView.renderBoxes(app.state.boxes, app.state.sel);
     if (!dragging) {
@@ -207,7 +211,7 @@ function currentView() {
 function applyView() {
   const view = currentView();
   gridView.setView(view);
-  if (app.state.compare) cmpView.setView(view);
+  if (app.state.compare || splitOn()) cmpView.setView(view);
 }
 
 function setView(view) {
@@ -235,7 +239,9 @@ function renderFast(seq) {
   }
   syncLevelControls(r);
   const L = levelIndex();
-  gridView.renderResult(r, { spec: s, levelIndex: L, anchor: app.state.anchor, heat: heatName(), selected: app.state.sel, seq });
+  const split = splitOn() ? s.split : null;
+  gridView.renderResult(split ? branchOf(r, split, 0) : r, { spec: s, levelIndex: L, anchor: app.state.anchor, heat: heatName(), selected: app.state.sel, seq });
+  renderSplit(r, s, L);
   gridView.highlight(app.glow);
   renderAnchorStrip($('anchor-strips'), r, L, app.state.sel, app.state.anchor, (a) => { app.state.anchor = a; writeHash(true); renderFast(probe.renderedSeq); });
   $('positive-count').textContent = String(r.counts.total);
@@ -373,7 +379,7 @@ function renderRuleLegend(s) {
   for (const rule of s.rules) {
     const item = el('span', { cls: 'rule', attrs: { title: rule.doc, 'data-rule': rule.name } }, root);
     el('b', { text: rule.glyph }, item);
-    item.append(` ${rule.name}`);
+    item.append(` ${rule.label ?? rule.name}`);
   }
 }
 
@@ -383,9 +389,39 @@ function renderNotes(r) {
   for (const note of r.notes) el('li', { text: note }, root);
 }
 
+/** Whether the branches are shown side by side (the scheme declares a split and the learner asked). */
+function splitOn() {
+  return Boolean(app.state.split && spec()?.split);
+}
+
+/** The result with only the positives of the split's `index`-th value (e.g. the one-to-one branch). */
+function branchOf(result, split, index) {
+  const { column, values } = split;
+  return { ...result, positives: result.positives.filter((row) => row[column] === values[index].value) };
+}
+
+/** Branches side by side: the left grid the first value's positives, the right grid the second's,
+ * each titled with the server's count. */
+function renderSplit(r, s, L) {
+  const split = splitOn() ? s.split : null;
+  $('split-title').hidden = !split;
+  if (!split) return;
+  $('cmp-col').hidden = false;
+  $('compare-controls').hidden = true;
+  const counts = r.counts.split || [];
+  $('split-title').textContent = `${split.values[0].label} · ${counts[0]?.total ?? '–'} ${t('summary.positives')}`;
+  $('cmp-title').textContent = split.values[1].label;
+  $('cmp-positive-count').textContent = String(counts[1]?.total ?? '–');
+  $('cmp-loss-total').textContent = fmt(r.losses.total);
+  $('cmp-changed').replaceChildren();
+  cmpView.renderResult(branchOf(r, split, 1), { spec: s, levelIndex: L, anchor: app.state.anchor, heat: heatName(), selected: app.state.sel, seq: 0 });
+}
+
 function renderCompare() {
   const r = app.cmpResult;
+  if (splitOn()) return;
   $('cmp-col').hidden = !app.state.compare;
+  $('compare-controls').hidden = false;
   if (!r || !app.state.compare) return;
   const s = spec(r.scheme);
   $('cmp-title').textContent = `${s?.title ?? r.scheme} ${Object.entries(app.state.cmpParams).map(([k, v]) => `${k} ${v}`).join(', ')}`;
@@ -474,7 +510,10 @@ function syncControls() {
     $('levels-box').open = Boolean(app.state.levels) || $('levels-box').open;
   }
   $('compare-on').checked = app.state.compare;
-  $('cmp-col').hidden = !app.state.compare;
+  $('cmp-col').hidden = !app.state.compare && !splitOn();
+  $('split-row').hidden = !spec()?.split;
+  $('split-on').checked = splitOn();
+  $('split-label').textContent = spec()?.split ? `${t('split.on')} ${spec().split.values.map((v) => v.label).join(' | ')}` : '';
   fillSchemeSelect($('cmp-scheme-select'), app.state.cmpScheme, t('compare.same'));
   renderControls($('cmp-param-controls'), spec(app.state.cmpScheme || app.state.scheme), app.state.cmpParams, (name, value, { live = false } = {}) => {
     app.state.cmpParams = { ...app.state.cmpParams, [name]: value };
@@ -485,9 +524,9 @@ function syncControls() {
 
 async function loadPresets() {
   const scene = sceneOf();
-  const key = `${scene.scheme}|${scene.image.width}|${scene.image.height}|${scene.nc}`;
+  const key = `${scene.scheme}|${scene.image.width}|${scene.image.height}|${scene.nc}|${app.state.lang}`;
   if (!app.presets.has(key)) {
-    try { app.presets.set(key, (await getPresets(scene.scheme, scene)).presets); } catch { app.presets.set(key, []); }
+    try { app.presets.set(key, (await getPresets(scene.scheme, scene, app.state.lang)).presets); } catch { app.presets.set(key, []); }
   }
   const select = $('preset-select');
   select.replaceChildren();
@@ -548,7 +587,8 @@ function bindControls() {
   $('zoom-out').addEventListener('click', () => setView(geo.zoomView(currentView(), 0.66, geo.rectCentre(viewRect()), gridView.width, gridView.height)));
   $('zoom-fit').addEventListener('click', () => setView(geo.fullView(gridView.width, gridView.height)));
   $('zoom-focus').addEventListener('click', () => { app.state.view = null; applyView(); writeHash(); });
-  $('compare-on').addEventListener('change', (e) => { app.state.compare = e.target.checked; syncControls(); update(); });
+  $('compare-on').addEventListener('change', (e) => { app.state.compare = e.target.checked; if (app.state.compare) app.state.split = false; syncControls(); update(); });
+  $('split-on').addEventListener('change', (e) => { app.state.split = e.target.checked; if (app.state.split) app.state.compare = false; syncControls(); update(); });
   const step = (next) => {
     const current = $('stage-select').selectedOptions[0];
     const target = next ? current?.nextElementSibling : current?.previousElementSibling;
@@ -574,13 +614,14 @@ function bindControls() {
   $('clear-boxes').addEventListener('click', () => { app.state.boxes = []; app.state.sel = -1; app.state.pins = []; update(); });
   $('lang-switch').addEventListener('click', async () => {
     app.state.lang = app.state.lang === 'zh' ? 'en' : 'zh';
+    try { await loadSchemes(app.state.lang); } catch (error) { setStatus(error.message, true); }
     syncControls();
     await lessons.sync();
     update();
   });
   $('export-json').addEventListener('click', async () => {
     try {
-      const { blob, filename } = await exportTrace(sceneOf());
+      const { blob, filename } = await exportTrace(sceneOf(), app.state.lang);
       const url = URL.createObjectURL(blob);
       const a = el('a', { attrs: { href: url, download: filename } }, document.body);
       a.click(); a.remove();
@@ -668,20 +709,27 @@ const lessons = new Lessons({
   setState: (patch) => { Object.assign(app.state, patch); },
 });
 
+/** The schemes' declarations in the reader's language (asked once per language). */
+async function loadSchemes(lang) {
+  app.schemeText ??= {};
+  app.schemeText[lang] ??= await getSchemes(lang);
+  const body = app.schemeText[lang];
+  for (const s of body.schemes) app.schemes[s.name] = s;
+  app.sceneDefaults = body.scene_defaults;
+}
+
 async function start() {
   setLanguage(app.state.lang);
   setStatus(t('status.loading'));
   try {
-    const body = await getSchemes();
-    for (const s of body.schemes) app.schemes[s.name] = s;
-    app.sceneDefaults = body.scene_defaults;
+    await loadSchemes(app.state.lang);
   } catch (error) {
     setStatus(error.message, true);
     return;
   }
   if (!app.schemes[app.state.scheme]) app.state.scheme = Object.keys(app.schemes)[0] || '';
   if (!location.hash) {
-    const presets = (await getPresets(app.state.scheme, sceneOf())).presets;
+    const presets = (await getPresets(app.state.scheme, sceneOf(), app.state.lang)).presets;
     app.state.boxes = presets.find((p) => p.name === 'learners19')?.boxes.map((b) => ({ ...b })) ?? [];
   } else if (!location.hash.includes('welcome=')) {
     app.state.welcome = false; // a shared link opens on its scene, not on the welcome

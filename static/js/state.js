@@ -28,6 +28,7 @@ export const SCHEMA = {
   stage:      { kind: 'string', default: '', doc: 'trace stage shown in the stepper' },
   lang:       { kind: 'string', default: 'en', doc: 'en | zh' },
   compare:    { kind: 'bool', default: false, doc: 'side-by-side compare mode' },
+  split:      { kind: 'bool', default: false, doc: 'branches side by side (a scheme that declares a split, e.g. YOLOv10)' },
   cmpScheme:  { kind: 'string', default: '', doc: 'scheme of the right-hand view (empty: the same)' },
   cmpParams:  { kind: 'object', default: {}, doc: 'parameters of the right-hand view' },
   lesson:     { kind: 'string', default: '', doc: 'open lesson id (empty: free play)' },

@@ -156,3 +156,27 @@ def test_detr_queries_render_and_dragging_a_query_flips_the_matching(lab):
     assert shown[free["query"]] == 1 and shown[owner[1]] == -1
     assert "→" in lab.get_by_test_id("what-changed").inner_text() or lab.get_by_test_id("what-changed").inner_text()
     assert lab.errors == []
+
+
+def test_yolov10_branches_side_by_side_are_the_servers_two_sets(lab):
+    open_free(lab, f"scheme=yolov10&sel=0&progress=0.7&split=1&boxes={BOXES}")
+    api = api_post(lab.base, "/api/v1/explain?columns=all", scene_of(lab))
+    split = api["counts"]["split"]
+    assert [s["value"] for s in split] == [0, 1]
+    assert split[1]["total"] == len(api["scene"]["boxes"])  # one-to-one: topk2 = 1 positive per box
+    assert lab.get_by_test_id("split-title").is_visible()
+    assert f"{split[0]['total']}" in lab.get_by_test_id("split-title").inner_text()
+    assert lab.get_by_test_id("cmp-positive-count").inner_text() == str(split[1]["total"])
+
+    def cells(testid: str) -> set[tuple]:
+        got = lab.locator(f"[data-testid={testid}] [data-testid=grid-cell]").evaluate_all(
+            "els => els.map(e => [e.dataset.gt, e.dataset.level, e.dataset.gi, e.dataset.gj])")
+        return {tuple(int(v) for v in row) for row in got}
+
+    for testid, branch in (("scene", 0), ("cmp-scene", 1)):
+        want = {(p["gt"], p["level"], p["gi"], p["gj"]) for p in api["positives"] if p["branch"] == branch and p["level"] == 0}
+        assert cells(testid) == want, testid
+    lab.get_by_test_id("split-toggle").uncheck()
+    settled(lab)
+    assert not lab.get_by_test_id("split-title").is_visible()
+    assert lab.errors == []

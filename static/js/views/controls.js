@@ -1,6 +1,7 @@
 // Parameter controls built from GET /api/v1/schemes: range + number for numbers, checkbox for
 // bool, select for choice. Each has an error slot the server's 422 message can point to.
 import { fmt, el } from './format.js';
+import { t } from '../i18n.js';
 
 /**
  * @param root     container
@@ -43,7 +44,7 @@ export function renderControls(root, spec, values, onChange, prefix = '') {
       input.addEventListener('change', () => onChange(p.name, parse(input.value)));
       out.addEventListener('change', () => { const v = parse(out.value); if (Number.isFinite(v)) { input.value = v; onChange(p.name, v); } });
     }
-    if (p.doc) el('div', { cls: 'doc', text: p.doc + (p.kind !== 'bool' && p.kind !== 'choice' ? ` · default ${fmt(p.default)}` : '') }, box);
+    if (p.doc) el('div', { cls: 'doc', text: p.doc + (p.kind !== 'bool' && p.kind !== 'choice' ? ` · ${t('controls.default')} ${fmt(p.default)}` : '') }, box);
     el('div', { cls: 'error', attrs: { 'data-testid': `${prefix}error-${p.name}`, id: `${prefix}error-${p.name}` } }, box);
   }
 }

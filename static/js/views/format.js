@@ -17,6 +17,11 @@ export function fmt(value) {
   return String(Number(v.toPrecision(digits)));
 }
 
+/** A rule's name in the reader's language (the server's label), from its name key. */
+export function ruleLabel(spec, name) {
+  return spec?.rules?.find((r) => r.name === name)?.label ?? name;
+}
+
 /** A value (number, list, boolean) for the screen. */
 export function fmtValue(value) {
   if (Array.isArray(value) || ArrayBuffer.isView(value)) return `(${Array.from(value, fmtValue).join(', ')})`;

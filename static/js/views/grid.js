@@ -5,6 +5,7 @@
 // Every number drawn comes from the server's result; geometry.js places it.
 import { boxColour, paintHeat } from './colour.js';
 import { fmt, el } from './format.js';
+import { t } from '../i18n.js';
 import { decodeLevel } from '../api.js';
 import { MIN_BOX_PX, MAX_GRID_CHECKS } from '../config.js';
 import * as geo from './geometry.js';
@@ -463,7 +464,7 @@ export class GridView {
         setRect(node, geo.boxRect(p));
         Object.assign(node.dataset, { level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, gt: r.gt });
         const title = svgEl('title', {}, node);
-        title.textContent = editable ? 'drag to move this prediction (a pin); Shift-drag to resize' : 'predicted box';
+        title.textContent = editable ? t('grid.dragPin') : t('grid.predBox');
       }
     }
     this.predLayer.replaceChildren(frag);
@@ -490,7 +491,7 @@ export class GridView {
       setRect(node, geo.boxRect(q.box_px));
       Object.assign(node.dataset, { level: 0, anchor: q.query, gi: 0, gj: 0, query: q.query, matched: q.matched_gt });
       const title = svgEl('title', {}, node);
-      title.textContent = `query ${q.query}${matched ? ` → box ${q.matched_gt}` : ' (no object)'}: drag to move its box`;
+      title.textContent = `${t('grid.query')} ${q.query}${matched ? ` → #${q.matched_gt}` : ` (${t('grid.noObject')})`}: ${t('grid.dragQuery')}`;
       const label = svgEl('text', { class: 'querylabel', x: q.box_px[0], y: q.box_px[1] }, frag);
       label.textContent = `q${q.query}`;
     }
@@ -522,7 +523,7 @@ export function renderAnchorStrip(root, result, levelIndex, selected, anchorShow
   }
   const ratio = (result.checks || []).filter((c) => c.gt === selected && c.level === levelIndex && c.test === 'anchor_ratio');
   const rest = (result.checks || []).filter((c) => c.gt === selected && c.level === levelIndex && c.test !== 'anchor_ratio');
-  const all = el('button', { cls: `strip${anchorShown === -1 ? ' on' : ''}`, text: 'all anchors', attrs: { type: 'button', 'data-anchor': -1, 'data-testid': 'anchor-strip' } }, root);
+  const all = el('button', { cls: `strip${anchorShown === -1 ? ' on' : ''}`, text: t('grid.allAnchors'), attrs: { type: 'button', 'data-anchor': -1, 'data-testid': 'anchor-strip' } }, root);
   all.addEventListener('click', () => onPick(-1));
   level.anchors.forEach(([aw, ah], a) => {
     const b = el('button', { cls: `strip${anchorShown === a ? ' on' : ''}`, attrs: { type: 'button', 'data-anchor': a, 'data-testid': 'anchor-strip' } }, root);

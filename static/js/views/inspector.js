@@ -4,7 +4,7 @@
 // here: rows, checks and map values are the server's, looked up by cell.
 import { decodeLevel } from '../api.js';
 import { boxColour } from './colour.js';
-import { el, fillFormula, fmt, fmtUnit, fmtValue } from './format.js';
+import { el, fillFormula, fmt, fmtUnit, fmtValue, ruleLabel } from './format.js';
 import * as geo from './geometry.js';
 import { t } from '../i18n.js';
 
@@ -44,7 +44,7 @@ function summary(root, spec, result, levelIndex, facts) {
       const sw = el('span', { cls: 'swatch' }, part);
       sw.style.background = boxColour(r.gt);
       const anchor = level.anchors ? ` a${r.anchor}` : '';
-      part.append(`${glyphs[r.rule] ?? ''} ${t('insp.positive')} #${r.gt}${anchor} · ${r.rule}`);
+      part.append(`${glyphs[r.rule] ?? ''} ${t('insp.positive')} #${r.gt}${anchor} · ${ruleLabel(spec, r.rule)}`);
     }
   } else {
     const failed = facts.checks.filter((c) => !c.passed);
@@ -117,7 +117,7 @@ export function renderInspector(root, ctx) {
     const head = el('div', { cls: 'rowhead' }, root);
     const sw = el('span', { cls: 'swatch' }, head);
     sw.style.background = boxColour(row.gt);
-    head.append(` #${row.gt}${level.anchors ? ` · a${row.anchor}` : ''} · ${row.rule}`);
+    head.append(` #${row.gt}${level.anchors ? ` · a${row.anchor}` : ''} · ${ruleLabel(spec, row.rule)}`);
     for (const group of groups) {
       const columns = spec.columns.filter((c) => c.group === group.name && c.name in row);
       if (!columns.length) continue;
@@ -182,7 +182,7 @@ export function renderQueryInspector(root, { spec, result, query }) {
   if (pair) {
     const sw = el('span', { cls: 'swatch' }, line1);
     sw.style.background = boxColour(pair.gt);
-    line1.append(`${t('insp.matchedTo')} #${pair.gt} · ${pair.rule}`);
+    line1.append(`${t('insp.matchedTo')} #${pair.gt} · ${ruleLabel(spec, pair.rule)}`);
   } else {
     line1.textContent = t('insp.noObject');
   }

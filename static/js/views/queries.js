@@ -4,6 +4,7 @@
 import { decodeLevel } from '../api.js';
 import { boxColour, paintMatrix } from './colour.js';
 import { el, fmt } from './format.js';
+import { t } from '../i18n.js';
 import * as geo from './geometry.js';
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -78,6 +79,6 @@ export function pairSentence(result, spec, query, box) {
   const parts = ['cost_class', 'cost_bbox', 'cost_giou'].map(value);
   const weights = [p.set_cost_class, p.set_cost_bbox, p.set_cost_giou];
   const matched = result.positives.find((r) => r.query === query && r.gt === box);
-  const text = `query ${query} × box ${box}: C = ${fmt(weights[0])}·cost_class ${fmt(parts[0])} + ${fmt(weights[1])}·cost_bbox ${fmt(parts[1])} + ${fmt(weights[2])}·cost_giou ${fmt(parts[2])} = ${fmt(value('cost_total'))}`;
-  return matched ? `${text} · matched` : text;
+  const text = `${t('grid.query')} ${query} × #${box}: C = ${fmt(weights[0])}·cost_class ${fmt(parts[0])} + ${fmt(weights[1])}·cost_bbox ${fmt(parts[1])} + ${fmt(weights[2])}·cost_giou ${fmt(parts[2])} = ${fmt(value('cost_total'))}`;
+  return matched ? `${text} · ${t('grid.matched')}` : text;
 }

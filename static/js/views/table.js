@@ -1,7 +1,7 @@
 // The positives table: one row per positive, the scheme's declared columns with their units; hover
 // a row to light its cell on the grid, click to go there.
 import { boxColour } from './colour.js';
-import { el, fmtValue, shortList } from './format.js';
+import { el, fmtValue, ruleLabel, shortList } from './format.js';
 import { MAX_TABLE_ROWS } from '../config.js';
 import { t } from '../i18n.js';
 
@@ -21,7 +21,7 @@ export function renderPositivesTable(root, spec, result, { onHover, onPick } = {
     Object.assign(tr.dataset, { gt: r.gt, level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, rule: r.rule });
     for (const c of columns) {
       const value = r[c.name];
-      const text = c.name === 'level' ? (result.levels[value]?.name ?? String(value)) : shortList(value);
+      const text = c.name === 'level' ? (result.levels[value]?.name ?? String(value)) : c.name === 'rule' ? ruleLabel(spec, value) : shortList(value);
       const td = el('td', { text }, tr);
       if (c.name === 'gt') td.style.borderLeft = `4px solid ${boxColour(r.gt)}`;
       if (Array.isArray(value)) td.title = fmtValue(value);

@@ -30,7 +30,7 @@ export function renderTarget(root, { spec, result, onHover, onPick }) {
   const glyphs = Object.fromEntries(spec.rules.map((r) => [r.name, r]));
   for (const [name, n] of Object.entries(target.by_rule)) {
     const rule = glyphs[name];
-    el('span', { cls: 'rule-chip', text: `${rule?.glyph ?? ''} ${n} ${name}`, attrs: { title: rule?.doc ?? '' } }, count);
+    el('span', { cls: 'rule-chip', text: `${rule?.glyph ?? ''} ${n} ${rule?.label ?? name}`, attrs: { title: rule?.doc ?? '' } }, count);
   }
   if (target.per_level.length !== 1) {
     el('div', { cls: 'muted', text: result.levels.map((lv, i) => `${lv.name} ${target.per_level[i]}`).join(' · ') }, head);
