@@ -134,7 +134,17 @@ def verify_export(doc: Mapping[str, Any], device: str | None = None) -> VerifyRe
                 problem = f"cannot decode the recorded map ({exc})"
             if problem:
                 mismatches.append(Mismatch(f"result.maps.{name}[{level_index}]", problem))
-    for key in ("losses", "positives", "levels", "composition", "checks", "counts", "box_cells"):
+    matrices_then = result_then.get("matrices") or {}
+    for name, entry in (result_now.get("matrices") or {}).items():  # a query scheme's (Q, N) cost matrices
+        checked += 1
+        try:
+            problem = _same_tensor(decode_map(matrices_then[name]), decode_map(entry)) if name in matrices_then \
+                else "not recorded"
+        except Exception as exc:
+            problem = f"cannot decode the recorded matrix ({exc})"
+        if problem:
+            mismatches.append(Mismatch(f"result.matrices.{name}", problem))
+    for key in ("losses", "positives", "queries", "levels", "composition", "checks", "counts", "box_cells"):
         checked += 1
         then_value, now_value = plain(result_then.get(key)), plain(result_now[key])
         if key == "checks":  # the sentences format the numbers; compare the numbers and decisions

@@ -243,3 +243,21 @@ def test_run_scene_in_inference_mode_has_the_bits_of_a_plain_explain(scheme, mon
         for doc in runs:
             doc.pop("compute_ms")
         assert runs[0] == runs[1]
+
+
+def test_a_detr_export_replays_its_queries_and_cost_matrices():
+    """verify compares a query scheme's per-query rows and its (Q, N) cost matrices too."""
+    scene = Scene("detr", 640, 640, 80, (Box(0, 64, 64, 224, 224), Box(1, 384, 320, 576, 544)), device="cpu")
+    doc = json_round_trip(export.build_export(export.run_scene(scene)))
+    assert doc["result"]["queries"] and doc["result"]["matrices"]
+    assert verify.verify_export(doc).ok
+    changed = json_round_trip(doc)
+    changed["result"]["queries"][0]["pred_prob"] = 0.123456
+    report = verify.verify_export(changed)
+    assert not report.ok and [m.where for m in report.mismatches] == ["result.queries"]
+    changed = json_round_trip(doc)
+    name = next(iter(changed["result"]["matrices"]))
+    other = json_round_trip(export.build_export(export.run_scene(dataclasses.replace(scene, seed=7))))
+    changed["result"]["matrices"][name] = other["result"]["matrices"][name]
+    report = verify.verify_export(changed)
+    assert not report.ok and f"result.matrices.{name}" in [m.where for m in report.mismatches]
