@@ -31,6 +31,7 @@ log = logging.getLogger("losslab")
 
 SCENE_FIELDS = {"scheme", "image", "nc", "boxes", "params", "predictions", "device", "levels"}
 _PATH = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*):\s*(.*)$", re.S)
+_CUT_PATH = re.compile(r"^([A-Za-z_]\w*)\.(.{0,80}?)… \((\d+) characters\):\s*(.*)$", re.S)
 _SEGMENT = re.compile(r"\[(\d+)\]|\.?([A-Za-z_]\w*)")
 
 
@@ -70,6 +71,10 @@ def scene_error_loc(message: str, prefix: str = "body") -> list[str | int]:
 
 
 def _split(message: str, prefix: str) -> tuple[list[str | int], str]:
+    cut = _CUT_PATH.match(message)
+    if cut and cut.group(1) in SCENE_FIELDS:  # "params.xxxx… (900002 characters): ..." -> the excerpt in loc
+        head, name, length, rest = cut.groups()
+        return [prefix, head, name + "…"], f"{rest} (the name has {length} characters)"
     match = _PATH.match(message)
     if not match:
         head = re.match(r"^([A-Za-z_]\w*)[.\[]", message)  # "params.<a cut-off name>…: ..."

@@ -106,10 +106,14 @@ class ColumnOut(_Open):
     unit: str
     parts: list[str]
     box: str
+    default: bool
+    group: str
+    formula: str
 
 
 class RuleOut(_Open):
     name: str
+    label: str = Field(description="the rule's name in the reader's language (name is the key positives use)")
     glyph: str
     doc: str
 
@@ -138,6 +142,16 @@ class SchemeOut(_Open):
     losses: dict[str, Any] | None
     focal: dict[str, Any] | None
     phases: list[dict[str, str]]
+    anchors_px: list[list[list[float]]] | None
+    custom_levels: bool
+    pred_box: str | None
+    target_box: str | None
+    inspector: dict[str, Any]
+    kind: Literal["grid", "queries"]
+    query_columns: list[ColumnOut]
+    matrices: list[MapSpecOut]
+    target: dict[str, Any] = Field(description="the box panel's declaration (losscore.target_spec.TargetSpec)")
+    split: dict[str, Any] | None = Field(description="positives side by side by a column's value (YOLOv10's branches)")
 
 
 class LimitsOut(_Open):
@@ -146,6 +160,7 @@ class LimitsOut(_Open):
     max_image_side: int
     box_margin_frac: float
     max_head_elements: int
+    max_pins: int
 
 
 class SchemesOut(_Open):
@@ -192,6 +207,7 @@ class StageOut(_Open):
     code: str
     values: dict[str, Any]
     tensors: list[StageTensorOut]
+    cells: list[dict[str, Any]] = Field(default_factory=list, description="the cells this stage is about")
 
 
 class ResultOut(_Open):
@@ -216,6 +232,7 @@ class ResultOut(_Open):
     queries: list[dict[str, Any]] | None
     matrices: dict[str, MapLevelOut] | None
     checks: list[dict[str, Any]]
+    target: dict[str, Any] | None = Field(None, description="the selected box's panel (?target=N with checks)")
     notes: list[str]
 
 

@@ -251,36 +251,35 @@ def composition_to_dict(composition: LossComposition | None, spec: SchemeSpec, l
 
 
 def _counts(result: SceneResult, spec: SchemeSpec) -> dict[str, Any]:
-    """How many positives per level × anchor, per level, per box and rule: counted here, not in the page."""
+    """How many positives per level × anchor, per level, per box and rule: counted here, not in the page.
+    One ``bincount`` per table (a crowded scene has hundreds of boxes × rules × levels)."""
     positives = result.positives
-    gt, rule = positives["gt"].cpu(), positives["rule"].cpu()
+    gt, rule = positives["gt"].cpu().long(), positives["rule"].cpu().long()
     if spec.kind == "queries":  # matched (query, target) pairs: no levels or anchors to count by
         level = anchor = torch.zeros_like(gt)
     else:
-        level, anchor = positives["level"].cpu(), positives["anchor"].cpu()
-    per_level_anchor = []
-    for index, info in enumerate(result.levels):
-        anchors = 1 if info.anchors_px is None else int(info.anchors_px.shape[0])
-        here = anchor[level == index]
-        per_level_anchor.append(torch.bincount(here, minlength=anchors)[:anchors].tolist() if here.numel()
-                                else [0] * anchors)
+        level, anchor = positives["level"].cpu().long(), positives["anchor"].cpu().long()
+    L = len(result.levels)
+    widths = [1 if info.anchors_px is None else int(info.anchors_px.shape[0]) for info in result.levels]
+    A = max(widths, default=1)
+    table = torch.bincount(level * A + anchor, minlength=L * A)[:L * A].reshape(L, A).tolist() if gt.numel() \
+        else [[0] * A for _ in range(L)]
+    per_level_anchor = [row[:width] for row, width in zip(table, widths)]
     boxes = 0 if result.box_cells is None else int(result.box_cells.shape[0])
     boxes = max(boxes, int(gt.max()) + 1 if gt.numel() else 0, len(result.targets) if result.targets is not None else 0)
-    per_box = []
-    for index in range(boxes):
-        mine = rule[gt == index]
-        by_rule = {}
-        for r, name in enumerate(spec.rule_names):
-            n = int((mine == r).sum())
-            if n:
-                by_rule[name] = n
-        per_box.append({"gt": index, "total": int(mine.numel()), "by_rule": by_rule,
-                        "per_level": [int(((gt == index) & (level == i)).sum()) for i in range(len(result.levels))]})
+    R = len(spec.rule_names)
+    by_rule = torch.bincount(gt * R + rule, minlength=boxes * R)[:boxes * R].reshape(boxes, R).tolist() \
+        if gt.numel() else [[0] * R for _ in range(boxes)]
+    by_level = torch.bincount(gt * L + level, minlength=boxes * L)[:boxes * L].reshape(boxes, L).tolist() \
+        if gt.numel() else [[0] * L for _ in range(boxes)]
+    per_box = [{"gt": index, "total": sum(by_level[index]),
+                "by_rule": {name: n for name, n in zip(spec.rule_names, by_rule[index]) if n},
+                "per_level": by_level[index]} for index in range(boxes)]
     split = None
     if spec.split is not None and spec.split.column in positives:
         column = positives[spec.split.column].cpu()
         split = [{"value": value, "total": int((column == value).sum()),
-                  "per_level": [int(((column == value) & (level == i)).sum()) for i in range(len(result.levels))]}
+                  "per_level": torch.bincount(level[column == value], minlength=L)[:L].tolist()}
                  for value, _ in spec.split.values]
     return {"total": int(gt.numel()), "per_level": [sum(row) for row in per_level_anchor],
             "per_level_anchor": per_level_anchor, "per_box": per_box, "split": split}

@@ -89,6 +89,9 @@ def test_a_422_echoes_only_a_short_excerpt_of_a_huge_input(client):
     r = client.post("/api/v1/explain", json={**SMALL, "params": {"x" * 900_000: 1}})
     assert r.status_code == 422
     assert len(r.content) < 2000 and r.json()["detail"][0]["loc"][:2] == ["body", "params"]
+    detail = r.json()["detail"][0]  # the location said once: an excerpt of the name in loc, not again in msg
+    assert detail["loc"][2].endswith("…") and len(detail["loc"][2]) < 100 and "xxxx" not in detail["msg"]
+    assert "900002 characters" in detail["msg"]
     r = client.post("/api/v1/explain", json={**SMALL, "scheme": "y" * 900_000})
     assert r.status_code == 422 and len(r.content) < 2000
 

@@ -157,3 +157,11 @@ def test_api_target_out_of_range_is_422(client):
     assert detail["loc"] == ["query", "target"] and "4 box(es)" in detail["msg"]
     r = client.post("/api/v1/explain", params={"maps": "box.nonsense"}, json=body("yolox"))
     assert r.status_code == 422 and "box.nonsense" in r.text
+
+
+def test_box_maps_without_a_target_and_reveal_on_queries_are_422(client):
+    r = client.post("/api/v1/explain", params={"maps": "box.cost"}, json=body("yolox"))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "maps"] and "target" in r.text
+    detr = {**body("detr"), "image": {"width": 640, "height": 640}}
+    r = client.post("/api/v1/reveal", json={"scene": detr, "level": 0, "guess": [[0, 0]]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "scene", "scheme"]

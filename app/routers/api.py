@@ -94,7 +94,8 @@ async def explain(
     lanes: LanesDep,
     settings: SettingsDep,
     maps: Annotated[str | None, Query(max_length=1000, pattern=r"^[A-Za-z0-9_.,\s-]*$",
-                                      description="comma-separated map names, or 'all'")] = None,
+                                      description="comma-separated map names (box.* ones need ?target=N), "
+                                                  "or 'all' or 'none'")] = None,
     stage_data: Annotated[int, Query(ge=0, le=10_000_000,
                                      description="include a stage tensor's data when it has at most this many elements")] = 64,
     stages: Annotated[bool, Query(description="also return the trace's stage list (the page's stepper asks for it "
@@ -119,6 +120,8 @@ async def explain(
         check_filter(checks)
     except ValueError as exc:
         raise SceneError(str(exc).partition(": ")[2], ["query", "checks"]) from exc
+    if target is None and any(name.startswith("box.") for name in wanted or ()):
+        raise SceneError("box.* maps are the selected box's: name it with ?target=N", ["query", "maps"])
     if target is not None and target >= len(body.boxes):
         raise SceneError(f"no box {target}: the scene has {len(body.boxes)} box(es), numbered from 0", ["query", "target"])
     scene = body.to_scene()

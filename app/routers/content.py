@@ -129,6 +129,11 @@ class RevealOut(BaseModel):
              summary="A predicted set of positive cells against the code's: hits, misses, extras, each with why")
 async def reveal_guess(body: RevealIn, limiter: LimiterDep,
                        lang: Annotated[str, Query(pattern="^(en|zh)$")] = "en") -> Response:
+    known = registry.all_schemes()
+    if body.scene.scheme in known and known[body.scene.scheme].kind != "grid":
+        raise SceneError(f"scheme {body.scene.scheme!r} matches queries to boxes; it has no grid cells to guess",
+                         ["body", "scene", "scheme"])
+
     def work() -> bytes:
         run = serialize.run(body.scene.to_scene(), record=False)
         if body.level >= len(run.result.levels):

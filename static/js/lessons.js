@@ -116,8 +116,8 @@ export class Lessons {
     this.lastReveal = null;
     if (!keepScene && step.scene !== 'keep') await this.applyScene(lesson, step.scene);
     this.renderPanel(lesson, step, index);
-    this.showControls(step.controls);
     this.ctx.syncControls();
+    this.showControls(step.controls);
     this.setPredicting(Boolean(step.predict));
     this.ctx.update();
   }
@@ -127,7 +127,8 @@ export class Lessons {
     const s = app.state;
     s.scheme = lesson.scheme;
     s.params = { ...(scene.params || {}) };
-    s.pins = []; s.levels = null; s.view = null; s.stage = '';
+    s.pins = (scene.pins || []).map((p) => ({ ...p })); s.levels = null; s.view = null; s.stage = '';
+    s.split = Boolean(scene.split);
     s.width = scene.width ?? null; s.height = scene.height ?? null; s.nc = scene.nc ?? null;
     s.seed = scene.seed ?? null; s.progress = scene.progress ?? null;
     s.compare = Boolean(scene.compare); s.cmpScheme = scene.cmpScheme || ''; s.cmpParams = {};
@@ -162,6 +163,7 @@ export class Lessons {
 
   /** Show only the controls a step names (Playground hides what a lesson does not need). */
   showControls(names) {
+    this.shownControls = names;
     const keep = new Set(names || []);
     for (const node of document.querySelectorAll('[data-control], [data-param]')) {
       const name = node.dataset.param ? `param:${node.dataset.param}` : node.dataset.control;
@@ -171,6 +173,11 @@ export class Lessons {
       const visible = names === null || [...group.querySelectorAll('[data-control], [data-param]')].some((n) => !n.hasAttribute('data-hidden-by-lesson'));
       group.toggleAttribute('data-hidden-by-lesson', !visible);
     }
+  }
+
+  /** After the controls are rebuilt (a parameter panel re-rendered): hide again what the step hides. */
+  refreshControls() {
+    if (this.current && this.shownControls) this.showControls(this.shownControls);
   }
 
   // ---- predict, then reveal ----------------------------------------------------------------

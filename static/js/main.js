@@ -60,6 +60,7 @@ window.addEventListener('hashchange', async () => {
   if (location.hash === app.lastHash) return;
   app.state = deserialize(location.hash);
   try { await loadSchemes(app.state.lang); } catch (error) { setStatus(error.message, true); }
+  if (!app.schemes[app.state.scheme]) app.state.scheme = Object.keys(app.schemes)[0] || '';
   syncControls();
   lessons.sync();
   update();
@@ -512,6 +513,7 @@ function syncControls() {
   $('compare-on').checked = app.state.compare;
   $('cmp-col').hidden = !app.state.compare && !splitOn();
   $('split-row').hidden = !spec()?.split;
+  $('predict-mode').hidden = spec()?.kind === 'queries'; // a guess is a set of grid cells
   $('split-on').checked = splitOn();
   $('split-label').textContent = spec()?.split ? `${t('split.on')} ${spec().split.values.map((v) => v.label).join(' | ')}` : '';
   fillSchemeSelect($('cmp-scheme-select'), app.state.cmpScheme, t('compare.same'));
@@ -519,6 +521,7 @@ function syncControls() {
     app.state.cmpParams = { ...app.state.cmpParams, [name]: value };
     update({ dragging: live });
   }, 'cmp-');
+  lessons.refreshControls(); // a lesson step keeps hiding what it hides after the panel is rebuilt
   loadPresets();
 }
 

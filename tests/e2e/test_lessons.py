@@ -144,3 +144,24 @@ def test_a_returning_visitor_can_continue_and_a_lesson_step_is_a_link(lab):
         assert "Step 2" in other.get_by_test_id("lesson").inner_text()
     finally:
         other.close()
+
+
+def test_a_lesson_step_shows_only_the_parameters_it_names(lab):
+    """TAL step 3 names alpha and topk: the other parameters stay hidden after the panel is rebuilt."""
+    lab.goto(f"{lab.base}/#welcome=1")
+    lab.wait_for_selector("body[data-ready='1']")
+    settled(lab)
+    lab.locator("[data-testid=lesson-link][data-lesson='tal']").click()
+    for _ in range(2):
+        settled(lab)
+        lab.get_by_test_id("lesson-next").click()
+    settled(lab)
+    visible = lab.locator("#param-controls [data-param]").evaluate_all(
+        "els => els.filter(e => e.offsetParent !== null).map(e => e.dataset.param)")
+    assert sorted(visible) == ["alpha", "topk"]
+    lab.get_by_test_id("lang-switch").click()  # a rebuild of the panel keeps them hidden
+    settled(lab)
+    visible = lab.locator("#param-controls [data-param]").evaluate_all(
+        "els => els.filter(e => e.offsetParent !== null).map(e => e.dataset.param)")
+    assert sorted(visible) == ["alpha", "topk"]
+    assert lab.errors == []
