@@ -271,9 +271,11 @@ class SplitSpec:
 
     column: str
     values: tuple[tuple[int, str], ...]  # (value, label), in the order shown, left to right
+    maps: tuple[tuple[str, str], ...] = ()  # (a heat map, its counterpart for the second value's grid)
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
-        return {"column": self.column, "values": [{"value": v, "label": _r(label, lang)} for v, label in self.values]}
+        return {"column": self.column, "values": [{"value": v, "label": _r(label, lang)} for v, label in self.values],
+                "maps": [list(pair) for pair in self.maps]}
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ function update({ dragging = false, pointerTime = null } = {}) {
     gridView.renderBoxes(app.state.boxes, app.state.sel);
     applyView();
   }
-  const seq = mainRequests.submit({ scene, kind: dragging ? 'light' : 'full', heat: heatName() }, { pointerTime, dragging });
+  const seq = mainRequests.submit({ scene, kind: dragging ? 'light' : 'full', heat: heatRequest() }, { pointerTime, dragging });
   probe.submittedSeq = seq;
   probe.requests.push({ seq, kind: dragging ? 'light' : 'full' });
   if (splitOn()) {
@@ -132,6 +132,7 @@ async function whatChanged(scene) {
   const before = app.lastFullScene;
   app.lastFullScene = scene;
   if (!before || JSON.stringify(before) === JSON.stringify(scene)) return;
+  if (before.scheme !== scene.scheme) { $('what-changed').replaceChildren(); return; } // a new scheme: nothing to compare
   try {
     const change = await compareScenes(before, scene, app.state.lang);
     if (app.lastFullScene !== scene) return; // a newer gesture ended meanwhile
@@ -390,6 +391,17 @@ function renderNotes(r) {
   for (const note of r.notes) el('li', { text: note }, root);
 }
 
+/** The right grid's heat layer when the branches are side by side: the shown map's counterpart (fg -> fg_o2o). */
+function splitHeat() {
+  const pair = (spec()?.split?.maps || []).find(([left]) => left === heatName());
+  return pair ? pair[1] : heatName();
+}
+
+/** The maps a light request asks for: the heat layer, and its counterpart when the branches are side by side. */
+function heatRequest() {
+  return splitOn() && splitHeat() !== heatName() ? `${heatName()},${splitHeat()}` : heatName();
+}
+
 /** Whether the branches are shown side by side (the scheme declares a split and the learner asked). */
 function splitOn() {
   return Boolean(app.state.split && spec()?.split);
@@ -415,7 +427,7 @@ function renderSplit(r, s, L) {
   $('cmp-positive-count').textContent = String(counts[1]?.total ?? '–');
   $('cmp-loss-total').textContent = fmt(r.losses.total);
   $('cmp-changed').replaceChildren();
-  cmpView.renderResult(branchOf(r, split, 1), { spec: s, levelIndex: L, anchor: app.state.anchor, heat: heatName(), selected: app.state.sel, seq: 0 });
+  cmpView.renderResult(branchOf(r, split, 1), { spec: s, levelIndex: L, anchor: app.state.anchor, heat: splitHeat(), selected: app.state.sel, seq: 0 });
 }
 
 function renderCompare() {
