@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from losscore.text import LANGUAGES, error_message
+from losscore.text import LANGUAGES, T, Text, error_message, render
 
 log = logging.getLogger("losslab")
 
@@ -48,9 +48,10 @@ class SceneError(Exception):
 
     def message_in(self, lang: str) -> str:
         """The message in ``lang`` (the location stays the English field path)."""
-        if self.source is None or lang == "en":
-            return self.message
-        return _split(error_message(self.source, lang), self.prefix)[1]
+        part = self.message
+        if self.source is not None and lang != "en":
+            part = _split(error_message(self.source, lang), self.prefix)[1]
+        return render(part, lang) if isinstance(part, Text) else str(part)
 
 
 def request_lang(request: Request) -> str:
@@ -74,7 +75,7 @@ def _split(message: str, prefix: str) -> tuple[list[str | int], str]:
     cut = _CUT_PATH.match(message)
     if cut and cut.group(1) in SCENE_FIELDS:  # "params.xxxx… (900002 characters): ..." -> the excerpt in loc
         head, name, length, rest = cut.groups()
-        return [prefix, head, name + "…"], f"{rest} (the name has {length} characters)"
+        return [prefix, head, name + "…"], T("{rest} (the name has {length} characters)", rest=rest, length=int(length))
     match = _PATH.match(message)
     if not match:
         head = re.match(r"^([A-Za-z_]\w*)[.\[]", message)  # "params.<a cut-off name>…: ..."

@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from losscore import registry, wire
 from losscore.export import check_filter
 from losscore.mmdet import focal_curve as mmdet_focal_curve
+from losscore.text import T
 from losscore.scene import (BOX_MARGIN_FRAC, MAX_BOXES, MAX_HEAD_ELEMENTS, MAX_IMAGE_SIDE, MAX_NC, MAX_PINS,
                             SchemeSpec)
 
@@ -53,7 +54,8 @@ def parse_maps(spec: SchemeSpec, maps: str | None) -> list[str] | None:
     known = [m.name for m in spec.maps] + [m.name for m in spec.target.maps]  # box.*: the selected box's (?target=)
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise SceneError(f"unknown map(s) {unknown[:5]} for scheme {spec.name!r}; known: {known} or 'all'",
+        raise SceneError(T("unknown map(s) {unknown} for scheme {scheme}; known: {known} or 'all'", unknown=unknown[:5],
+                           scheme=repr(spec.name), known=known),
                          ["query", "maps"])
     return names
 
@@ -69,7 +71,8 @@ def parse_columns(spec: SchemeSpec, columns: str | None) -> list[str]:
     known = [c.name for c in spec.columns]
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise SceneError(f"unknown column(s) {unknown[:5]} for scheme {spec.name!r}; known: {known}",
+        raise SceneError(T("unknown column(s) {unknown} for scheme {scheme}; known: {known}", unknown=unknown[:5],
+                           scheme=repr(spec.name), known=known),
                          ["query", "columns"])
     return names
 
@@ -119,11 +122,12 @@ async def explain(
     try:
         check_filter(checks)
     except ValueError as exc:
-        raise SceneError(str(exc).partition(": ")[2], ["query", "checks"]) from exc
+        raise SceneError(T("{got} is not box:N or cell:L:gi:gj", got=repr(checks.strip()[:40])), ["query", "checks"]) from exc
     if target is None and any(name.startswith("box.") for name in wanted or ()):
-        raise SceneError("box.* maps are the selected box's: name it with ?target=N", ["query", "maps"])
+        raise SceneError(T("box.* maps are the selected box's: name it with ?target=N"), ["query", "maps"])
     if target is not None and target >= len(body.boxes):
-        raise SceneError(f"no box {target}: the scene has {len(body.boxes)} box(es), numbered from 0", ["query", "target"])
+        raise SceneError(T("no box {target}: the scene has {n} box(es), numbered from 0", target=target, n=len(body.boxes)),
+                         ["query", "target"])
     scene = body.to_scene()
     # torch work and encoding run in the scene's lane (app.compute): light scenes never wait behind heavy ones.
     # A request that may answer hundreds of megabytes (much stage data) takes a stream slot first, so the

@@ -16,7 +16,7 @@ from losscore import registry
 from losscore.diff import changed_cells, diff_results, reveal
 from losscore.lessons import lesson, lessons
 from losscore.presets import PRESETS, preset_scene
-from losscore.text import render
+from losscore.text import T, render
 
 from .. import serialize
 from ..dependencies import LimiterDep
@@ -131,13 +131,15 @@ async def reveal_guess(body: RevealIn, limiter: LimiterDep,
                        lang: Annotated[str, Query(pattern="^(en|zh)$")] = "en") -> Response:
     known = registry.all_schemes()
     if body.scene.scheme in known and known[body.scene.scheme].kind != "grid":
-        raise SceneError(f"scheme {body.scene.scheme!r} matches queries to boxes; it has no grid cells to guess",
+        raise SceneError(T("scheme {scheme} matches queries to boxes; it has no grid cells to guess",
+                           scheme=repr(body.scene.scheme)),
                          ["body", "scene", "scheme"])
 
     def work() -> bytes:
         run = serialize.run(body.scene.to_scene(), record=False)
         if body.level >= len(run.result.levels):
-            raise SceneError(f"{body.level} is not a level of this scene (it has {len(run.result.levels)})",
+            raise SceneError(T("{level} is not a level of this scene (it has {n})", level=body.level,
+                               n=len(run.result.levels)),
                              ["body", "level"])
         spec = registry.get_scheme(run.scene.scheme)
         docs = {r.name: render(r.doc, lang) for r in spec.rules}
