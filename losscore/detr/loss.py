@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..text import T
 from ..trace import Trace
 from .box_ops import _giou_terms, box_cxcywh_to_xyxy, check_boxes
 from .matcher import HungarianMatcher, Match, Target
@@ -117,10 +118,10 @@ def _loss_labels(pred_logits: Tensor, pairs: _Pairs, num_classes: int, eos_coef:
         with trace.scope(phase):
             trace.record(
                 "labels", "Classification loss",
-                f"every query gets a class target: its matched target's label, else no-object "
-                f"({num_classes}); loss_ce = sum(w * -log softmax[target]) / sum(w), with w = 1 for "
-                f"classes and eos_coef = {eos_coef} for no-object: the denominator is #matched + "
-                f"eos_coef * #unmatched, not num_boxes",
+                T("every query gets a class target: its matched target's label, else no-object "
+                  "({num_classes}); loss_ce = sum(w * -log softmax[target]) / sum(w), with w = 1 for "
+                  "classes and eos_coef = {eos_coef} for no-object: the denominator is #matched + "
+                  "eos_coef * #unmatched, not num_boxes", num_classes=num_classes, eos_coef=eos_coef),
                 code=f"{CRITERION_CODE}.loss_labels",
                 tensors={"target_class": (target_classes, "B Q"), "weight": (weight, "B Q"),
                          "nll": (nll, "B Q"), "pair_image": (pairs.image, "P"), "pair_query": (pairs.query, "P"),

@@ -23,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ..text import T
 from ..trace import Trace
 from .box_ops import _giou_terms, box_cxcywh_to_xyxy, check_boxes
 
@@ -181,9 +182,10 @@ def matching_cost(pred_logits: Tensor, pred_boxes: Tensor, targets: Sequence[Tar
         with trace.scope(phase):
             trace.record(
                 "cost_total", "Weighted cost",
-                f"C = {cost_bbox} * cost_bbox + {cost_class} * cost_class + {cost_giou} * cost_giou, "
-                "per image over its own targets (upstream computes every query against every target "
-                "of the batch and keeps the diagonal blocks; the other entries never matter)",
+                T("C = {cost_bbox} * cost_bbox + {cost_class} * cost_class + {cost_giou} * cost_giou, "
+                  "per image over its own targets (upstream computes every query against every target "
+                  "of the batch and keeps the diagonal blocks; the other entries never matter)",
+                  cost_bbox=cost_bbox, cost_class=cost_class, cost_giou=cost_giou),
                 code=f"{MATCHER_CODE} (C)",
                 tensors={"C": (_side_by_side(C, sizes), "Q N")},
                 values={"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou})

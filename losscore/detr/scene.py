@@ -25,7 +25,7 @@ from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossCompositio
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, StageCell,
                      resolve_device)
 from ..target_spec import TargetColumn as Col, TargetSpec, TargetTable
-from ..text import T
+from ..text import T, TextError
 from ..trace import Trace
 from .box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from .loss import build_weight_dict, set_criterion, weighted_total
@@ -183,8 +183,8 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     nc, Q = scene.nc, int(scene.param("num_queries"))
     weights = {name: float(scene.param(name)) for name in ("set_cost_class", "set_cost_bbox", "set_cost_giou")}
     if not any(weights.values()):
-        raise ValueError("params.set_cost_class: set_cost_class, set_cost_bbox and set_cost_giou are all 0; upstream's "
-                         "HungarianMatcher refuses that (AssertionError 'all costs cant be 0')")
+        raise TextError("params.set_cost_class", "set_cost_class, set_cost_bbox and set_cost_giou are all 0; upstream's "
+                        "HungarianMatcher refuses that (AssertionError 'all costs cant be 0')")
     labels, boxes, xyxy = detr_inputs(scene, device)
     notes: list = []
     generator = torch.Generator().manual_seed(scene.seed)

@@ -49,6 +49,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from ..text import T
 from ..trace import Trace
 from .overlaps import bbox_overlaps, check_iou_calculator
 from .result import INF, AssignResult
@@ -188,9 +189,10 @@ def atss_assign(priors: Tensor, num_level_priors: Sequence[int], gt_bboxes: Tens
         if trace is not None:
             idx = ignored.nonzero().squeeze(1)
             trace.record("atss.ignore", "Priors inside ignore regions",
-                         "a prior whose largest IoF (intersection over the PRIOR's area) with an ignore "
-                         f"box exceeds {ignore_iof_thr} is ignored: gt_inds -1 and centre distance 1e8 "
-                         "to every target, so it is only a candidate on a level with <= topk priors",
+                         T("a prior whose largest IoF (intersection over the PRIOR's area) with an ignore "
+                           "box exceeds {ignore_iof_thr} is ignored: gt_inds -1 and centre distance 1e8 "
+                           "to every target, so it is only a candidate on a level with <= topk priors",
+                           ignore_iof_thr=ignore_iof_thr),
                          code=ATSS_CODE, tensors={"prior": (idx, "I"), "iof": (ignore_max[idx], "I")},
                          values={"ignore_iof_thr": ignore_iof_thr, "num_ignored": int(idx.numel())})
 
@@ -216,9 +218,9 @@ def atss_assign(priors: Tensor, num_level_priors: Sequence[int], gt_bboxes: Tens
         per_level.append(k)
         if trace is not None:
             with trace.scope("atss"), trace.scope(name):
-                trace.record("candidates", f"{k} nearest priors per target",
-                             f"on this level ({count} priors) each target takes the {k} priors whose "
-                             "centres are nearest its centre (Euclidean distance in pixels)",
+                trace.record("candidates", T("{k} nearest priors per target", k=k),
+                             T("on this level ({count} priors) each target takes the {k} priors whose "
+                               "centres are nearest its centre (Euclidean distance in pixels)", count=count, k=k),
                              code=f"{ATSS_CODE} (candidate_idxs)",
                              tensors={"prior": (top_idx, "K M"), "distance": (top_dist, "K M")},
                              values={"topk": topk, "k": k, "num_priors": count, "first_prior": start})
@@ -242,8 +244,8 @@ def atss_assign(priors: Tensor, num_level_priors: Sequence[int], gt_bboxes: Tens
             tensors["pred_iou"] = (pred_iou[candidate_idxs, gt_cols], "K M")
         trace.record("atss.overlaps", "Overlaps of the candidates",
                      "IoU of each candidate anchor with its target (inter / max(union, 1e-6))" if alpha is None
-                     else f"DDOD cost sigmoid(score of the target class)^{1 - alpha:g} * "
-                          f"IoU(predicted box, target)^{alpha:g} of each candidate",
+                     else T("DDOD cost sigmoid(score of the target class)^{beta:g} * "
+                            "IoU(predicted box, target)^{alpha:g} of each candidate", beta=1 - alpha, alpha=alpha),
                      code=f"{ATSS_CODE} (candidate_overlaps)", tensors=tensors,
                      values={"num_candidates_per_level": per_level, "K": K, "alpha": alpha})
 
@@ -255,9 +257,9 @@ def atss_assign(priors: Tensor, num_level_priors: Sequence[int], gt_bboxes: Tens
     if trace is not None:
         best = candidate_overlaps.max(0).values
         trace.record("atss.threshold", "Adaptive IoU threshold",
-                     f"threshold = mean + std of the K = {K} candidate overlaps (std with divisor K - 1: "
-                     "NaN for K = 1); a candidate passes when overlap >= threshold. When the threshold "
-                     "is above the best candidate, no candidate passes and the target gets no positive",
+                     T("threshold = mean + std of the K = {K} candidate overlaps (std with divisor K - 1: "
+                       "NaN for K = 1); a candidate passes when overlap >= threshold. When the threshold "
+                       "is above the best candidate, no candidate passes and the target gets no positive", K=K),
                      code=f"{ATSS_CODE} (overlaps_thr_per_gt)",
                      tensors={"mean": (iou_mean, "M"), "std": (iou_std, "M"), "threshold": (iou_thr, "M"),
                               "best_candidate": (best, "M"), "threshold_above_all": (~iou_ge_thr.any(0), "M"),

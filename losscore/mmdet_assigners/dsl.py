@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..text import T
 from ..trace import Trace
 from .overlaps import bbox_overlaps, check_iou_calculator
 from .result import INF, AssignResult
@@ -244,9 +245,10 @@ def dsl_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_bbox
     soft_center_prior = torch.pow(10, distance - soft_center_radius)  # (V, M) same layout as upstream
     if trace is not None:
         trace.record("dsl.centre_prior", "Soft centre prior",
-                     f"cost 10^(d - {soft_center_radius:g}) with d the distance from the prior point to the "
-                     "target centre in strides (divided by stride_w): 0.001 at the centre with radius 3, "
-                     "x10 per stride; it overflows to inf in float32 about 41.5 strides away",
+                     T("cost 10^(d - {soft_center_radius:g}) with d the distance from the prior point to the "
+                       "target centre in strides (divided by stride_w): 0.001 at the centre with radius 3, "
+                       "x10 per stride; it overflows to inf in float32 about 41.5 strides away",
+                       soft_center_radius=soft_center_radius),
                      code=f"{DSL_CODE}.assign (soft_center_prior)",
                      tensors={"distance": (distance, "V M"), "soft_center_prior": (soft_center_prior, "V M")},
                      values={"soft_center_radius": soft_center_radius,
@@ -257,8 +259,9 @@ def dsl_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_bbox
     iou_cost = -torch.log(pairwise_ious + EPS) * iou_weight
     if trace is not None:
         trace.record("dsl.iou_cost", "IoU cost",
-                     f"-ln(IoU + 1e-7) * {iou_weight:g} of each valid prior's predicted box with each target: "
-                     f"0 for a perfect box, {-math.log(EPS) * iou_weight:.2f} for no overlap",
+                     T("-ln(IoU + 1e-7) * {iou_weight:g} of each valid prior's predicted box with each target: "
+                       "0 for a perfect box, {no_overlap:.2f} for no overlap", iou_weight=iou_weight,
+                       no_overlap=-math.log(EPS) * iou_weight),
                      code=f"{DSL_CODE}.assign (iou_cost)",
                      tensors={"iou": (pairwise_ious, "V M"), "iou_cost": (iou_cost, "V M")},
                      values={"iou_weight": iou_weight, "eps": EPS})
@@ -284,8 +287,8 @@ def dsl_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_bbox
     dynamic_ks = torch.clamp(topk_iou_sum.int(), min=1)  # (M,) int32
     if trace is not None:
         trace.record("dsl.dynamic_k", "Dynamic k",
-                     f"k = int(sum of the {candidate_topk} largest IoUs of the target over ALL valid priors), "
-                     "truncated, at least 1: well-predicted targets get more positives",
+                     T("k = int(sum of the {candidate_topk} largest IoUs of the target over ALL valid priors), "
+                       "truncated, at least 1: well-predicted targets get more positives", candidate_topk=candidate_topk),
                      code=f"{DSL_CODE}.dynamic_k_matching",
                      tensors={"topk_ious": (topk_ious, "K M"), "topk_iou_sum": (topk_iou_sum, "M"),
                               "dynamic_k": (dynamic_ks, "M")},

@@ -49,7 +49,7 @@ from ..scene import (Check, ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, Los
                      LossTerm, LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, resolve_device)
 from ..target_spec import TargetColumn as Col, TargetFact, TargetHistogram, TargetMap, TargetSpec, TargetTable
-from ..text import T
+from ..text import T, join
 from ..trace import Trace
 from .atss import ATSSAssignResult, atss_assign
 from .dsl import DSLAssignResult, dsl_assign
@@ -1376,7 +1376,7 @@ def _rtmdet_notes(scene: Scene, grid: Grid, targets: Targets, assign: DSLAssignR
         ks = d.dynamic_ks.tolist()
         notes.append(T("Dynamic k per box (int of the sum of its {topk} largest IoUs, truncated, at least 1): {ks}.",
                        topk=min(int(scene.param("topk")), d.valid_indices.numel()),
-                       ks=", ".join(f"box {b}: {k}" for b, k in zip(targets.box_index, ks))))
+                       ks=join([T("box {b}: {k}", b=b, k=k) for b, k in zip(targets.box_index, ks)])))
         outside = int((~positives["inside_own_gt"]).sum())
         if outside:
             notes.append(T("{n} positive(s) lie outside their own box: every box ranks ALL valid points (inside any "

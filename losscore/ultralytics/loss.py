@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..text import T, Text
 from ..trace import Stage, Trace
 from ..yolov9.loss import df_loss, preprocess_targets
 from .metrics import bbox_iou
@@ -269,8 +270,8 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
     if trace is not None:
         trace.record(
             "inputs.anchors", "Anchor points",
-            f"one anchor per cell centre ((i + 0.5) * stride px), level by level, no anchor boxes: {A} anchors; "
-            f"the image size is the first level's grid times its stride",
+            T("one anchor per cell centre ((i + 0.5) * stride px), level by level, no anchor boxes: {A} anchors; "
+              "the image size is the first level's grid times its stride", A=A),
             code=f"{LOSS_CODE} v8DetectionLoss.get_assigned_targets_and_loss (make_anchors)",
             tensors={"anchor_points": (anchor_points, "A 2"), "stride": (stride_tensor, "A 1"), "imgsz": (imgsz, "2")},
             values={"strides": [float(s) for s in strides], "grid_cell_offset": 0.5, "reg_max": reg_max, "nc": C})
@@ -305,10 +306,12 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
         bce_pos = bce[fg_batch, fg_anchor, fg_label]
         trace.record(
             "loss.cls", "Class loss",
-            "BCE-with-logits of every anchor's class logits against the target scores (0 except each "
-            "positive's own class, which gets its normalised score)"
-            + (", times the class weights" if class_weights is not None else "")
-            + ", summed and divided by max(sum of target scores, 1); no focal loss, no label smoothing",
+            T("BCE-with-logits of every anchor's class logits against the target scores (0 except each "
+              "positive's own class, which gets its normalised score), times the class weights, summed and divided "
+              "by max(sum of target scores, 1); no focal loss, no label smoothing" if class_weights is not None else
+              "BCE-with-logits of every anchor's class logits against the target scores (0 except each "
+              "positive's own class, which gets its normalised score), summed and divided by max(sum of target "
+              "scores, 1); no focal loss, no label smoothing"),
             code=f"{LOSS_CODE} v8DetectionLoss.get_assigned_targets_and_loss (bce)",
             tensors={"cls_logit": (pred_scores[fg_batch, fg_anchor, fg_label], "P"),
                      "target_score": (target_scores[fg_batch, fg_anchor, fg_label], "P"),
@@ -337,10 +340,10 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
             left = terms.target_ltrb.long()
             trace.record(
                 "loss.dfl", "Distribution focal loss",
-                f"per positive and side: softmax over {reg_max} bins; the target distance d (clamped to "
-                f"[0, {reg_max - 1} - 0.01]) is split over bins floor(d) and floor(d)+1 with weights "
-                "floor(d)+1-d and d-floor(d); loss = weighted cross-entropy at both bins, mean over the "
-                "sides, times the target score",
+                T("per positive and side: softmax over {reg_max} bins; the target distance d (clamped to "
+                  "[0, {last} - 0.01]) is split over bins floor(d) and floor(d)+1 with weights "
+                  "floor(d)+1-d and d-floor(d); loss = weighted cross-entropy at both bins, mean over the "
+                  "sides, times the target score", reg_max=reg_max, last=reg_max - 1),
                 code=f"{LOSS_CODE} DFLoss",
                 tensors={"pred_ltrb": (pred_dist[fg_batch, fg_anchor], "P 4"),
                          "target_ltrb": (terms.target_ltrb, "P 4"), "bin_left": (left, "P 4"),
@@ -363,9 +366,9 @@ def detection_loss(preds: Any, batch: Any, *, nc: int, reg_max: int = 16, stride
     if trace is not None:
         trace.record(
             "loss.total", "Gains and batch size",
-            f"[box, cls, {loss_names[2][:-5]}] times the gains ({gains['box']:g}, {gains['cls']:g}, "
-            f"{gains['dfl']:g}) from the model's args, then times the batch size {B}; training "
-            "back-propagates the sum",
+            T("[box, cls, {third}] times the gains ({box:g}, {cls:g}, {dfl:g}) from the model's args, then times "
+              "the batch size {B}; training back-propagates the sum", third=loss_names[2][:-5], box=gains["box"],
+              cls=gains["cls"], dfl=gains["dfl"], B=B),
             code=f"{LOSS_CODE} v8DetectionLoss.loss",
             tensors={"raw": (torch.stack(raw), "3"), "items": (items, "3"), "loss": (loss, "3"),
                      "total": loss.sum()},
@@ -420,7 +423,9 @@ def _branch(loss_fn: v8DetectionLoss, preds: Any, batch: Any, trace: Trace | Non
     own = Trace()
     out = loss_fn.breakdown(preds, batch, own, shared=shared)
     for stage in own:
-        name, title = f"{prefix}_{stage.name}", f"{stage.title} ({prefix})"
+        name = f"{prefix}_{stage.name}"
+        title = T("{title} ({branch})", title=stage.title if isinstance(stage.title, Text) else Text(stage.title),
+                  branch=prefix)
         if not trace._prefix and trace._level is None:  # no scope open: the branch's snapshots move as they are
             trace.stages.append(Stage(name, title, stage.explain, stage.tensors, stage.code, stage.values))
         else:
@@ -528,9 +533,10 @@ class E2ELoss:
         items = dict(zip(self.one2one.loss_names, one2one.items))
         if trace is not None:
             _record_weights(trace, one2many, one2one, self.o2m, self.o2o, loss,
-                            f"YOLO26 E2ELoss: loss = one-to-many * {self.o2m:.4g} + one-to-one * {self.o2o:.4g} "
-                            f"(after {self.updates} of {self.epochs} epochs the one-to-many weight has fallen from "
-                            "0.8 towards 0.1); the reported items are the one-to-one branch's, unweighted",
+                            T("YOLO26 E2ELoss: loss = one-to-many * {o2m:.4g} + one-to-one * {o2o:.4g} "
+                              "(after {updates} of {epochs} epochs the one-to-many weight has fallen from "
+                              "0.8 towards 0.1); the reported items are the one-to-one branch's, unweighted",
+                              o2m=self.o2m, o2o=self.o2o, updates=self.updates, epochs=self.epochs),
                             f"{LOSS_CODE} E2ELoss.__call__, E2ELoss.decay")
         return E2EBreakdown(loss, items, one2many, one2one, self.o2m, self.o2o)
 

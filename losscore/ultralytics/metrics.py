@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..text import T
 from ..trace import Trace
 
 __all__ = ["bbox_iou", "ciou_terms", "METRICS_CODE"]
@@ -77,7 +78,7 @@ def bbox_iou(box1: Tensor, box2: Tensor, xywh: bool = True, GIoU: bool = False, 
     if trace is not None:
         terms = ciou_terms(box1, box2, xywh, eps)
         trace.record(
-            "iou.terms", f"{kind} of the box pairs",
+            "iou.terms", T("{kind} of the box pairs", kind=kind),
             "IoU = inter/union (xyxy heights carry +eps); GIoU subtracts the empty share of the enclosing "
             "box; DIoU subtracts rho²/c² (centre distance over enclosing diagonal); CIoU also subtracts "
             "v·alpha with alpha = v / (1 - iou + v + eps) taken without gradient",

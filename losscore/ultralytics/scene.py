@@ -31,9 +31,9 @@ from torch import Tensor
 from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
-                     StageCell, boxes_to_targets, resolve_device)
+                     SplitSpec, StageCell, boxes_to_targets, resolve_device)
 from ..target_spec import TargetColumn as Col, TargetFact, TargetMap, TargetSpec, TargetTable
-from ..text import T, Text
+from ..text import T, Text, TextError, join
 from ..trace import Trace
 from .loss import DEFAULT_HYP, DetectionLoss, E2ELoss, detection_loss
 from .tal import enlarge_small_boxes, stride_value
@@ -47,7 +47,7 @@ CLASS_ON, CLASS_OFF, BIN_OFF = 8.0, -8.0, -20.0
 RAW_DISTANCE_OFF = 1.0  # reg_max 1 background: 1 cell per side
 UPSTREAM = "ultralytics 8.4.190 ultralytics/utils/tal.py, ultralytics/utils/loss.py, ultralytics/utils/metrics.py"
 BRANCHES = ("o2m", "o2o")
-BRANCH_WORDS = {"": "", "o2m": "one-to-many", "o2o": "one-to-one"}
+BRANCH_WORDS = {"o2m": T("one-to-many"), "o2o": T("one-to-one")}
 
 
 class Variant(NamedTuple):
@@ -62,12 +62,13 @@ VARIANTS = {"yolov8": Variant("yolov8", 16, False), "yolov10": Variant("yolov10"
 
 # -- declarations --------------------------------------------------------------------------------
 def _gain_params(reg_max: int) -> tuple[ParamSpec, ...]:
-    third = ("gain of the DFL term" if reg_max > 1 else
-             "gain of the L1 side-distance term (reg_max 1 has no DFL; upstream still reads args.dfl)")
     return (
         ParamSpec("box", DEFAULT_HYP["box"], 0.0, 20.0, 0.1, doc="gain of the CIoU box term", upstream="args.box"),
         ParamSpec("cls", DEFAULT_HYP["cls"], 0.0, 10.0, 0.05, doc="gain of the class BCE term", upstream="args.cls"),
-        ParamSpec("dfl", DEFAULT_HYP["dfl"], 0.0, 10.0, 0.1, doc=third, upstream="args.dfl"),
+        ParamSpec("dfl", DEFAULT_HYP["dfl"], 0.0, 10.0, 0.1,
+                  doc="gain of the DFL term" if reg_max > 1 else
+                  "gain of the L1 side-distance term (reg_max 1 has no DFL; upstream still reads args.dfl)",
+                  upstream="args.dfl"),
     )
 
 
@@ -111,24 +112,31 @@ def _e2e_params(reg_max: int) -> tuple[ParamSpec, ...]:
 
 XYXY = ("x1", "y1", "x2", "y2")
 LTRB = ("l", "t", "r", "b")
-TAL_RULES = (
-    ("top-k", "in its target's top-k by t = s^α·u^β, inside the real box, claimed by no other target"),
-    ("top-k (conflict won)", "in the top-k of several targets; this target has the largest overlap u there"),
-    ("conflict won (outside own top-k)", "in another target's top-k, but this target has the largest overlap u "
-                                         "there over all targets (select_highest_overlaps)"),
-    ("top-k (enlarged box)", "in its target's top-k, but outside the real box: only the small-object "
-                             "enlargement made it a candidate"),
+TAL_RULE_DOCS = (
+    T("in its target's top-k by t = s^α·u^β, inside the real box, claimed by no other target"),
+    T("in the top-k of several targets; this target has the largest overlap u there"),
+    T("in another target's top-k, but this target has the largest overlap u there over all targets "
+      "(select_highest_overlaps)"),
+    T("in its target's top-k, but outside the real box: only the small-object enlargement made it a candidate"),
 )
-RULES_V8 = tuple(RuleSpec(name, glyph, doc) for (name, doc), glyph in zip(TAL_RULES, "K▲◆□"))
+# a rule's name is a key (positives, counts) and its label's catalogue entry: each written out
+RULES_V8 = tuple(RuleSpec(name, glyph, doc) for name, glyph, doc in zip(
+    ("top-k", "top-k (conflict won)", "conflict won (outside own top-k)", "top-k (enlarged box)"), "K▲◆□",
+    TAL_RULE_DOCS))
 RULES_E2E = tuple(
-    RuleSpec(f"{BRANCH_WORDS[branch]} {name}", glyph, f"{BRANCH_WORDS[branch]} branch: {doc}")
-    for branch, glyphs in (("o2m", "▲△▷◁"), ("o2o", "●○◆◎"))
-    for (name, doc), glyph in zip(TAL_RULES, glyphs))
+    RuleSpec(name, glyph, T("{branch} branch: {doc}", branch=BRANCH_WORDS[branch], doc=doc))
+    for branch, names, glyphs in (
+        ("o2m", ("one-to-many top-k", "one-to-many top-k (conflict won)",
+                 "one-to-many conflict won (outside own top-k)", "one-to-many top-k (enlarged box)"), "▲△▷◁"),
+        ("o2o", ("one-to-one top-k", "one-to-one top-k (conflict won)", "one-to-one conflict won (outside own top-k)",
+                 "one-to-one top-k (enlarged box)"), "●○◆◎"))
+    for name, glyph, doc in zip(names, glyphs, TAL_RULE_DOCS))
 
 
 def _columns(reg_max: int, e2e: bool) -> tuple[ColumnSpec, ...]:
-    rule_doc = ("why the anchor is positive: top-k, top-k outside the real box (enlargement), or a conflict won"
-                + ("; one set of rules per branch" if e2e else ""))
+    rule_doc = T("why the anchor is positive: top-k, top-k outside the real box (enlargement), or a conflict won; "
+                 "one set of rules per branch" if e2e else
+                 "why the anchor is positive: top-k, top-k outside the real box (enlargement), or a conflict won")
     columns = [
         ColumnSpec("gt", "index of the ground-truth box", "index", group="assignment"),
         ColumnSpec("level", "detection level (0 = P3/8)", "index", group="assignment"),
@@ -193,8 +201,9 @@ def _columns(reg_max: int, e2e: bool) -> tuple[ColumnSpec, ...]:
                                "loss", "loss", group="loss",
                    formula="(1 − {ciou}) · {target_score} / target_scores_sum = {box_term}"),
         ColumnSpec("dfl_term" if reg_max > 1 else "l1_term",
-                   ("DFL" if reg_max > 1 else "L1") + " · target_score / target_scores_sum: this positive's share of "
-                   "the raw " + ("DFL" if reg_max > 1 else "L1 term"), "loss", group="loss"),
+                   "DFL · target_score / target_scores_sum: this positive's share of the raw DFL" if reg_max > 1 else
+                   "L1 · target_score / target_scores_sum: this positive's share of the raw L1 term", "loss",
+                   group="loss"),
         ColumnSpec("cls_bce", "class BCE at this positive's own class against its target score", "loss",
                    group="class"),
     ]
@@ -204,14 +213,15 @@ def _columns(reg_max: int, e2e: bool) -> tuple[ColumnSpec, ...]:
 def _maps(e2e: bool) -> tuple[MapSpec, ...]:
     maps = [
         MapSpec("align_metric", "alignment t = s^alpha · u^beta of each anchor, the largest over the targets it is a "
-                                "candidate of" + (" (the same in both branches: same predictions)" if e2e else ""),
+                                "candidate of (the same in both branches: same predictions)" if e2e else
+                "alignment t = s^alpha · u^beta of each anchor, the largest over the targets it is a candidate of",
                 "weight"),
-        MapSpec("target_score", "normalised class target of each positive (0 elsewhere)"
-                + (", one-to-many branch" if e2e else ""), "prob", range=(0.0, 1.0)),
-        MapSpec("cls_bce", "class loss of each anchor, summed over the classes"
-                + (", one-to-many branch" if e2e else ""), "loss"),
-        MapSpec("fg", "1 where the anchor is a positive" + (" of the one-to-many branch" if e2e else ""), "bool",
-                range=(0.0, 1.0)),
+        MapSpec("target_score", "normalised class target of each positive (0 elsewhere), one-to-many branch" if e2e
+                else "normalised class target of each positive (0 elsewhere)", "prob", range=(0.0, 1.0)),
+        MapSpec("cls_bce", "class loss of each anchor, summed over the classes, one-to-many branch" if e2e
+                else "class loss of each anchor, summed over the classes", "loss"),
+        MapSpec("fg", "1 where the anchor is a positive of the one-to-many branch" if e2e
+                else "1 where the anchor is a positive", "bool", range=(0.0, 1.0)),
     ]
     if e2e:
         maps += [
@@ -232,44 +242,44 @@ def _maps(e2e: bool) -> tuple[MapSpec, ...]:
 
 def _losses(reg_max: int, e2e: bool) -> LossSpec:
     third = "dfl" if reg_max > 1 else "l1"
-    third_doc = ("Σ over positives of DFL·target_score" if reg_max > 1 else
-                 "Σ over positives of L1(side distances)·target_score (reg_max 1: no DFL)")
-    docs = {"box": "Σ over positives of (1 - CIoU)·target_score",
-            "cls": "class BCE summed over every anchor and class", third: third_doc}
+    docs = {"box": T("Σ over positives of (1 - CIoU)·target_score"),
+            "cls": T("class BCE summed over every anchor and class"),
+            third: T("Σ over positives of DFL·target_score") if reg_max > 1 else
+            T("Σ over positives of L1(side distances)·target_score (reg_max 1: no DFL)")}
     gains = {"box": "args.box", "cls": "args.cls", third: "args.dfl"}
     if not e2e:
         terms = tuple(LossTermSpec(name, docs[name], divisor="target_scores_sum", gain=gains[name])
                       for name in ("box", "cls", third))
-        return LossSpec(terms, formula=f"(box·args.box + cls·args.cls + {third}·args.dfl) × batch size",
+        return LossSpec(terms, formula=T("(box·args.box + cls·args.cls + {third}·args.dfl) × batch size", third=third),
                         multiplier="batch size")
     terms = tuple(
-        LossTermSpec(f"{name}_{branch}", f"{BRANCH_WORDS[branch]} branch: {docs[name]}",
-                     divisor=f"target_scores_sum ({BRANCH_WORDS[branch]})", gain=f"{gains[name]} × {branch} weight")
+        LossTermSpec(f"{name}_{branch}", T("{branch} branch: {doc}", branch=BRANCH_WORDS[branch], doc=docs[name]),
+                     divisor=T("target_scores_sum ({branch})", branch=BRANCH_WORDS[branch]),
+                     gain=T("{gain} × {branch} weight", gain=gains[name], branch=branch))
         for branch in BRANCHES for name in ("box", "cls", third))
-    return LossSpec(terms, formula=f"o2m·(box + cls + {third})one-to-many + o2o·(box + cls + {third})one-to-one, "
-                                   "each term times its gain, × batch size", multiplier="batch size")
+    return LossSpec(terms, formula=T("o2m·(box + cls + {third})one-to-many + o2o·(box + cls + {third})one-to-one, "
+                                     "each term times its gain, × batch size", third=third), multiplier="batch size")
 
 
 def _phases(reg_max: int, e2e: bool) -> tuple[PhaseSpec, ...]:
     base = (
-        ("inputs", "Inputs", "anchor points, targets padded per image"),
-        ("assigner", "Task-aligned assigner", "candidates (small-object enlargement), s/u/t, top-k, conflicts, "
-                                              "topk2, normalised scores"),
-        ("loss", "Loss", "class BCE, CIoU box loss, " + ("DFL" if reg_max > 1 else "L1 on the side distances")
-         + ", gains"),
+        ("inputs", T("Inputs"), T("anchor points, targets padded per image")),
+        ("assigner", T("Task-aligned assigner"), T("candidates (small-object enlargement), s/u/t, top-k, conflicts, "
+                                                   "topk2, normalised scores")),
+        ("loss", T("Loss"), T("class BCE, CIoU box loss, DFL, gains") if reg_max > 1 else
+         T("class BCE, CIoU box loss, L1 on the side distances, gains")),
     )
     if not e2e:
         return tuple(PhaseSpec(n, t, d) for n, t, d in base)
-    phases = tuple(PhaseSpec(f"{branch}_{n}", f"{t} ({BRANCH_WORDS[branch]})", d)
+    phases = tuple(PhaseSpec(f"{branch}_{n}", T("{title} ({branch})", title=t, branch=BRANCH_WORDS[branch]), d)
                    for branch in BRANCHES for n, t, d in base)
     return phases + (PhaseSpec("e2e", "Branch weights", "loss = o2m · one-to-many + o2o · one-to-one"),)
 
 
 def _inspector(reg_max: int, e2e: bool) -> InspectorSpec:
-    box_group = ("dfl", "DFL") if reg_max > 1 else ("l1", "L1 side distances")
     return InspectorSpec(
         groups=(("assignment", "Task alignment"), ("class", "Class target"), ("decode", "Decode"), ("iou", "IoU"),
-                box_group, ("loss", "Loss shares")),
+                ("dfl", "DFL") if reg_max > 1 else ("l1", "L1 side distances"), ("loss", "Loss shares")),
         target_columns=("target_score", "ltrb_target"),
         loss_columns=("box_term", "dfl_term" if reg_max > 1 else "l1_term", "cls_bce"),
         target_map="target_score", loss_map="cls_bce")
@@ -427,7 +437,8 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
     topk_names = ("o2m_topk", "o2o_topk", "o2o_topk2") if variant.e2e else ("topk",)
     for name in topk_names:
         if int(scene.param(name)) > A:
-            raise ValueError(f"params.{name}: {scene.param(name)} is more than the {A} anchors of this image")
+            raise TextError(f"params.{name}", T("{value} is more than the {A} anchors of this image",
+                                                value=scene.param(name), A=A))
     assigner_stride = None if enlarge else (0.0,)
     recorder = trace if trace is not None else Trace()  # the result is read back from the trace
     with build_heads(scene, R, enlarge, device) as heads:
@@ -601,7 +612,7 @@ def _losses_of(branches: list[_Branch], breakdown, hyp: dict[str, float], R: int
     """The loss values and how the total is built, each number as the code computed it."""
     names = ("box", "cls", "dfl" if R > 1 else "l1")
     gains = (hyp["box"], hyp["cls"], hyp["dfl"])
-    labels = ("positives", "every anchor × class", "positives")
+    labels = (T("positives"), T("every anchor × class"), T("positives"))
     losses: dict[str, Tensor] = {}
     terms = []
     for branch in branches:
@@ -646,9 +657,9 @@ def _term_sums(branch: _Branch, trace: Trace) -> tuple[Tensor, Tensor, Tensor]:
 
 
 # -- notes -------------------------------------------------------------------------------------
-def _listing(indices: list[int], limit: int = 8) -> str:
+def _listing(indices: list[int], limit: int = 8) -> str | Text:
     shown = ", ".join(str(i) for i in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+    return T("{shown} and {more} more", shown=shown, more=len(indices) - limit) if len(indices) > limit else shown
 
 
 def _notes(scene: Scene, variant: Variant, branches: list[_Branch], breakdown, positives: dict[str, Tensor],
@@ -685,23 +696,24 @@ def _notes(scene: Scene, variant: Variant, branches: list[_Branch], breakdown, p
             per_box = torch.bincount(branch.out.assignment.gt, minlength=N).cpu()
             lost = ((per_box == 0) & (count > 0)).nonzero().squeeze(1).tolist()
             if lost:
-                notes.append(_text(branch.key, "Box(es) {boxes} end with no positive although they have candidates: "
-                                   "every anchor they selected went to a target with a larger overlap u.",
-                                   boxes=_listing(lost)))
+                notes.append(_text(branch.key, T("Box(es) {boxes} end with no positive although they have "
+                                                 "candidates: every anchor they selected went to a target with a "
+                                                 "larger overlap u.", boxes=_listing(lost))))
             conflicts = trace.get(f"{branch.prefix}assigner.conflicts")
             n = int(conflicts.values["n_conflict_anchors"])
             if n:
                 outside = int((~conflicts["winner_selected"]).sum())
-                notes.append(_text(branch.key, "{n} anchor(s) were in the top-k of several targets; each went to the "
-                                   "target with the largest u among the targets it is a candidate of (lowest index on "
-                                   "ties), {outside} of them to a target that had not selected it.", n=n,
-                                   outside=outside))
+                notes.append(_text(branch.key, T("{n} anchor(s) were in the top-k of several targets; each went to "
+                                                 "the target with the largest u among the targets it is a candidate "
+                                                 "of (lowest index on ties), {outside} of them to a target that had "
+                                                 "not selected it.", n=n, outside=outside)))
             ties = branch.out.assignment.topk_tie[0].nonzero().squeeze(1).tolist()
             if ties:
-                notes.append(_text(branch.key, "Box(es) {boxes}: fewer than k candidates have t > 0 (or t ties at "
-                                   "the k-th place), so which of the equal candidates became positives follows "
-                                   "torch.topk's order of equal values, as upstream; positives with t = 0 get target "
-                                   "score 0 and weigh nothing.", boxes=_listing(ties)))
+                notes.append(_text(branch.key, T("Box(es) {boxes}: fewer than k candidates have t > 0 (or t ties at "
+                                                 "the k-th place), so which of the equal candidates became positives "
+                                                 "follows torch.topk's order of equal values, as upstream; positives "
+                                                 "with t = 0 get target score 0 and weigh nothing.",
+                                                 boxes=_listing(ties))))
     else:
         notes.append(T("No boxes: the assigner returns at once (every anchor is background), the box terms are 0 and "
                        "the class loss is the BCE of every logit against 0, divided by max(0, 1) = 1."))
@@ -755,15 +767,17 @@ def _non_finite(named: list[tuple[str, Tensor]]) -> list[str]:
 
 def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], maps: dict[str, list[Tensor]],
                       trace: Trace) -> list:
-    named = [(f"column {k}", v) for k, v in positives.items()] + [(f"loss {k}", v) for k, v in losses.items()]
-    named += [(f"map {k}", torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
-    named += [(f"stage {stage.name}: {key}", rec.value) for stage in trace for key, rec in stage.tensors.items()]
+    named = [(T("column {name}", name=k), v) for k, v in positives.items()]
+    named += [(T("loss {name}", name=k), v) for k, v in losses.items()]
+    named += [(T("map {name}", name=k), torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
+    named += [(T("stage {stage}: {key}", stage=stage.name, key=key), rec.value) for stage in trace
+              for key, rec in stage.tensors.items()]
     bad = _non_finite(named)
     if not bad:
         return []
     return [T("Non-finite numbers in {where}: a predicted box is degenerate (zero width or height, or inverted by "
               "negative raw distances), where CIoU's atan(w/h) or the IoU's union is 0/0; upstream gives the same "
-              "number on these logits.", where=", ".join(bad))]
+              "number on these logits.", where=join(bad))]
 
 
 # -- checks and stage cells ------------------------------------------------------------------
@@ -783,23 +797,25 @@ def _checks(branches: list[_Branch], trace: Trace, levels: list[LevelInfo], e2e:
     return out
 
 
-def _text(branch: str, template: str, **values):
-    """A translatable text, prefixed with ``[o2m]`` / ``[o2o]`` in an end-to-end scheme."""
-    return T("[{branch}] " + template, branch=branch, **values) if branch else T(template, **values)
+def _text(branch: str, text: Text) -> Text:
+    """``text``, prefixed with ``[o2m]`` / ``[o2o]`` in an end-to-end scheme."""
+    return T("[{branch}] {text}", branch=branch, text=text) if branch else text
 
 
-WHERE = {True: "{level} ({gi}, {gj}) inside the box",
-         False: "{level} ({gi}, {gj}) outside the box, inside it enlarged to {sv:g} px"}
+# A top-k check's sentence is where the anchor is (WHERE), then what the test found (TOP_K_TEXT):
+# templates filled in per check with the same values (T literals, so that the catalogue has them).
+WHERE = {True: T("{level} ({gi}, {gj}) inside the box"),
+         False: T("{level} ({gi}, {gj}) outside the box, inside it enlarged to {sv:g} px")}
 TOP_K_TEXT = {
-    "selected": ": s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g}: rank {rank} of its top-{topk}, selected",
-    "below": ": s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g} is below this box's top-{topk} cut-off t = "
-             "{kth_t:.4g} by {gap:.3g}: not in its top-{topk}",
-    "tie": ": s = {s:.4g}, u = {u:.4g}, t = {t:.4g} equals this box's top-{topk} cut-off t = {kth_t:.4g}; "
-           "torch.topk's order of equal values left it out",
+    "selected": T(": s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g}: rank {rank} of its top-{topk}, selected"),
+    "below": T(": s = {s:.4g}, u = {u:.4g}, t = s^α·u^β = {t:.4g} is below this box's top-{topk} cut-off t = "
+               "{kth_t:.4g} by {gap:.3g}: not in its top-{topk}"),
+    "tie": T(": s = {s:.4g}, u = {u:.4g}, t = {t:.4g} equals this box's top-{topk} cut-off t = {kth_t:.4g}; "
+             "torch.topk's order of equal values left it out"),
 }
-TOP_K_LABEL = {("selected", True): "#{rank} t {t:.2g}", ("selected", False): "+#{rank} t {t:.2g}",
-               ("below", True): "t {t:.2g} < {kth_t:.3g}", ("below", False): "t {t:.2g} < {kth_t:.3g}",
-               ("tie", True): "tie t {t:.2g}", ("tie", False): "tie t {t:.2g}"}
+TOP_K_LABEL = {("selected", True): T("#{rank} t {t:.2g}"), ("selected", False): T("+#{rank} t {t:.2g}"),
+               ("below", True): T("t {t:.2g} < {kth_t:.3g}"), ("below", False): T("t {t:.2g} < {kth_t:.3g}"),
+               ("tie", True): T("tie t {t:.2g}"), ("tie", False): T("tie t {t:.2g}")}
 
 
 def _branch_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], e2e: bool) -> list[Check]:
@@ -811,9 +827,9 @@ def _branch_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], e2e: 
     if cands.gt.numel() == 0:
         return []
     test = (lambda name: f"{branch.key}.{name}") if e2e else (lambda name: name)
-    prefix = "[{branch}] " if branch.key else ""
-    templates = {(kind, inside): prefix + WHERE[inside] + text for kind, text in TOP_K_TEXT.items()
-                 for inside in (True, False)}
+    where_templates = {inside: text.template for inside, text in WHERE.items()}
+    text_templates = {kind: text.template for kind, text in TOP_K_TEXT.items()}
+    label_templates = {key: text.template for key, text in TOP_K_LABEL.items()}
     top_k = test("top_k")
     k = branch.topk
     level, gi, gj = (c.tolist() for c in _cells(cands.anchor, levels))
@@ -831,24 +847,24 @@ def _branch_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], e2e: 
         values = {"s": s[q], "u": u[q], "t": t[q], "rank": rank[q], "kth_t": kth[m], "topk": k, "in_box": inside}
         words = {**values, "branch": branch.key, "level": names[q], "gi": gi[q], "gj": gj[q], "sv": sv,
                  "gap": kth[m] - t[q]}
-        checks.append(Check(m, level[q], 0, gi[q], gj[q], top_k, kind == "selected",
-                            Text(templates[kind, inside], words), values,
-                            label=Text(TOP_K_LABEL[kind, inside], values)))
+        text = T("{where}{test}", where=Text(where_templates[inside], words), test=Text(text_templates[kind], words))
+        checks.append(Check(m, level[q], 0, gi[q], gj[q], top_k, kind == "selected", _text(branch.key, text), values,
+                            label=Text(label_templates[kind, inside], values)))
     checks += _conflict_checks(branch, trace, levels, test, where_of, u)
     if e2e and branch.key == "o2o":
         checks += _topk2_checks(branch, trace, levels, test)
     return checks
 
 
-CONFLICT_TEXT = {
-    "kept": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; this box has the largest u here ({wu:.4g}): "
-            "it keeps the anchor",
-    "lost": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; box {w} has the largest u here ({wu:.4g}): "
-            "box {w} takes it",
-    "lost_outside": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; box {w}, which did not select it, has "
-                    "the largest u here ({wu:.4g}): box {w} takes it",
-    "zero": "{level} ({gi}, {gj}) is in the top-k of boxes {who}; no target has u > 0 here, so the anchor goes to "
-            "box 0 (argmax of an all-zero column)",
+CONFLICT_TEXT = {  # templates, filled in per claimant
+    "kept": T("{level} ({gi}, {gj}) is in the top-k of boxes {who}; this box has the largest u here ({wu:.4g}): "
+              "it keeps the anchor"),
+    "lost": T("{level} ({gi}, {gj}) is in the top-k of boxes {who}; box {w} has the largest u here ({wu:.4g}): "
+              "box {w} takes it"),
+    "lost_outside": T("{level} ({gi}, {gj}) is in the top-k of boxes {who}; box {w}, which did not select it, has "
+                      "the largest u here ({wu:.4g}): box {w} takes it"),
+    "zero": T("{level} ({gi}, {gj}) is in the top-k of boxes {who}; no target has u > 0 here, so the anchor goes to "
+              "box 0 (argmax of an all-zero column)"),
 }
 
 
@@ -876,16 +892,16 @@ def _conflict_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], tes
             key = ("zero" if not (wu > 0 or wu != wu) else "kept" if won else
                    "lost" if selected[f] else "lost_outside")
             checks.append(Check(m, level[f], 0, gi[f], gj[f], test("conflict"), won,
-                                _text(branch.key, CONFLICT_TEXT[key], **cell),
+                                _text(branch.key, Text(CONFLICT_TEXT[key].template, cell)),
                                 {"u": cu, "winner": w, "winner_u": wu, "winner_selected": selected[f]},
                                 label=T("won u {u:.2f}", u=cu) if won else T("lost to #{w}", w=w)))
         if not selected[f]:
             q = where_of.get((w, a))
             wu_pair = u[q] if q is not None else wu
             checks.append(Check(w, level[f], 0, gi[f], gj[f], test("conflict"), True, _text(
-                branch.key, "{level} ({gi}, {gj}) is not in this box's top-k, but it is claimed by boxes {who} and "
-                "this box has the largest u here ({wu:.4g}) among the targets it is a candidate of: it takes the "
-                "anchor (select_highest_overlaps)", **{**cell, "wu": wu_pair}),
+                branch.key, T("{level} ({gi}, {gj}) is not in this box's top-k, but it is claimed by boxes {who} and "
+                              "this box has the largest u here ({wu:.4g}) among the targets it is a candidate of: it "
+                              "takes the anchor (select_highest_overlaps)", **{**cell, "wu": wu_pair})),
                 {"u": wu_pair, "winner": w, "winner_selected": False}, label=T("took it, u {u:.2f}", u=wu_pair)))
     return checks
 
@@ -906,12 +922,12 @@ def _topk2_checks(branch: _Branch, trace: Trace, levels: list[LevelInfo], test) 
     for i, m in enumerate(gt):
         cell = dict(level=levels[level[i]].name, gi=gi[i], gj=gj[i], m=m, n=counts[m], t=t[i], k2=k2)
         if kept[i]:
-            text = _text(branch.key, "{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); this one "
-                         "is #{rank} by t ({t:.4g}): kept (topk2 = {k2})", rank=rank[i], **cell)
+            text = _text(branch.key, T("{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); this "
+                                       "one is #{rank} by t ({t:.4g}): kept (topk2 = {k2})", rank=rank[i], **cell))
             label = T("kept #{rank}", rank=rank[i])
         else:
-            text = _text(branch.key, "{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); t = "
-                         "{t:.4g} is not among its best {k2}: dropped by topk2", **cell)
+            text = _text(branch.key, T("{level} ({gi}, {gj}): after the conflicts box {m} has {n} positive(s); t = "
+                                       "{t:.4g} is not among its best {k2}: dropped by topk2", **cell))
             label = T("topk2 ✗")
         checks.append(Check(m, level[i], 0, gi[i], gj[i], test("topk2"), bool(kept[i]), text,
                             {"t": t[i], "rank": rank[i], "topk2": k2}, label=label))
@@ -937,7 +953,7 @@ def _stage_cells(branches: list[_Branch], trace: Trace, levels: list[LevelInfo],
             if shared is not None and branch is not branches[0]:
                 cells[f"{p}assigner.candidates"] = shared
             else:
-                labels = ("enlarged", "in box")
+                labels = (T("enlarged"), T("in box"))
                 add(f"{p}assigner.candidates", cands.gt, cands.anchor, [labels[i] for i in cands.in_box.tolist()])
             chosen = cands.topk_rank >= 0
             add(f"{p}assigner.topk", cands.gt[chosen], cands.anchor[chosen],
@@ -970,18 +986,21 @@ def _stage_cells(branches: list[_Branch], trace: Trace, levels: list[LevelInfo],
 
 
 def _target(e2e: bool) -> TargetSpec:
-    branches = (("o2m.", "one-to-many: "), ("o2o.", "one-to-one: ")) if e2e else (("", ""),)
+    branches = (("o2m.", BRANCH_WORDS["o2m"]), ("o2o.", BRANCH_WORDS["o2o"])) if e2e else (("", None),)
     tables = []
-    for prefix, title in branches:
-        tables.append(TargetTable(f"{prefix}top_k", title + "its anchors inside the box, by t",
+    for prefix, word in branches:
+        def title(text: Text, word: Text | None = word) -> Text:
+            return text if word is None else T("{branch}: {title}", branch=word, title=text)
+
+        tables.append(TargetTable(f"{prefix}top_k", title(T("its anchors inside the box, by t")),
                                   "t = s^α · u^β; the top-k are taken (✓)",
                                   (Col("t", "t", "ratio"), Col("s", "s (class)", "prob"), Col("u", "u (IoU)", "iou"),
                                    Col("rank", "rank", "index"), Col("in_box", "inside", "bool")), sort="t", descending=True,
                                   limit=25))
-        tables.append(TargetTable(f"{prefix}conflict", title + "anchors several boxes took", "the largest u keeps it",
+        tables.append(TargetTable(f"{prefix}conflict", title(T("anchors several boxes took")), "the largest u keeps it",
                                   (Col("u", "its u", "iou"), Col("winner", "winner", "index"), Col("winner_u", "winner's u", "iou"))))
         if prefix == "o2o.":
-            tables.append(TargetTable("o2o.topk2", title + "after the conflicts, only the best topk2 stay",
+            tables.append(TargetTable("o2o.topk2", title(T("after the conflicts, only the best topk2 stay")),
                                       "YOLOv10 / YOLO26: one positive per box", (Col("t", "t", "ratio"), Col("rank", "rank", "index")),
                                       sort="t", descending=True))
     first = branches[0][0]
@@ -1003,7 +1022,9 @@ def _spec(name: str, title: str, doc: str, params: tuple[ParamSpec, ...]) -> Sch
         name=name, title=title, family="ultralytics", strides=STRIDES, params=params, explain=explain_scene,
         upstream=UPSTREAM, doc=doc, maps=_maps(e2e), rules=RULES_E2E if e2e else RULES_V8, columns=_columns(R, e2e),
         losses=_losses(R, e2e), focal=None, phases=_phases(R, e2e), anchors_px=None, level_names=LEVEL_NAMES,
-        pred_box="pred_box_px", target_box="target_box_px", inspector=_inspector(R, e2e), target=_target(e2e))
+        pred_box="pred_box_px", target_box="target_box_px", inspector=_inspector(R, e2e), target=_target(e2e),
+        split=SplitSpec("branch", ((0, "one-to-many"), (1, "one-to-one")),
+                        (("target_score", "target_score_o2o"), ("cls_bce", "cls_bce_o2o"), ("fg", "fg_o2o"))) if e2e else None)
 
 
 SPEC_YOLOV8 = _spec(

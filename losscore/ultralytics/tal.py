@@ -36,6 +36,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from ..text import T
 from ..trace import Trace
 from ..yolov9.tal import RULE_NAMES, DensePredictions, PredictionLookup, dist2bbox
 from ..yolov9.tal import bbox2dist as _bbox2dist_clamped
@@ -394,15 +395,15 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
         & ((pair_box[:, 2] - pair_x) > 1e-9) & ((pair_box[:, 3] - pair_y) > 1e-9)
     if trace is not None:
         count_in_box = torch.bincount(pair_gt_flat[in_box], minlength=B * M).view(B, M)
-        enlargement = (
-            f"first every real target side shorter than stride_val = {stride_val:g} px is raised to "
-            f"{stride_val:g} px about the box centre, so tiny boxes still get candidates (in_box False: "
-            "added by that enlargement)" if stride_val > 0 else
-            f"stride_val = {stride_val:g}: no side is shorter than that, so no box is enlarged")
         trace.record(
             "assigner.candidates", "Candidate anchors",
-            "only anchors whose centre lies strictly inside a target (every side > eps) can be positive; "
-            + enlargement,
+            T("only anchors whose centre lies strictly inside a target (every side > eps) can be positive; "
+              "first every real target side shorter than stride_val = {stride_val:g} px is raised to "
+              "{stride_val:g} px about the box centre, so tiny boxes still get candidates (in_box False: "
+              "added by that enlargement)" if stride_val > 0 else
+              "only anchors whose centre lies strictly inside a target (every side > eps) can be positive; "
+              "stride_val = {stride_val:g}: no side is shorter than that, so no box is enlarged",
+              stride_val=stride_val),
             code=f"{TAL_CODE}.select_candidates_in_gts",
             tensors={"gt_box": (gt_bboxes, "B M 4"), "enlarged_box": (boxes_e, "B M 4"),
                      "enlarged": (enlarged, "B M 2"), "in_box_count": (count_in_box, "B M"),
@@ -434,8 +435,8 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
     if trace is not None:
         trace.record(
             "assigner.topk", "Top-k alignment per target",
-            f"each real target keeps the {topk} anchors with the largest t among all anchors (non-candidates "
-            "count as 0 and are dropped); a high-overlap anchor with a low class score can lose here",
+            T("each real target keeps the {topk} anchors with the largest t among all anchors (non-candidates "
+              "count as 0 and are dropped); a high-overlap anchor with a low class score can lose here", topk=topk),
             code=f"{TAL_CODE}.select_topk_candidates",
             tensors={"batch": (pair_batch[chosen], "P"), "gt": (pair_gt[chosen], "P"),
                      "anchor": (pair_anchor[chosen], "P"), "rank": (rank[chosen], "P"),
@@ -505,8 +506,8 @@ def assign(predictions: PredictionLookup, anc_points: Tensor, gt_labels: Tensor,
         if trace is not None:
             trace.record(
                 "assigner.topk2", "Second cap per target",
-                f"after the conflicts each target keeps only its {topk2} positives with the largest t "
-                "(the one-to-one branch: at most one anchor per target)",
+                T("after the conflicts each target keeps only its {topk2} positives with the largest t "
+                  "(the one-to-one branch: at most one anchor per target)", topk2=topk2),
                 code=f"{TAL_CODE}.select_highest_overlaps (topk2)",
                 tensors={"batch": (pos_batch, "P"), "anchor": (pos_anchor, "P"), "gt": (pos_gt, "P"),
                          "t": (pos_t, "P"), "rank": (rank2, "P"), "kept": (keep, "P"),

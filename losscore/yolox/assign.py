@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..text import T, Text
 from ..trace import Trace
 
 __all__ = [
@@ -221,15 +222,16 @@ def _geometry_stage(parts: _GeometryParts, spec: SimOTAVersion, center_radius: f
     tensors["gt_in_centre_count"] = (parts.in_centre.sum(1), "N")
     tensors["gt_free_count"] = (parts.relation.sum(1), "N")
     if spec.box_test:
-        explain = (f"an anchor is a candidate when its cell centre lies strictly inside ANY target box "
-                   f"OR strictly within {center_radius} strides (x and y) of ANY target centre; a "
-                   f"(target, anchor) pair escapes the penalty only when the centre is inside THIS "
-                   f"target's box AND its centre square. Pairs listed: each target's centre square")
+        explain = T("an anchor is a candidate when its cell centre lies strictly inside ANY target box "
+                    "OR strictly within {center_radius} strides (x and y) of ANY target centre; a "
+                    "(target, anchor) pair escapes the penalty only when the centre is inside THIS "
+                    "target's box AND its centre square. Pairs listed: each target's centre square",
+                    center_radius=center_radius)
     else:
-        explain = (f"an anchor is a candidate when its cell centre lies strictly within "
-                   f"{center_radius} strides (x and y) of ANY target centre (no box test); a pair "
-                   f"escapes the penalty when the anchor is in THIS target's centre square")
-    return {"title": "Candidate anchors", "tensors": tensors, "explain": explain, "code": spec.geometry_code,
+        explain = T("an anchor is a candidate when its cell centre lies strictly within "
+                    "{center_radius} strides (x and y) of ANY target centre (no box test); a pair "
+                    "escapes the penalty when the anchor is in THIS target's centre square", center_radius=center_radius)
+    return {"title": T("Candidate anchors"), "tensors": tensors, "explain": explain, "code": spec.geometry_code,
             "values": {"version": spec.name, "center_radius": center_radius,
                        "num_candidates": int(candidate_anchor.numel())}}
 
@@ -446,24 +448,24 @@ def _match(cost: Tensor, ious: Tensor, gt_classes: Tensor, fg_mask: Tensor, cand
     return matching, _MatchDetails(tensors, values)
 
 
-_MATCH_STAGES = {
-    "dynamic_k": (("gt_topk_iou", "gt_topk_anchor", "gt_iou_sum", "gt_dynamic_k"), "Dynamic k per target",
-                  "k = max(1, int(sum of the target's {K} largest IoUs over the candidates)): int() "
-                  "truncates (2.99 -> 2), only the {K} largest count, and every target gets at least 1"),
+_MATCH_STAGES = {  # step -> (tensors, title, explain: a template filled in with K, the candidate_topk)
+    "dynamic_k": (("gt_topk_iou", "gt_topk_anchor", "gt_iou_sum", "gt_dynamic_k"), T("Dynamic k per target"),
+                  T("k = max(1, int(sum of the target's {K} largest IoUs over the candidates)): int() "
+                    "truncates (2.99 -> 2), only the {K} largest count, and every target gets at least 1")),
     "select": (("sel_gt", "sel_anchor", "sel_rank", "sel_cost", "sel_iou", "gt_next_cost"),
-               "Each target takes its k cheapest anchors",
-               "torch.topk(cost row, k, largest=False) per target; gt_next_cost is the cheapest "
-               "candidate it did not take"),
+               T("Each target takes its k cheapest anchors"),
+               T("torch.topk(cost row, k, largest=False) per target; gt_next_cost is the cheapest "
+                 "candidate it did not take")),
     "conflicts": (("conflict_anchor", "conflict_claims", "conflict_winner", "conflict_winner_cost",
                    "conflict_winner_selected", "claim_anchor", "claim_gt", "claim_cost", "claim_won"),
-                  "Conflicts: lowest cost over all targets",
-                  "an anchor taken by several targets goes to torch.min of its cost column over ALL "
-                  "targets, so the winner may be a target that did not take it "
-                  "(conflict_winner_selected = False); the other claimants lose it"),
+                  T("Conflicts: lowest cost over all targets"),
+                  T("an anchor taken by several targets goes to torch.min of its cost column over ALL "
+                    "targets, so the winner may be a target that did not take it "
+                    "(conflict_winner_selected = False); the other claimants lose it")),
     "result": (("fg_anchor", "fg_gt", "fg_iou", "fg_class", "fg_rule", "gt_anchor_count"),
-               "Positives", "the anchors taken by some target, in anchor order, with their target, its "
-               "class and the IoU (the soft class target); a target with gt_anchor_count 0 lost every "
-               "anchor it took and gets no positive at all"),
+               T("Positives"), T("the anchors taken by some target, in anchor order, with their target, its "
+                                 "class and the IoU (the soft class target); a target with gt_anchor_count 0 lost "
+                                 "every anchor it took and gets no positive at all")),
 }
 
 
@@ -480,7 +482,8 @@ def _match_stages(details: _MatchDetails, matching_code: str) -> list[tuple[str,
             values = {"num_fg": details.values["num_fg"], "gts_without_anchor": details.values["gts_without_anchor"],
                       "rules": list(RULE_NAMES)}
         stages.append((step, {"tensors": {k: details.tensors[k] for k in keys}, "title": title,
-                              "explain": explain.format(K=K), "code": matching_code, "values": values}))
+                              "explain": Text(explain.template, {"K": K} if "{K}" in explain.template else None),
+                              "code": matching_code, "values": values}))
     return stages
 
 
@@ -556,16 +559,16 @@ def _assign(gt_bboxes: Tensor, gt_classes: Tensor, bboxes_preds: Tensor, cls_pre
     column = (fg_mask.cumsum(0) - 1)[pair_anchor]
     free = relation[pair_gt, column]
     cost_stage = {
-        "title": "Cost of every (target, anchor) pair",
+        "title": T("Cost of every (target, anchor) pair"),
         "tensors": {"pair_gt": (pair_gt, "Q"), "pair_anchor": (pair_anchor, "Q"),
                     "pair_iou": (pair_wise_ious[pair_gt, column], "Q"),
                     "pair_cls_cost": (cls_cost[pair_gt, column], "Q"),
                     "pair_iou_cost": (iou_cost[pair_gt, column], "Q"),
                     "pair_penalty": (penalty * (~free), "Q"), "pair_cost": (cost[pair_gt, column], "Q")},
-        "explain": (f"cost = class cost + {iou_weight} * (-log(IoU + 1e-8)) + {penalty:g} where the pair is not "
-                    "penalty-free; IoU of the target box with the anchor's decoded prediction. Recorded for "
-                    "the pairs of each target's centre square (every penalty-free pair is one of them); every "
-                    "other candidate carries the penalty for that target"),
+        "explain": T("cost = class cost + {iou_weight} * (-log(IoU + 1e-8)) + {penalty:g} where the pair is not "
+                     "penalty-free; IoU of the target box with the anchor's decoded prediction. Recorded for "
+                     "the pairs of each target's centre square (every penalty-free pair is one of them); every "
+                     "other candidate carries the penalty for that target", iou_weight=iou_weight, penalty=penalty),
         "code": f"{HEAD_CODE}.get_assignments (cost)",
         "values": {"iou_weight": iou_weight, "penalty": penalty, "iou_eps": 1e-8},
     }

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..text import T
 from ..trace import Trace
 from .assign import Assignment, _assign, _record, _version
 
@@ -172,8 +173,9 @@ def get_output_and_grid(output: Tensor, stride: float, *, level: str | None = No
             with trace.scope(level) if level else nullcontext():
                 trace.record(
                     "grid", "Decode the level",
-                    f"cells of stride {stride}: cx = (tx + x) * {stride}, cy = (ty + y) * {stride} from the cell "
-                    f"CORNER (SimOTA tests the cell centre, (x + 0.5) * {stride}); w = exp(tw) * {stride}",
+                    T("cells of stride {stride}: cx = (tx + x) * {stride}, cy = (ty + y) * {stride} from the cell "
+                      "CORNER (SimOTA tests the cell centre, (x + 0.5) * {stride}); w = exp(tw) * {stride}",
+                      stride=stride),
                     code=f"{HEAD_CODE}.get_output_and_grid",
                     values={"stride": stride, "H": H, "W": W, "anchors": H * W})
     return Decoded(decoded, grid)
@@ -413,15 +415,18 @@ def _record_loss(trace: Trace, fg_meta, outputs, pred_boxes, reg_targets, cls_ta
     with trace.scope("loss"):
         trace.record(
             "targets", "Targets of the positives",
-            "objectness target 1 at every positive and 0 at every other anchor; class target one_hot(class) "
-            "* IoU(prediction, target) (IoU-aware soft label); box target the matched target box"
-            + ("; L1 target the raw (tx, ty, tw, th) that decodes to it" if use_l1 else ""),
+            T("objectness target 1 at every positive and 0 at every other anchor; class target one_hot(class) "
+              "* IoU(prediction, target) (IoU-aware soft label); box target the matched target box; L1 target the "
+              "raw (tx, ty, tw, th) that decodes to it" if use_l1 else
+              "objectness target 1 at every positive and 0 at every other anchor; class target one_hot(class) "
+              "* IoU(prediction, target) (IoU-aware soft label); box target the matched target box"),
             code=f"{HEAD_CODE}.get_losses (targets)", tensors=tensors)
         trace.record(
             "iou", "IoU loss",
-            f"{reg_weight} * sum over the positives of "
-            + ("(1 - IoU**2)" if iou_loss_type == "iou" else "(1 - clamp(GIoU, -1, 1))")
-            + f" / num_fg, num_fg = max(positives, 1) = {num_fg:g}",
+            T("{reg_weight} * sum over the positives of (1 - IoU**2) / num_fg, num_fg = max(positives, 1) = {num_fg:g}"
+              if iou_loss_type == "iou" else
+              "{reg_weight} * sum over the positives of (1 - clamp(GIoU, -1, 1)) / num_fg, num_fg = max(positives, 1) "
+              "= {num_fg:g}", reg_weight=reg_weight, num_fg=num_fg),
             code=f"{HEAD_CODE}.get_losses (loss_iou), yolox/models/losses.py IOUloss",
             tensors={"fg_loss": (iou_terms, "P"), "iou_loss": reg_weight * loss_iou},
             values={"loss_type": iou_loss_type, "reg_weight": reg_weight, "num_fg": num_fg})
@@ -453,8 +458,9 @@ def _record_loss(trace: Trace, fg_meta, outputs, pred_boxes, reg_targets, cls_ta
                          values={"use_l1": False})
         trace.record(
             "total", "Total",
-            f"total = {reg_weight} * iou + obj + cls + l1; the returned num_fg is max(positives, 1) / "
-            f"max(targets, 1) = {num_fg:g} / {max(num_gts, 1):g}",
+            T("total = {reg_weight} * iou + obj + cls + l1; the returned num_fg is max(positives, 1) / "
+              "max(targets, 1) = {num_fg:g} / {targets:g}", reg_weight=reg_weight, num_fg=num_fg,
+              targets=max(num_gts, 1)),
             code=f"{HEAD_CODE}.get_losses (return)",
             tensors={"total_loss": loss},
             values={"iou_loss": (reg_weight * loss_iou).item(), "conf_loss": loss_obj.item(),

@@ -26,7 +26,7 @@ from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossCompositio
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, resolve_device)
 from ..target_spec import TargetColumn as Col, TargetFact, TargetMap, TargetSpec, TargetTable
-from ..text import T
+from ..text import T, Text, TextError, join
 from ..trace import Trace
 from .assign import RULE_NAMES, VERSIONS
 from .loss import REG_WEIGHT, LossBreakdown, get_l1_target, make_grid, yolox_loss
@@ -219,8 +219,8 @@ def explain_scene(scene: Scene, trace: Trace | None = None) -> SceneResult:
             out = yolox_loss(heads.heads, labels, strides=STRIDES, use_l1=use_l1, iou_loss_type=iou_type,
                              version=version, trace=recorder)
         except RuntimeError as exc:  # upstream raises too: a box with no candidate anchor at all
-            raise ValueError(f"boxes: YOLOX's SimOTA finds no candidate anchor for this scene ({exc}); upstream "
-                             "raises RuntimeError here too") from None
+            raise TextError("boxes", T("YOLOX's SimOTA finds no candidate anchor for this scene ({error}); upstream "
+                                       "raises RuntimeError here too", error=str(exc))) from None
         probs = _head_probs(heads.heads, scene.nc)  # (A,) obj, (A, C) class probabilities
         raws = torch.cat([h[0, :4].reshape(4, -1) for h in heads.heads], 1).T  # (A, 4)
     grid = make_grid((scene.height, scene.width), STRIDES, device=device)
@@ -377,9 +377,9 @@ def _losses(out: LossBreakdown, trace: Trace) -> tuple[dict[str, Tensor], LossCo
 
 
 # -- notes -------------------------------------------------------------------------------------
-def _listing(items: list, limit: int = 8) -> str:
+def _listing(items: list, limit: int = 8) -> str | Text:
     shown = ", ".join(str(i) for i in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+    return T("{shown} and {more} more", shown=shown, more=len(items) - limit) if len(items) > limit else shown
 
 
 def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, Tensor], losses: dict[str, Tensor],
@@ -409,7 +409,7 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
         k_stage, result, geometry = (trace.get("simota.dynamic_k"), trace.get("simota.result"),
                                      trace.get("simota.geometry"))
         sums, ks = k_stage["gt_iou_sum"].tolist(), k_stage["gt_dynamic_k"].tolist()
-        shown = ", ".join(f"box {g}: {s:.3g} → {k}" for g, (s, k) in enumerate(zip(sums, ks)) if g < 6)
+        shown = join([T("box {g}: {s:.3g} → {k}", g=g, s=s, k=k) for g, (s, k) in enumerate(zip(sums, ks)) if g < 6])
         notes.append(T("dynamic_k = max(1, int(sum of the 10 largest IoUs of the box over all {ac} candidates)): "
                        "int() truncates and every box takes at least 1 anchor. Here {shown}{more}.",
                        ac=int(geometry.values["num_candidates"][0]), shown=shown, more=", …" if N > 6 else ""))
@@ -430,8 +430,8 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
             notes.append(T("Box(es) {boxes} have no penalty-free anchor (no cell centre {where}): every cost in their "
                            "row carries the +{penalty:g} penalty, yet each still takes k >= 1 anchors.",
                            boxes=_listing(penalised), penalty=spec.penalty,
-                           where="inside both the box and its 2.5-stride centre square" if spec.box_test
-                           else "within 1.5 strides of the box centre"))
+                           where=T("inside both the box and its 2.5-stride centre square") if spec.box_test
+                           else T("within 1.5 strides of the box centre")))
     notes.append(T("Decoded box centres are measured from the cell corner, cx = (tx + x)·stride; the candidate test "
                    "uses the cell centre, (x + 0.5)·stride; the L1 target is the offset from the corner."))
     notes.append(T("The objectness BCE runs over every anchor (target 1 at positives, 0 elsewhere); the class BCE only "
@@ -460,9 +460,11 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
 def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], maps: dict[str, list[Tensor]],
                       trace: Trace) -> list:
     """A note for every NaN or infinity in the result or the trace, with where it comes from."""
-    named = [(f"column {k}", v) for k, v in positives.items()] + [(f"loss {k}", v) for k, v in losses.items()]
-    named += [(f"map {k}", torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
-    named += [(f"stage {stage.name}: {key}", rec.value) for stage in trace for key, rec in stage.tensors.items()]
+    named = [(T("column {name}", name=k), v) for k, v in positives.items()]
+    named += [(T("loss {name}", name=k), v) for k, v in losses.items()]
+    named += [(T("map {name}", name=k), torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
+    named += [(T("stage {stage}: {key}", stage=stage.name, key=key), rec.value) for stage in trace
+              for key, rec in stage.tensors.items()]
     floats = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
     if not floats or bool(torch.isfinite(torch.cat([t.reshape(-1).double() for _, t in floats])).all()):
         return []
@@ -479,18 +481,18 @@ def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], m
     if bad:
         notes.append(T("Non-finite numbers in {where}: a predicted box of zero area meets a zero-area target, where "
                        "YOLOX's IoU has no eps in the union (0/0); upstream gives the same number on these logits.",
-                       where=", ".join(bad)))
+                       where=join(bad)))
     return notes
 
 
 # -- checks and stage cells ------------------------------------------------------------------
-CONFLICT_TEXT = {
-    "kept": "{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column picks this "
-            "box ({wc:.4g}): it keeps the anchor",
-    "lost": "{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column picks box "
-            "{w} ({wc:.4g}): box {w} gets it",
-    "lost_outside": "{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column "
-                    "picks box {w} ({wc:.4g}), which never took it: box {w} gets it",
+CONFLICT_TEXT = {  # templates, filled in per claimant
+    "kept": T("{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column picks "
+              "this box ({wc:.4g}): it keeps the anchor"),
+    "lost": T("{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column picks box "
+              "{w} ({wc:.4g}): box {w} gets it"),
+    "lost_outside": T("{level} ({gi}, {gj}) was taken by boxes {who}; torch.min over ALL boxes' costs in this column "
+                      "picks box {w} ({wc:.4g}), which never took it: box {w} gets it"),
 }
 
 
@@ -528,13 +530,13 @@ def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: 
                 "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty {p:g} = "
                 "{cost:.4g}: rank {rank} of box {g}'s cost row, within its k = {k}: taken", rank=rank, **parts),
                 {**values, "rank": rank}, label=T("c {cost:.3g} ✓", cost=cost))
-        template = ("{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty "
-                    "{p:g} = {cost:.4g}, above {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest: not taken"
-                    if cost > kth[g] else
-                    "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty "
-                    "{p:g} = {cost:.4g}, equal to {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest; "
-                    "torch.topk's order of equal values left it out")
-        return Check(g, lv, 0, i, j, "select", False, T(template, kth=kth[g], **parts), values,
+        text = T("{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty "
+                 "{p:g} = {cost:.4g}, above {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest: not taken"
+                 if cost > kth[g] else
+                 "{level} ({gi}, {gj}): IoU {iou:.3g}; cost = cls {c:.4g} + 3 × {ic:.4g} (−ln IoU) + penalty "
+                 "{p:g} = {cost:.4g}, equal to {kth:.4g}, the most expensive of box {g}'s k = {k} cheapest; "
+                 "torch.topk's order of equal values left it out", kth=kth[g], **parts)
+        return Check(g, lv, 0, i, j, "select", False, text, values,
                      label=T("c {cost:.3g} ✗", cost=cost))
 
     pair_gt, pair_anchor = cost_stage["pair_gt"].tolist(), cost_stage["pair_anchor"].tolist()
@@ -580,8 +582,8 @@ def _checks(out: LossBreakdown, trace: Trace, levels: list[LevelInfo], version: 
             f = index_of[a]
             who = ", ".join(f"#{m} ({mc:.4g})" for m, mc in claimants[a])
             key = "kept" if won else "lost" if w_sel[f] else "lost_outside"
-            checks.append(Check(g, lv, 0, i, j, "conflict", bool(won), T(
-                CONFLICT_TEXT[key], level=name, gi=i, gj=j, who=who, w=winner[f], wc=w_cost[f]),
+            checks.append(Check(g, lv, 0, i, j, "conflict", bool(won), Text(
+                CONFLICT_TEXT[key].template, dict(level=name, gi=i, gj=j, who=who, w=winner[f], wc=w_cost[f])),
                 {"cost": c, "winner": winner[f], "winner_cost": w_cost[f], "winner_selected": bool(w_sel[f])},
                 label=T("won c {c:.3g}", c=c) if won else T("lost to #{w}", w=winner[f])))
         for f, where in enumerate(cell(conflicts["conflict_anchor"])):
@@ -623,7 +625,7 @@ def _stage_cells(out: LossBreakdown, trace: Trace, levels: list[LevelInfo]) -> d
     geometry = _stage(trace, "simota.geometry")
     if geometry is None:
         return cells
-    words = ("penalty", "free")
+    words = (T("penalty"), T("free"))
     add("simota.geometry", geometry["pair_gt"], geometry["pair_anchor"],
         [words[f] for f in geometry["pair_free"].tolist()])
     cost = trace.get("simota.cost")
