@@ -165,6 +165,7 @@ def test_a_streamed_response_is_the_same_document():
 
 def test_every_stream_slot_busy_is_a_503_and_slots_come_back():
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from app.compute import Lanes
 
@@ -176,7 +177,9 @@ def test_every_stream_slot_busy_is_a_503_and_slots_come_back():
         lanes.close()
         return got
 
-    assert asyncio.run(scenario()) == [True, False, True]
+    # its own thread: the browser tests' Playwright keeps an event loop running on the main thread
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, scenario()).result() == [True, False, True]
 
 
 def test_heavy_scenes_and_exports_run_in_the_heavy_lane():

@@ -10,7 +10,8 @@ What upstream switches on, and what it does not (LEARNERS.md #9, #10):
 * ``hyp['label_smoothing']`` is turned into ``self.cp, self.cn`` and then never used: the class
   targets are the normalised scores whatever the smoothing.
 * ``hyp['fl_gamma'] > 0`` wraps the class BCE in ``FocalLoss(gamma, alpha=0.25)``.
-* DFL has 16 bins (``reg_max`` 16, ``bbox2dist`` clamp 15 - 0.01); YOLOv8 has 17 (clamp 15.99).
+* DFL has 16 bins (``reg_max`` 16, ``bbox2dist`` clamp 15 - 0.01), as in Ultralytics YOLOv8/11; MMDetection's
+  GFL head, whose ``reg_max=16`` counts intervals, has 17 (0..16).
 * ``bbox_iou`` is yolov9's copy: xyxy heights are ``y2 - y1 + eps`` (YOLOv5/v8 ``clamp(eps)``).
 
 Speed: upstream concatenates and permutes the whole head output, decodes every anchor and

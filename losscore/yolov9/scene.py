@@ -289,7 +289,7 @@ def _explain_heads(scene: Scene, preds: list[Tensor], targets: Tensor, notes: li
     }
     notes += [
         "Box loss uses yolov9's bbox_iou: in xyxy mode h = y2 - y1 + eps (YOLOv5/YOLOv8 use clamp(eps)).",
-        "DFL has 16 bins 0..15 per side (reg_max 16, target clamped to 14.99); YOLOv8 uses 17 bins (clamp 15.99).",
+        "DFL has 16 bins 0..15 per side (reg_max 16, target clamped to 14.99), as in YOLOv8/11; MMDetection's GFL, whose reg_max 16 counts intervals, has 17 bins 0..16.",
         T("Gains are hard-coded: box {box}, cls {cls}, dfl {dfl}; total = their sum times the batch size (1).",
           box=BOX_GAIN, cls=CLS_GAIN, dfl=DFL_GAIN),
         "VarifocalLoss is defined in loss_tal.py but ComputeLoss does not call it; label_smoothing is read and unused.",

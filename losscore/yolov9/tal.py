@@ -100,7 +100,8 @@ def bbox2dist(anchor_points: Tensor, bbox: Tensor, reg_max: float) -> Tensor:
     """xyxy boxes to side distances ``(l, t, r, b)`` clamped to ``[0, reg_max - 0.01]``.
 
     ``ComputeLoss`` passes ``reg_max = 16 - 1 = 15``, so a target distance lands between bins
-    ``floor(d)`` and ``floor(d) + 1`` of the 16 bins 0..15 (YOLOv8 uses 17 bins, clamp 15.99).
+    ``floor(d)`` and ``floor(d) + 1`` of the 16 bins 0..15 (Ultralytics YOLOv8/11 use the same 16; 17 bins 0..16 is
+    MMDetection GFL's ``reg_max=16``).
     """
     top_left_corner, bottom_right_corner = bbox.split(2, -1)
     return torch.cat((anchor_points - top_left_corner, bottom_right_corner - anchor_points), -1).clamp(

@@ -629,6 +629,8 @@ function bindControls() {
   $('clear-boxes').addEventListener('click', () => { app.state.boxes = []; app.state.sel = -1; app.state.pins = []; update(); });
   $('lang-switch').addEventListener('click', async () => {
     app.state.lang = app.state.lang === 'zh' ? 'en' : 'zh';
+    setLanguage(app.state.lang); // the page's own words and the link change at once; the scheme's texts follow
+    writeHash(true);
     try { await loadSchemes(app.state.lang); } catch (error) { setStatus(error.message, true); }
     syncControls();
     await lessons.sync();
