@@ -8,6 +8,8 @@ import anyio
 
 from fastapi import Depends, HTTPException, Request
 
+from losscore.text import T
+
 from .compute import Lanes
 from .settings import Settings
 
@@ -57,5 +59,6 @@ async def require_json_body(request: Request) -> None:
     if message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json")):
         return
     shown = value if len(value) <= 60 else value[:60] + "…"
-    raise HTTPException(415, f"send the body as JSON with content-type application/json (got "
-                             f"{repr(shown) if value else 'no content-type'})")
+    if value:
+        raise HTTPException(415, T("send the body as JSON with content-type application/json (got {got})", got=repr(shown)))
+    raise HTTPException(415, T("send the body as JSON with content-type application/json (got no content-type)"))

@@ -117,7 +117,11 @@ async def _scene_handler(request: Request, exc: SceneError) -> Response:
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> Response:
-    detail = exc.detail if isinstance(exc.detail, (str, list, dict)) else str(exc.detail)
+    detail = exc.detail
+    if isinstance(detail, Text):  # the web layer's own message, in the reader's language
+        detail = render(detail, request_lang(request))
+    elif not isinstance(detail, (str, list, dict)):
+        detail = str(detail)
     return json_response({"detail": detail}, exc.status_code, headers=getattr(exc, "headers", None))
 
 

@@ -86,6 +86,7 @@ class TooLarge(Exception):
 
     def __init__(self, estimate: int, limit: int) -> None:
         super().__init__(f"about {estimate / 1e6:.0f} MB, above the limit of {limit} bytes")
+        self.megabytes = round(estimate / 1e6)
         self.estimate, self.limit = estimate, limit
 
 

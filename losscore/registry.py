@@ -13,6 +13,7 @@ from typing import Iterator, Mapping
 from . import detr, mmdet, mmdet_assigners, ultralytics, yolov3, yolov5, yolov9, yolox
 from .family import Family, Runner, Tolerance
 from .scene import Scene, SceneResult, SchemeSpec, validate_scene
+from .text import T, TextError
 from .trace import Trace
 
 __all__ = ["FAMILIES", "get_scheme", "all_schemes", "get_family", "runner", "tolerance", "vector_families",
@@ -80,7 +81,7 @@ def get_scheme(name: str) -> SchemeSpec:
         return schemes[name]
     except (KeyError, TypeError):
         shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:60] + "…"
-        raise ValueError(f"scheme: unknown scheme {shown}; known: {sorted(schemes)}") from None
+        raise TextError("scheme", T("unknown scheme {shown}; known: {known}", shown=shown, known=sorted(schemes))) from None
 
 
 def all_schemes() -> Mapping[str, SchemeSpec]:

@@ -318,3 +318,34 @@ def test_drag_request_is_the_full_answer_narrowed(client, scheme):
         assert "pred_box_px" in light["positives"][0], "the grid draws the predicted boxes while dragging"
     assert light["positives"] == [{k: row[k] for k in light["positives"][0]} for row in full["positives"]]
     assert light["losses"] == full["losses"] and light["maps"] == full["maps"]
+
+
+# -- the web layer's own 422 messages, in the reader's language --------------------------------
+WEB_422 = [  # (request, loc, English fragment, Chinese fragment)
+    (("post", "/api/v1/explain?maps=nope", real_body("yolox")), ["query", "maps"], "unknown map(s) ['nope'] for scheme 'yolox'",
+     "方案 'yolox' 没有图层 ['nope']"),
+    (("post", "/api/v1/explain?columns=nope", real_body("yolox")), ["query", "columns"], "unknown column(s) ['nope']",
+     "没有列 ['nope']"),
+    (("post", "/api/v1/explain?checks=box", real_body("yolov5")), ["query", "checks"], "'box' is not box:N or cell:L:gi:gj",
+     "'box' 不是 box:N 或 cell:L:gi:gj"),
+    (("post", "/api/v1/explain?maps=box.cost", real_body("yolox")), ["query", "maps"], "name it with ?target=N",
+     "用 ?target=N 指明"),
+    (("post", "/api/v1/explain?target=3", real_body("yolox")), ["query", "target"],
+     "no box 3: the scene has 3 box(es), numbered from 0", "没有框 3：场景里有 3 个框，从 0 开始编号"),
+    (("post", "/api/v1/explain", real_body("nosuch")), ["body", "scheme"], "unknown scheme 'nosuch'; known: [",
+     "没有方案 'nosuch'；可用的有：["),
+    (("post", "/api/v1/reveal", {"scene": real_body("detr"), "level": 0, "guess": []}), ["body", "scene", "scheme"],
+     "scheme 'detr' matches queries to boxes", "方案 'detr' 把查询匹配到框上"),
+    (("post", "/api/v1/reveal", {"scene": real_body("yolov5"), "level": 5, "guess": []}), ["body", "level"],
+     "5 is not a level of this scene (it has 3)", "5 不是这个场景的层（它有 3 层）"),
+]
+
+
+@pytest.mark.parametrize("request_, loc, english, chinese", WEB_422, ids=[w[1][-1] + str(i) for i, w in enumerate(WEB_422)])
+def test_the_web_layers_422s_say_what_and_where_in_the_readers_language(client, request_, loc, english, chinese):
+    method, url, body = request_
+    assert_422(getattr(client, method)(url, json=body), loc, english)
+    joined = url + ("&" if "?" in url else "?") + "lang=zh"
+    assert_422(getattr(client, method)(joined, json=body), loc, chinese)  # ?lang=zh
+    assert_422(getattr(client, method)(url, json=body, headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}),
+               loc, chinese)  # or the browser's language

@@ -101,6 +101,8 @@ def test_a_wrong_content_type_says_so(client):
         r = client.post("/api/v1/explain", content=json.dumps(SMALL), headers=headers)
         assert r.status_code == 415, (headers, r.text)
         assert "application/json" in r.json()["detail"]
+        r = client.post("/api/v1/explain", content=json.dumps(SMALL), headers={**headers, "accept-language": "zh-CN"})
+        assert r.status_code == 415 and "请求体请以 JSON 发送" in r.json()["detail"], r.text  # in the reader's language
     assert client.post("/api/v1/explain", content=json.dumps(SMALL),
                        headers={"content-type": "application/json; charset=utf-8"}).status_code == 200
 
@@ -139,6 +141,9 @@ def test_a_response_above_the_limit_is_a_413_naming_it_and_the_cli():
         assert r.status_code == 413, r.status_code
         detail = r.json()["detail"]
         assert "LOSSLAB_MAX_RESPONSE_BYTES" in detail and "losslab explain" in detail
+        assert f"above the limit of {2**20} bytes" in detail
+        zh = c.post("/api/v1/export?lang=zh", json=FOCAL).json()["detail"]
+        assert f"超过了 {2**20} 字节的上限" in zh and "losslab explain" in zh  # numbers and commands stay
         r = c.post("/api/v1/explain", params={"stages": "true", "stage_data": "10000000"}, json=FOCAL)
         assert r.status_code == 413 and "losslab explain" in r.json()["detail"]
         assert c.post("/api/v1/explain", json=FOCAL).status_code == 200  # the default answer is small

@@ -33,6 +33,7 @@ from losscore.trace import Trace
 
 ZH = catalogue("zh")
 LOSSCORE = Path(losscore.__file__).resolve().parent
+APP = LOSSCORE.parent / "app"  # the web layer's own 422 messages are T() templates too
 
 
 # -- the static scan --------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class _Scan:
             self.pair(node.body, where)
             self.pair(node.orelse, where)
         else:  # a pair the scan cannot read: its text would go unchecked
-            self.baked.append(f"{self.path.relative_to(LOSSCORE)}:{node.lineno} ({where}: not a literal (key, text) pair)")
+            self.baked.append(f"{self.path.relative_to(LOSSCORE.parent)}:{node.lineno} ({where}: not a literal (key, text) pair)")
 
     def text(self, node: ast.AST, where: str, names_only: bool = False) -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -150,7 +151,7 @@ class _Scan:
             for element in node.elts:
                 self.text(element, where)
         elif isinstance(node, ast.JoinedStr) or (isinstance(node, ast.BinOp) and _has_text(node)):
-            self.baked.append(f"{self.path.relative_to(LOSSCORE)}:{node.lineno} ({where})")
+            self.baked.append(f"{self.path.relative_to(LOSSCORE.parent)}:{node.lineno} ({where})")
 
 
 def _has_text(node: ast.AST) -> bool:
@@ -162,7 +163,7 @@ def _scan() -> tuple[set[str], list[str]]:
     """(templates of the code, baked texts)."""
     templates: set[str] = set()
     baked: list[str] = []
-    for path in sorted(LOSSCORE.rglob("*.py")):
+    for path in sorted(LOSSCORE.rglob("*.py")) + sorted(APP.rglob("*.py")):
         scan = _Scan(path, ast.parse(path.read_text(encoding="utf-8")), set(TEXT_ARGUMENTS))
         templates |= scan.templates
         baked += scan.baked
@@ -185,7 +186,8 @@ def test_the_scan_sees_every_kind_of_text():
                      "rank on level",  # a box-panel column, imported as Col (TargetColumn)
                      "IoU threshold = mean + std",  # a box-panel fact (TargetFact)
                      "IoU of its candidates",  # a box-panel histogram title (TargetHistogram)
-                     "this box's total cost at each valid point"):  # a box-panel heat layer (TargetMap)
+                     "this box's total cost at each valid point",  # a box-panel heat layer (TargetMap)
+                     "no box {target}: the scene has {n} box(es), numbered from 0"):  # the web layer's 422
         assert template in TEMPLATES, template
 
 

@@ -141,9 +141,10 @@ async def explain(
                                    wanted_columns, checks, settings.stream_bytes, settings.max_response_bytes,
                                    target, lang)
     except serialize.TooLarge as exc:
-        raise HTTPException(413, f"this explain response would be {exc.args[0]} (LOSSLAB_MAX_RESPONSE_BYTES): "
-                                 "ask for less stage data (stage_data, stages) or fewer maps, or run `losslab "
-                                 "explain scene.json -o trace.json`, which writes any size to a file") from None
+        raise HTTPException(413, T("this explain response would be about {mb} MB, above the limit of {limit} bytes "
+                                   "(LOSSLAB_MAX_RESPONSE_BYTES): ask for less stage data (stage_data, stages) or fewer "
+                                   "maps, or run `losslab explain scene.json -o trace.json`, which writes any size to a "
+                                   "file", mb=exc.megabytes, limit=exc.limit)) from None
     finally:
         if slot and (prepared is None or prepared.payload is not None):  # not streamed: the slot goes back now
             lanes.release_stream()
@@ -185,9 +186,9 @@ async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep,
                                    settings.max_response_bytes, lang, heavy=True)
     except serialize.TooLarge as exc:
         lanes.release_stream()
-        raise HTTPException(413, f"the export of this scene would be {exc.args[0]} "
-                                 "(LOSSLAB_MAX_RESPONSE_BYTES); `losslab explain scene.json -o trace.json` "
-                                 "writes the same document, of any size, to a file") from None
+        raise HTTPException(413, T("the export of this scene would be about {mb} MB, above the limit of {limit} bytes "
+                                   "(LOSSLAB_MAX_RESPONSE_BYTES); `losslab explain scene.json -o trace.json` writes the "
+                                   "same document, of any size, to a file", mb=exc.megabytes, limit=exc.limit)) from None
     except BaseException:
         lanes.release_stream()
         raise
@@ -200,8 +201,8 @@ async def export(body: SceneIn, lanes: LanesDep, settings: SettingsDep,
 LARGE_STAGE_DATA = 4096  # explain: more stage data per tensor than this may make a large answer
 
 
-_STREAMS_BUSY = ("every stream slot of this worker (LOSSLAB_STREAM_SLOTS) is busy sending a large response; "
-                 "retry in a few seconds")
+_STREAMS_BUSY = T("every stream slot of this worker (LOSSLAB_STREAM_SLOTS) is busy sending a large response; "
+                  "retry in a few seconds")
 
 
 def _stream(doc: dict, lanes: Lanes, headers: dict[str, str]) -> StreamingResponse:
