@@ -422,11 +422,19 @@ function renderSplit(r, s, L) {
   $('cmp-col').hidden = false;
   $('compare-controls').hidden = true;
   const counts = r.counts.split || [];
-  $('split-title').textContent = `${split.values[0].label} · ${counts[0]?.total ?? '–'} ${t('summary.positives')}`;
+  // both sides titled alike: the branch, the server's count of its positives (the one total loss, of both
+  // branches together, is in the summary above: a per-side total would read as the branch's own)
+  const title = $('split-title');
+  title.replaceChildren();
+  el('span', { cls: 'muted', text: split.values[0].label }, title);
+  const count = el('span', {}, title);
+  el('strong', { text: String(counts[0]?.total ?? '–') }, count);
+  count.append(` ${t('summary.positives')}`);
   $('cmp-title').textContent = split.values[1].label;
   $('cmp-positive-count').textContent = String(counts[1]?.total ?? '–');
-  $('cmp-loss-total').textContent = fmt(r.losses.total);
+  $('cmp-loss').hidden = true;
   $('cmp-changed').replaceChildren();
+  $('cmp-changed').hidden = true; // the left side has no such line: the two grids stay level
   cmpView.renderResult(branchOf(r, split, 1), { spec: s, levelIndex: L, anchor: app.state.anchor, heat: splitHeat(), selected: app.state.sel, seq: 0 });
 }
 
@@ -435,6 +443,8 @@ function renderCompare() {
   if (splitOn()) return;
   $('cmp-col').hidden = !app.state.compare;
   $('compare-controls').hidden = false;
+  $('cmp-loss').hidden = false;
+  $('cmp-changed').hidden = false;
   if (!r || !app.state.compare) return;
   const s = spec(r.scheme);
   $('cmp-title').textContent = `${s?.title ?? r.scheme} ${Object.entries(app.state.cmpParams).map(([k, v]) => `${k} ${v}`).join(', ')}`;

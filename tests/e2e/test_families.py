@@ -167,6 +167,9 @@ def test_yolov10_branches_side_by_side_are_the_servers_two_sets(lab):
     assert lab.get_by_test_id("split-title").is_visible()
     assert f"{split[0]['total']}" in lab.get_by_test_id("split-title").inner_text()
     assert lab.get_by_test_id("cmp-positive-count").inner_text() == str(split[1]["total"])
+    assert not lab.get_by_test_id("cmp-loss-total").is_visible()  # one total, both branches', in the summary
+    tops = [lab.get_by_test_id(t).bounding_box()["y"] for t in ("scene", "cmp-scene")]
+    assert abs(tops[0] - tops[1]) < 2, tops  # the two grids level
 
     def cells(testid: str) -> set[tuple]:
         got = lab.locator(f"[data-testid={testid}] [data-testid=grid-cell]").evaluate_all(
