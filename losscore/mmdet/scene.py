@@ -134,7 +134,7 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
         trace.record("assign.centre_in_box", "Cells labelled by centre-in-box",
                      "a cell is positive for class c when its centre lies strictly inside a box of class c "
                      "(the smallest box wins); every other cell is background (label C)",
-                     code="losslab focal playground (FCOS-style centre sampling)",
+                     code="losscore.mmdet.scene.centre_in_box_labels (FCOS-style)",
                      tensors={"labels": (labels, "S"), "gt": (torch.cat(gt_parts), "S")},
                      values={"num_pos": num_pos, "num_cells": int(labels.numel()), "num_classes": nc})
     module = FocalLoss(use_sigmoid=True, gamma=gamma, alpha=alpha, reduction=reduction, loss_weight=loss_weight)

@@ -1049,7 +1049,7 @@ ATSS_SPEC = SchemeSpec(
 # -- RTMDet scheme ------------------------------------------------------------------------------
 RTMDET_PARAMS = (
     ParamSpec("topk", 13, 1, 50, 1, kind="int", doc="dynamic k = int(sum of each box's topk largest IoUs), at least 1",
-              upstream="DynamicSoftLabelAssigner(topk=13) (RTMDet configs set topk=13; the class default is 13)"),
+              upstream="DynamicSoftLabelAssigner(topk=13)"),
     ParamSpec("iou_weight", 3.0, 0.0, 10.0, 0.1, doc="weight of the IoU cost -ln(IoU + 1e-7)",
               upstream="DynamicSoftLabelAssigner(iou_weight=3.0)"),
     ParamSpec("soft_center_radius", 3.0, 0.0, 10.0, 0.1,

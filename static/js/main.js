@@ -371,7 +371,7 @@ function renderHeatLegend() {
   const canvas = el('canvas', { cls: 'legendbar' });
   paintLegend(canvas);
   el('strong', { text: range.name }, root);
-  root.append(` ${fmt(range.lo)} `, canvas, ` ${fmt(range.hi)}${range.scale === 'log' ? ' (log)' : ''}${range.reduce ? ` · ${range.reduce} over anchors` : ''}`);
+  root.append(` ${fmt(range.lo)} `, canvas, ` ${fmt(range.hi)}${range.scale === 'log' ? ' (log)' : ''}${range.reduce ? ` · ${t('view.reduce').replace('{reduce}', range.reduce)}` : ''}`);
   el('span', { cls: 'coldoc', text: ` — ${range.doc}` }, root);
 }
 

@@ -9,6 +9,8 @@ from urllib.parse import quote
 import pytest
 
 from e2e_helpers import api_get, api_post, open_page, wait_rendered
+from losscore.registry import all_schemes
+from losscore.text import untranslated
 
 pytestmark = pytest.mark.e2e
 
@@ -182,4 +184,31 @@ def test_yolov10_branches_side_by_side_are_the_servers_two_sets(lab):
     lab.get_by_test_id("split-toggle").uncheck()
     settled(lab)
     assert not lab.get_by_test_id("split-title").is_visible()
+    assert lab.errors == []
+
+
+SCHEMES = list(all_schemes())
+PROSE_ONLY = """() => {  // the page's prose: tables, code, selects and plots hold code names, which stay as they are
+  const copy = document.body.cloneNode(true);
+  copy.querySelectorAll('table, code, select, svg, script, style, [hidden]').forEach((e) => e.remove());
+  copy.style.position = 'absolute';
+  document.body.appendChild(copy);
+  const text = copy.innerText;
+  copy.remove();
+  return text;
+}"""
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_in_chinese_leaves_no_english_sentence_on_the_page(lab, scheme):
+    open_free(lab, f"scheme={scheme}&lang=zh&sel=0&progress=0.7&boxes={BOXES}")
+    api = api_post(lab.base, "/api/v1/explain?columns=grid", scene_of(lab))
+    if api["positives"] and "gi" in api["positives"][0]:  # keep a positive cell in the inspector
+        row = api["positives"][0]
+        lab.locator(f"[data-testid=level-tab][data-level='{row['level']}']").click()
+        settled(lab)
+        stride = api["levels"][row["level"]]["stride"]
+        lab.mouse.click(*to_screen(lab, (row["gi"] + 0.5) * stride, (row["gj"] + 0.5) * stride))
+        settled(lab)
+    assert untranslated(lab.evaluate(PROSE_ONLY)) == []
     assert lab.errors == []

@@ -518,7 +518,7 @@ export function renderAnchorStrip(root, result, levelIndex, selected, anchorShow
   const level = result?.levels?.[levelIndex];
   if (!level) return;
   if (!level.anchors) {
-    el('span', { cls: 'hint', text: 'anchor-free: one anchor point per cell (its centre)' }, root);
+    el('span', { cls: 'hint', text: t('view.anchorFree') }, root);
     return;
   }
   const ratio = (result.checks || []).filter((c) => c.gt === selected && c.level === levelIndex && c.test === 'anchor_ratio');

@@ -69,7 +69,7 @@ export function renderStage(root, result, name, selectedBox) {
   el('h4', { text: t('stages.tensors') }, root);
   const table = el('table', { cls: 'table tensors' }, root);
   const head = el('tr', {}, el('thead', {}, table));
-  for (const h of ['tensor', 'dims', 'shape', 'min', 'max', 'mean', t('stages.data')]) el('th', { text: h }, head);
+  for (const h of ['tensor', 'dims', 'shape', 'min', 'max', 'mean', 'data']) el('th', { text: t(`stages.col.${h}`) }, head);
   const body = el('tbody', {}, table);
   for (const tensor of stage.tensors || []) {
     const tr = el('tr', { attrs: { 'data-testid': 'stage-tensor', 'data-name': tensor.name } }, body);

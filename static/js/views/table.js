@@ -65,7 +65,7 @@ export function renderCounts(root, spec, result) {
       const item = el('span', { cls: 'boxcount', attrs: { 'data-gt': box.gt } }, p);
       const sw = el('span', { cls: 'swatch' }, item);
       sw.style.background = boxColour(box.gt);
-      const rules = Object.entries(box.by_rule).map(([k, v]) => `${k} ${v}`).join(', ');
+      const rules = Object.entries(box.by_rule).map(([k, v]) => `${ruleLabel(spec, k)} ${v}`).join(', ');
       item.append(`#${box.gt}: ${box.total}${rules ? ` (${rules})` : ''}`);
     }
   }
