@@ -286,10 +286,11 @@ def _counts(result: SceneResult, spec: SchemeSpec) -> dict[str, Any]:
 
 
 def focal_state(spec: SchemeSpec, params: Mapping[str, Any], result: SceneResult | None = None,
-                arrays: bool = False, lang: str = "en") -> dict[str, Any] | None:
+                arrays: bool = False, lang: str = "en", columns: Iterable[str] | None = None) -> dict[str, Any] | None:
     """Whether the scheme's focal wrapper is on for these parameters, its gamma and alpha, and the curve
     the page draws: the loss of one positive element against its ``p_t`` (plain BCE when it is off),
-    with RetinaNet Figure 1's ``p_t`` = 0.1, 0.5, 0.9 as exact marks."""
+    with RetinaNet Figure 1's ``p_t`` = 0.1, 0.5, 0.9 as exact marks. ``points``: the positives' own
+    (``p_t``, loss) columns, when ``columns`` (``None``: all) has both (a drag's grid-only answer has not)."""
     focal = spec.focal
     if focal is None:
         return None
@@ -316,7 +317,8 @@ def focal_state(spec: SchemeSpec, params: Mapping[str, Any], result: SceneResult
     }
     if result is not None and focal.points is not None:
         x_name, y_name = focal.points
-        if x_name in result.positives and y_name in result.positives:
+        shown = result.positives if columns is None else set(columns)
+        if x_name in result.positives and y_name in result.positives and x_name in shown and y_name in shown:
             state["points"] = {"x": x_name, "y": y_name,
                                "p_t": flat_values(numpy_flat(result.positives[x_name]), arrays=arrays),
                                "loss": flat_values(numpy_flat(result.positives[y_name]), arrays=arrays)}
@@ -536,7 +538,7 @@ def result_to_dict(
                  for name, levels in [*((n, result.maps[n]) for n in wanted), *box_maps.items()]},
         "losses": {name: plain_float(float(value)) for name, value in result.losses.items()},
         "composition": composition_to_dict(result.composition, spec, lang),
-        "focal": focal_state(spec, scene.params, result, arrays, lang),
+        "focal": focal_state(spec, scene.params, result, arrays, lang, columns),
         "box_cells": None if result.box_cells is None else result.box_cells.tolist(),
         "queries": None if result.queries is None else _rows(result.queries, arrays),
         "matrices": None if result.matrices is None else {name: encode_map(m) for name, m in result.matrices.items()},

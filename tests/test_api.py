@@ -349,3 +349,16 @@ def test_the_web_layers_422s_say_what_and_where_in_the_readers_language(client, 
     assert_422(getattr(client, method)(joined, json=body), loc, chinese)  # ?lang=zh
     assert_422(getattr(client, method)(url, json=body, headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}),
                loc, chinese)  # or the browser's language
+
+
+@pytest.mark.parametrize("scheme", ["focal", "atss"])
+def test_focal_points_are_the_positives_own_columns_and_follow_the_columns_asked(client, scheme):
+    spec = get_scheme(scheme)
+    x, y = spec.focal.points
+    full = client.post("/api/v1/explain?columns=all", json=real_body(scheme)).json()
+    points = full["focal"]["points"]
+    assert points["x"] == x and points["y"] == y and len(points["p_t"]) == len(full["positives"]) > 0
+    assert points["p_t"] == [row[x] for row in full["positives"]]
+    assert points["loss"] == [row[y] for row in full["positives"]]
+    light = client.post("/api/v1/explain?columns=grid", json=real_body(scheme)).json()  # a drag's answer
+    assert light["focal"]["points"] is None and light["focal"]["curve"] == full["focal"]["curve"]

@@ -162,21 +162,26 @@ export class Coalescer {
   }
 
   async pump() {
-    // one request in flight; a newer submission replaces the queued one, so answers arrive in order
-    while (this.queued) {
-      const job = this.queued;
-      this.queued = null;
-      this.inFlight = true;
-      try {
-        job.sentAt = performance.now();
-        const result = await this.send(job.payload);
-        job.receivedAt = performance.now();
-        this.onResult(result, job);
-      } catch (error) {
-        if (!this.queued) this.onError(error, job); // a newer request is on its way: its answer decides
-      } finally {
-        this.inFlight = false;
-      }
+    // one request in flight; a newer submission replaces the queued one, so answers arrive in order.
+    // The next request leaves before this answer is drawn: the server computes it while the page draws.
+    if (this.inFlight || !this.queued) return;
+    const job = this.queued;
+    this.queued = null;
+    this.inFlight = true;
+    let result;
+    let failure = null;
+    try {
+      job.sentAt = performance.now();
+      result = await this.send(job.payload);
+      job.receivedAt = performance.now();
+    } catch (error) {
+      failure = error;
     }
+    this.inFlight = false;
+    this.pump();
+    if (failure === null) {
+      try { this.onResult(result, job); } catch (error) { failure = error; }
+    }
+    if (failure !== null && !this.inFlight) this.onError(failure, job); // else a newer request is on its way: its answer decides
   }
 }
