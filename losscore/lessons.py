@@ -4,7 +4,9 @@ A lesson is data, one JSON file in ``losscore/lesson_data/`` (no code branch per
 question, the scheme, and its steps. A step names the scene it starts from (``"keep"`` keeps the
 learner's, else boxes or a preset plus view settings), the controls it shows (the others are
 hidden), what to light up, the text in English and 中文, an optional prediction the learner makes
-before the code's answer is revealed, and on the last step the rule as upstream's code has it with
+before the code's answer is revealed (``predict``: ``level``, optionally ``anchor``, and ``clue: "heat"``
+when the step's text reads the heat layer, which then stays visible while every answer is hidden), and
+on the last step the rule as upstream's code has it with
 the line it comes from. :func:`lessons` and :func:`lesson` give them in one language.
 """
 from __future__ import annotations

@@ -25,6 +25,20 @@ BOXES = "0,100,150,260,330;1,230,280,420,400;2,410,100,430,122;3,412,102,428,124
 VIEWPORT = {"width": 1500, "height": 1100}
 
 
+def shrink(paths) -> None:
+    """256-colour PNGs, a third of the size (text and glyphs stay sharp: no dithering); skipped without Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    for path in paths:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                continue
+            small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        small.save(path, optimize=True)
+
+
 def get(base: str, path: str) -> dict:
     with urllib.request.urlopen(base + path) as response:
         return json.loads(response.read())
@@ -109,6 +123,7 @@ def main(only: list[str]) -> None:
                 settle(page)
                 page.screenshot(path=str(OUT / "welcome-zh.png"))
             browser.close()
+            shrink(OUT.glob("*.png"))
             if errors:
                 raise SystemExit(f"page errors: {errors}")
     finally:

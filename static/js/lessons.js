@@ -118,7 +118,7 @@ export class Lessons {
     this.renderPanel(lesson, step, index);
     this.ctx.syncControls();
     this.showControls(step.controls);
-    this.setPredicting(Boolean(step.predict));
+    this.setPredicting(Boolean(step.predict), step.predict?.clue === 'heat');
     this.ctx.update();
   }
 
@@ -183,10 +183,12 @@ export class Lessons {
   // ---- predict, then reveal ----------------------------------------------------------------
   picking() { return this.predicting; }
 
-  setPredicting(on) {
+  setPredicting(on, clue = false) {
     const { $ } = this.ctx;
     this.predicting = on;
     document.body.classList.toggle('predicting', on);
+    // a lesson step whose text reads the heat layer (t, IoU, cost …) keeps it while the learner predicts
+    document.body.classList.toggle('lesson-clue', on && clue);
     $('predict-mode').classList.toggle('on', on);
     $('predict-hint').hidden = !on;
     $('reveal').hidden = !on;

@@ -58,6 +58,9 @@ def follow(lab, lesson_id: str, lang: str) -> list[dict]:
         assert step["text"] in lab.get_by_test_id("lesson-text").inner_text()
         if step.get("predict"):
             assert lab.get_by_test_id("reveal").is_visible()
+            # the heat layer is hidden with the answer, unless the step's text reads it as its clue
+            shown = lab.get_by_test_id("scene-heat").evaluate("e => getComputedStyle(e).visibility") == "visible"
+            assert shown == (step["predict"].get("clue") == "heat"), (lesson_id, index)
             scene = scene_of(lab)
             level = step["predict"]["level"]
             stride = api_post(lab.base, "/api/v1/explain", scene)["levels"][level]["stride"]
