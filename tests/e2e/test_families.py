@@ -212,3 +212,20 @@ def test_every_scheme_in_chinese_leaves_no_english_sentence_on_the_page(lab, sch
         settled(lab)
     assert untranslated(lab.evaluate(PROSE_ONLY)) == []
     assert lab.errors == []
+
+
+def test_labels_on_the_grid_never_cover_each_other(lab):
+    """YOLOX's cost labels on a crowded P3: each is written only where it covers no other (the rest keep
+    their sentence in the cell's title)."""
+    open_free(lab, "scheme=yolox&progress=0.2&sel=0&level=0&heat=iou&boxes=0,200,180,330,300")
+    cells = lab.locator("[data-testid=scene] [data-testid=check-cell]")
+    labels = lab.locator("[data-testid=scene] .checklabel")
+    boxes = labels.evaluate_all("els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })")
+    assert 2 <= len(boxes) < cells.count()  # some written, some left to their titles
+
+    def overlap(a, b):
+        return a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5
+
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if overlap(a, b)]
+    assert all(cells.evaluate_all("els => els.map(e => e.querySelector('title').textContent)"))
+    assert lab.errors == []

@@ -181,6 +181,19 @@ export function screenSize(px, view, screenWidth) {
   return px * imagePerScreen(view, screenWidth);
 }
 
+/** The image-space rectangle a label (one or more lines at `fontPx` screen pixels; an average glyph is
+ * about 0.6 em wide) covers when written from (x, y). */
+export function labelBox(x, y, label, view, screenWidth, fontPx = 10) {
+  const lines = String(label).split('\n');
+  const em = fontPx * imagePerScreen(view, screenWidth);
+  return { x, y, w: Math.max(...lines.map((line) => line.length)) * 0.6 * em, h: lines.length * 1.1 * em };
+}
+
+/** Whether a rectangle overlaps any of `boxes` (labels already written). */
+export function overlapsAny(box, boxes) {
+  return boxes.some((b) => box.x < b.x + b.w && b.x < box.x + box.w && box.y < b.y + b.h && b.y < box.y + box.h);
+}
+
 /** Whether a cell rectangle is large enough on screen to hold a glyph and a number. */
 export function roomyCell(stride, view, screenWidth) {
   return stride / imagePerScreen(view, screenWidth) >= 26;

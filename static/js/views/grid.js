@@ -397,6 +397,7 @@ export class GridView {
     const checks = document.createDocumentFragment();
     const mine = (result.checks || []).filter((c) => c.gt === selected && c.level === L && (anchor === -1 || c.anchor === anchor) && !c.test.startsWith('anchor_ratio'));
     const seen = new Set();
+    const written = []; // the label rectangles already on the grid
     for (const c of mine.slice(0, MAX_GRID_CHECKS)) {
       const key = `${c.gi},${c.gj},${c.test}`;
       if (seen.has(key)) continue; // the same neighbour test repeats per kept anchor
@@ -408,7 +409,9 @@ export class GridView {
       Object.assign(node.dataset, { gt: c.gt, level: c.level, anchor: c.anchor, gi: c.gi, gj: c.gj, test: c.test, passed: c.passed });
       const title = svgEl('title', {}, node);
       title.textContent = c.text;
-      if (roomy && c.label) {
+      const area = roomy && c.label ? geo.labelBox(rect.x, rect.y, c.label, this.view, this.screenWidth()) : null;
+      if (area && !geo.overlapsAny(area, written)) { // a label that would cover another is left to the cell's title
+        written.push(area);
         const label = svgEl('text', { class: `checklabel ${c.passed ? 'pass' : 'fail'}`, x: rect.x, y: rect.y }, checks);
         c.label.split('\n').forEach((line, i) => {
           const span = svgEl('tspan', { x: rect.x, dy: i ? '1.1em' : '0.15em' }, label);
