@@ -43,6 +43,7 @@ window.__losslab = probe;
 const spec = (name = app.state.scheme) => app.schemes[name];
 probe.scene = () => sceneOf();            // the request body the page sends for its main view
 probe.state = () => structuredClone(app.state);
+probe.redraw = () => renderFast(probe.renderedSeq); // the benchmark times the grid's redraw alone
 const sceneOf = (which = 'main') => toScene(app.state, app.sceneDefaults, which);
 const levelIndex = () => geo.clampIndex(app.state.level, app.result?.levels.length || 1);
 

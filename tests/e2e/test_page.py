@@ -519,3 +519,19 @@ def test_the_inspector_asks_for_the_tests_of_a_box_that_is_not_selected(lab):
     lab.wait_for_function("text => document.querySelector('[data-testid=inspector-summary]')?.textContent.includes(text)",
                           arg=check["text"])
     assert lab.errors == []
+
+
+def test_a_redraw_keeps_the_cells_that_did_not_change(lab):
+    """Positive cells are keyed by what they show: redrawing the same answer creates no node (a drag
+    that moves one box of many touches only that box's cells)."""
+    open_free(lab, "scheme=focal&sel=0&boxes=0,100,150,260,330;1,230,280,420,400;2,410,100,430,122")
+    cells = lab.locator("[data-testid=scene] [data-testid=grid-cell]")
+    before = cells.count()
+    assert before > 100
+    lab.evaluate("() => document.querySelectorAll('[data-testid=scene] [data-testid=grid-cell]').forEach(n => { n.__kept = true; })")
+    lab.evaluate("() => window.__losslab.redraw()")
+    kept = "() => [...document.querySelectorAll('[data-testid=scene] [data-testid=grid-cell]')].filter(n => n.__kept).length"
+    assert cells.count() == before and lab.evaluate(kept) == before
+    mine = lab.locator("[data-testid=scene] [data-testid=grid-cell].mine").count()
+    assert 0 < mine < before
+    assert lab.errors == []

@@ -52,6 +52,7 @@ export class GridView {
     this.heat = svgEl('image', { class: 'heat', preserveAspectRatio: 'none', visibility: 'hidden', 'data-testid': `${id}-heat` }, this.svg);
     this.gridRect = svgEl('rect', { fill: `url(#${id}-cells)`, class: 'gridrect', 'data-testid': `${id}-grid` }, this.svg);
     this.cellLayer = svgEl('g', { class: 'cells' }, this.svg);
+    this.cellNodes = new Map(); // key -> the positive cell's nodes (see renderResult)
     this.checkLayer = svgEl('g', { class: 'checks' }, this.svg);
     this.boxLayer = svgEl('g', { class: 'boxes' }, this.svg);
     this.overLayer = svgEl('g', { class: 'over' }, this.svg);
@@ -377,21 +378,39 @@ export class GridView {
     this.svg.classList.toggle('roomy', roomy);
     const glyphs = Object.fromEntries((spec?.rules || []).map((r) => [r.name, r.glyph]));
 
-    // positive cells: a strip per anchor when all anchors are shown
+    // positive cells: a strip per anchor when all anchors are shown. Keyed by what they show, so a
+    // redraw (a drag moves one box of many) touches only the cells that changed, not thousands.
     const cells = document.createDocumentFragment();
     const rows = result.positives.filter((r) => r.level === L && (anchor === -1 || r.anchor === anchor));
+    const strips = anchor === -1 && count !== 1;
+    const previous = this.cellNodes;
+    const next = new Map();
     for (const r of rows) {
-      const rect = anchor === -1 && count !== 1 ? geo.stripRect(s, r.gi, r.gj, r.anchor, count) : geo.cellRect(s, r.gi, r.gj);
-      const colour = boxColour(r.gt);
-      const node = svgEl('rect', { class: `poscell${r.gt === selected ? ' mine' : ''}`, 'data-testid': 'grid-cell', fill: colour, stroke: colour, 'vector-effect': 'non-scaling-stroke' }, cells);
-      setRect(node, rect);
-      Object.assign(node.dataset, { gt: r.gt, level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, rule: r.rule });
-      if (!roomy) continue; // a glyph only where a cell is big enough on screen to hold it
-      const centre = geo.rectCentre(rect);
-      const mark = svgEl('text', { class: 'rulemark', x: centre.x, y: centre.y }, cells);
-      mark.textContent = glyphs[r.rule] ?? '?';
+      let key = `${L}|${s}|${strips}|${count}|${roomy}|${r.gt === selected}|${r.gt}|${r.anchor}|${r.gi}|${r.gj}|${r.rule}`;
+      while (next.has(key)) key = `${key}#`; // the same cell twice (clamped at a border)
+      let nodes = previous.get(key);
+      if (nodes && nodes[0].parentNode === this.cellLayer) {
+        previous.delete(key);
+      } else {
+        nodes = [];
+        const rect = strips ? geo.stripRect(s, r.gi, r.gj, r.anchor, count) : geo.cellRect(s, r.gi, r.gj);
+        const colour = boxColour(r.gt);
+        const node = svgEl('rect', { class: `poscell${r.gt === selected ? ' mine' : ''}`, 'data-testid': 'grid-cell', fill: colour, stroke: colour, 'vector-effect': 'non-scaling-stroke' }, cells);
+        setRect(node, rect);
+        Object.assign(node.dataset, { gt: r.gt, level: r.level, anchor: r.anchor, gi: r.gi, gj: r.gj, rule: r.rule });
+        nodes.push(node);
+        if (roomy) { // a glyph only where a cell is big enough on screen to hold it
+          const centre = geo.rectCentre(rect);
+          const mark = svgEl('text', { class: 'rulemark', x: centre.x, y: centre.y }, cells);
+          mark.textContent = glyphs[r.rule] ?? '?';
+          nodes.push(mark);
+        }
+      }
+      next.set(key, nodes);
     }
-    this.cellLayer.replaceChildren(cells);
+    for (const nodes of previous.values()) for (const node of nodes) node.remove();
+    this.cellLayer.append(cells);
+    this.cellNodes = next;
 
     // the tests the code ran for the selected box on this level, on the cells they are about
     const checks = document.createDocumentFragment();
