@@ -197,3 +197,19 @@ def test_noise_cache_is_bounded_in_bytes(monkeypatch):
     scene_module.blend_sparse((1000,), background, torch.tensor([0]), torch.tensor([1.0]), 0.5,
                               torch.Generator().manual_seed(9))
     assert len(scene_module._NOISE_CACHE) == 1  # the newest stays
+
+
+def test_non_finite_places_names_every_tensor_with_a_nan_or_an_infinity_and_nothing_else():
+    import math
+
+    from losscore.finite import non_finite_places
+
+    big = torch.full((4,), 3.0e38)  # finite, whose float32 sum would overflow: not a place
+    both = torch.tensor([math.inf, -math.inf, 1.0])  # +inf and -inf: the sum is NaN
+    trace = Trace()
+    trace.record("assign.k", "k", "", tensors={"topk": (torch.tensor([0.5, math.nan]), "N")})
+    places = non_finite_places({"iou": torch.tensor([0.1, 0.2]), "big": big, "label": torch.tensor([1, 2])},
+                               {"box": torch.tensor(0.3), "cls": both},
+                               {"tobj": [torch.zeros(2, 2), torch.tensor([[math.inf]])]}, trace)
+    assert [str(p) for p in places] == ["loss cls", "map tobj", "stage assign.k: topk"]
+    assert non_finite_places({"big": big}, {"box": torch.tensor(0.3)}, {"tobj": [torch.zeros(3)]}, trace=None) == []

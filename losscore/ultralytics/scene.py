@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..finite import non_finite_places
 from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
@@ -757,22 +758,9 @@ def _notes(scene: Scene, variant: Variant, branches: list[_Branch], breakdown, p
     return notes
 
 
-def _non_finite(named: list[tuple[str, Tensor]]) -> list[str]:
-    """The names of the float tensors holding a NaN or an infinity (one test for the common all-finite case)."""
-    floats = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
-    if not floats or bool(torch.isfinite(torch.cat([t.reshape(-1).double() for _, t in floats])).all()):
-        return []
-    return [name for name, t in floats if not bool(torch.isfinite(t).all())]
-
-
 def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], maps: dict[str, list[Tensor]],
                       trace: Trace) -> list:
-    named = [(T("column {name}", name=k), v) for k, v in positives.items()]
-    named += [(T("loss {name}", name=k), v) for k, v in losses.items()]
-    named += [(T("map {name}", name=k), torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
-    named += [(T("stage {stage}: {key}", stage=stage.name, key=key), rec.value) for stage in trace
-              for key, rec in stage.tensors.items()]
-    bad = _non_finite(named)
+    bad = non_finite_places(positives, losses, maps, trace)
     if not bad:
         return []
     return [T("Non-finite numbers in {where}: a predicted box is degenerate (zero width or height, or inverted by "

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..finite import non_finite_places
 from ..predictions import BlendedHeads, blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
@@ -460,15 +461,9 @@ def _notes(scene: Scene, out: LossBreakdown, trace: Trace, positives: dict[str, 
 def _non_finite_notes(positives: dict[str, Tensor], losses: dict[str, Tensor], maps: dict[str, list[Tensor]],
                       trace: Trace) -> list:
     """A note for every NaN or infinity in the result or the trace, with where it comes from."""
-    named = [(T("column {name}", name=k), v) for k, v in positives.items()]
-    named += [(T("loss {name}", name=k), v) for k, v in losses.items()]
-    named += [(T("map {name}", name=k), torch.cat([m.reshape(-1) for m in v])) for k, v in maps.items()]
-    named += [(T("stage {stage}: {key}", stage=stage.name, key=key), rec.value) for stage in trace
-              for key, rec in stage.tensors.items()]
-    floats = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
-    if not floats or bool(torch.isfinite(torch.cat([t.reshape(-1).double() for _, t in floats])).all()):
+    bad = non_finite_places(positives, losses, maps, trace)
+    if not bad:
         return []
-    bad = [name for name, t in floats if not bool(torch.isfinite(t).all())]
     notes = []
     if "stage simota.dynamic_k: gt_topk_iou" in bad:
         bad.remove("stage simota.dynamic_k: gt_topk_iou")
