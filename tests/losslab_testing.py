@@ -32,3 +32,12 @@ def vector_cases(family: str):
     data = json.loads(path.read_text(encoding="utf-8"))
     return [pytest.param(group, case, id=f"{group}-{case['id']}")
             for group, cases in data["groups"].items() for case in cases]
+
+
+def assert_same_result(traced, plain) -> None:
+    """Two runs of a scheme on one scene, one traced: same positives, losses and maps, bit for bit."""
+    for table in ("positives", "losses"):
+        a, b = getattr(traced, table), getattr(plain, table)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), table
+    assert traced.maps.keys() == plain.maps.keys()
+    assert all(torch.equal(x, y) for k in traced.maps for x, y in zip(traced.maps[k], plain.maps[k]))
