@@ -89,6 +89,22 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError("losslab serve did not answer /healthz within 120 s")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server and its workers so far (Linux /proc; NaN elsewhere)."""
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        total, todo = 0.0, [self.process.pid]
+        try:
+            while todo:
+                pid = todo.pop()
+                with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+                children = Path(f"/proc/{pid}/task/{pid}/children")
+                todo += [int(c) for c in children.read_text().split()] if children.exists() else []
+        except OSError:
+            return float("nan")
+        return total
+
     def __exit__(self, *exc) -> None:
         self.process.terminate()
         try:
@@ -202,18 +218,45 @@ def mixed_load(url: str, seconds: float, light_clients: int = 28, heavy_clients:
     print(f"    light p95 with heavy / alone: {mixed['light']['p95'] / alone['p95']:.2f}x (target <= 3x)", flush=True)
 
 
-def seed_load(url: str, seconds: float, clients: int = 32) -> None:
+def seed_load(server: "Server", seconds: float, clients: int = 32, rounds: int = 3) -> None:
     """Throughput of the 640x640 YOLOv5 scene with one seed for every request (the noise cached)
-    and with a new random seed per request (the noise drawn each time)."""
+    and with a new random seed per request (the noise drawn each time).
+
+    A shared 2-core VM drifts by 10-30 % within a minute, so the two are measured in ``rounds``
+    interleaved pairs (same/new, then new/same, ...) after a short warm-up of each, and the ratio
+    printed is the median of the pairs' ratios (each pair's two halves ran seconds apart). Also
+    printed: the server's own CPU time per request (its processes' user + system time over the
+    requests it answered), which the client's CPU and the neighbours' load do not enter."""
+    url = server.url
     base = scene("yolov5")
-    fixed = asyncio.run(load_groups(url, [{"name": "s", "clients": clients, "body": lambda n: base}], seconds))["s"]
-    fresh = asyncio.run(load_groups(url, [{"name": "s", "clients": clients, "seconds": seconds,
-                                           "body": lambda n: {**base, "predictions": {"seed": 1000 + n}}}],
-                                    seconds))["s"]
-    print(f"  noise seeds, {clients} clients, 640x640 YOLOv5 default request, {seconds:.0f} s each:")
-    for name, r in (("same seed (cached noise)", fixed), ("new seed per request", fresh)):
-        print(f"    {name:<34} {r['n']:>5} {r['p50']:>8.1f} {r['p95']:>8.1f} {r['rps']:>8.1f} {r['errors']:>6}")
-    print(f"    cost per request, new seed / same seed: {fixed['rps'] / fresh['rps']:.2f}x (target <= 2x)", flush=True)
+    kinds = {"same seed (cached noise)": lambda n: base,
+             "new seed per request": lambda n: {**base, "predictions": {"seed": 1000 + n}}}
+    for body in kinds.values():  # warm-up: caches, pools, the workers' first-call costs
+        asyncio.run(load_groups(url, [{"name": "s", "clients": clients, "body": body}], min(seconds, 3.0)))
+    rows: dict[str, list[dict]] = {name: [] for name in kinds}
+    ratios, cpu_ratios = [], []
+    for r in range(max(1, rounds)):
+        order = list(kinds) if r % 2 == 0 else list(reversed(kinds))
+        got = {}
+        for name in order:
+            cpu0 = server.cpu_seconds()
+            got[name] = asyncio.run(load_groups(url, [{"name": "s", "clients": clients, "body": kinds[name]}], seconds))["s"]
+            got[name]["cpu_ms"] = (server.cpu_seconds() - cpu0) * 1e3 / max(1, got[name]["n"])
+        for name in kinds:
+            rows[name].append(got[name])
+        same, new = (got[name] for name in kinds)
+        ratios.append(same["rps"] / new["rps"])
+        cpu_ratios.append(new["cpu_ms"] / same["cpu_ms"])
+    print(f"  noise seeds, {clients} clients, 640x640 YOLOv5 default request, {len(ratios)} interleaved rounds "
+          f"of {seconds:.0f} s each (medians):")
+    for name, runs in rows.items():
+        med = {key: statistics.median(run[key] for run in runs) for key in ("p50", "p95", "rps", "cpu_ms")}
+        n, errors = sum(run["n"] for run in runs), sum(run["errors"] for run in runs)
+        print(f"    {name:<34} {n:>5} {med['p50']:>8.1f} {med['p95']:>8.1f} {med['rps']:>8.1f} {errors:>6}"
+              f"   server CPU {med['cpu_ms']:5.1f} ms/request")
+    print(f"    cost per request, new seed / same seed: throughput {statistics.median(ratios):.2f}x, server CPU "
+          f"{statistics.median(cpu_ratios):.2f}x (target <= 2x; rounds: "
+          f"{', '.join(f'{x:.2f}/{y:.2f}' for x, y in zip(ratios, cpu_ratios))})", flush=True)
 
 
 WRK_SCRIPT = """
@@ -276,12 +319,14 @@ def main() -> None:
                         help="after the table, with 2 workers: the mixed-load (head-of-line) and noise-seed "
                              "measurements, this many seconds each (0: skip)")
     parser.add_argument("--only-mixed", action="store_true", help="skip the table, run only --mixed")
+    parser.add_argument("--only-seeds", action="store_true", help="skip the table and the mixed load: only the noise-seed rounds")
+    parser.add_argument("--seed-rounds", type=int, default=3, help="interleaved same-seed/new-seed rounds")
     args = parser.parse_args()
     print(f"losslab API load ({args.client}): POST /api/v1/explain, 640x640, 20 boxes, torch threads/worker {args.threads}, "
           f"{os.cpu_count()} CPUs" + (f", median of {args.repeat} runs per row (n, errors: totals)" if args.repeat > 1 else ""))
     print(f"  {'workers':>7} {'mode':>5} {'scheme':>8} {'clients':>7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'req/s':>8} {'errors':>6} {'payload KB':>10}")
-    for workers in (() if args.only_mixed else (int(w) for w in args.workers.split(","))):
+    for workers in (() if args.only_mixed or args.only_seeds else (int(w) for w in args.workers.split(","))):
         with Server(workers, args.threads) as server:
             for mode, scheme in ((m, s) for m in args.modes.split(",") for s in args.schemes.split(",")):
                 body = scene(scheme)
@@ -301,9 +346,11 @@ def main() -> None:
                           f"{stats['payload'] / 1e3:>10.1f}", flush=True)
 
     if args.mixed > 0:
-        with Server(2, args.threads) as server:
-            mixed_load(server.url, args.mixed)
-            seed_load(server.url, args.mixed)
+        if not args.only_seeds:
+            with Server(2, args.threads) as server:
+                mixed_load(server.url, args.mixed)
+        with Server(2, args.threads) as server:  # a fresh server: no heavy scene's memory or pools left over
+            seed_load(server, args.mixed, rounds=args.seed_rounds)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ generator's exact state. Every function here returns the same bits as the plain 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -22,26 +23,33 @@ __all__ = ["blend_logits", "blend_sparse", "blended_heads", "BlendedHeads"]
 
 
 class _NoiseEntry:
-    """One cached draw: the generator state after it, ``(1 - progress) * noise`` and, with a
-    background, its blend with it; plus a scratch copy of that blend for :func:`blended_heads`.
+    """One cached draw: the generator state after it, ``(1 - progress) * noise`` (``scaled``) and,
+    with a background, ``progress * background`` (``term``) and the blend ``scaled + term``
+    (``scratch``: the one copy :func:`blended_heads` patches in place and restores).
 
     ``users`` counts the calls reading it right now: an entry evicted while in use gives its
     buffers back to the pool (:data:`_POOL`) only when the last of them is done."""
 
-    __slots__ = ("state", "scaled", "base", "scratch", "lock", "users", "evicted")
+    __slots__ = ("state", "scaled", "term", "scratch", "lock", "users", "evicted")
 
-    def __init__(self, state: torch.Tensor, scaled: torch.Tensor, base: torch.Tensor | None) -> None:
-        self.state, self.scaled, self.base = state, scaled, base
-        self.scratch: torch.Tensor | None = None  # == base outside a blended_heads block
+    def __init__(self, state: torch.Tensor, scaled: torch.Tensor, term: torch.Tensor | None,
+                 blend: torch.Tensor | None) -> None:
+        self.state, self.scaled, self.term = state, scaled, term
+        self.scratch = blend  # the blend outside a blended_heads block; patched inside one
         self.lock = threading.Lock()  # held by the blended_heads block patching scratch
         self.users = 0
         self.evicted = False
 
+    def fresh_blend(self) -> torch.Tensor:
+        """A new tensor with the bits of the unpatched ``scratch``: ``scaled + term``."""
+        with torch.inference_mode(False):  # as the draw: a normal tensor whatever the caller's mode
+            return torch.add(self.scaled, self.term.expand(self.scaled.shape))
+
 
 _NOISE_CACHE: "OrderedDict[tuple, _NoiseEntry]" = OrderedDict()
 _NOISE_CACHE_SIZE = 12  # entries (one per level and seed/progress/background)
-# Bytes the cached draws may hold (scaled noise, blend and scratch copy each): the least recently
-# used go first, but the newest entry always stays. A 640x640 nc-80 YOLOv5 scene holds ~26 MB.
+# Bytes the cached draws may hold (scaled noise and, with a background, its blend): the least
+# recently used go first, but the newest entry always stays. A 640x640 nc-80 YOLOv5 scene holds ~17 MB.
 _NOISE_CACHE_BYTES = 192 * 2**20
 # A draw larger than this (a 768x768 head with 1000 classes: ~110 MB a copy) is not cached at all:
 # it would pin several hundred MB in a worker for a scene that takes seconds anyway.
@@ -54,7 +62,7 @@ _POOL_BYTES = 64 * 2**20
 
 
 def _entry_bytes(entry: _NoiseEntry) -> int:
-    copies = 1 if entry.base is None else 3  # scaled, plus base and its scratch copy
+    copies = 1 if entry.term is None else 2  # scaled, plus its blend with the background
     return copies * entry.scaled.numel() * entry.scaled.element_size()
 
 
@@ -71,7 +79,7 @@ def _pooled(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
 def _recycle(entry: _NoiseEntry) -> None:
     """Give an evicted entry's CPU buffers to the pool, within its byte budget (``_NOISE_LOCK`` held)."""
     held = sum(t.numel() * t.element_size() for free in _POOL.values() for t in free)
-    for tensor in (entry.scaled, entry.base, entry.scratch):
+    for tensor in (entry.scaled, entry.scratch):
         if tensor is None or not tensor.is_cpu or tensor.is_inference():
             continue
         size = tensor.numel() * tensor.element_size()
@@ -79,7 +87,7 @@ def _recycle(entry: _NoiseEntry) -> None:
             break
         _POOL.setdefault(_pool_key(tensor), []).append(tensor)
         held += size
-    entry.scaled = entry.base = entry.scratch = None  # type: ignore[assignment]
+    entry.scaled = entry.scratch = None  # type: ignore[assignment]
 
 
 def _done(entry: _NoiseEntry) -> None:
@@ -90,33 +98,48 @@ def _done(entry: _NoiseEntry) -> None:
             _recycle(entry)
 
 
+def _is_power_of_two(x: float) -> bool:
+    return x > 0 and math.isfinite(x) and math.frexp(x)[0] == 0.5
+
+
 def _draw(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
           generator: torch.Generator, scale: float, background: torch.Tensor | None
-          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(1 - progress) * noise`` and its blend with ``background``: the bits of the plain formula
-    ``(1 - progress) * (randn(shape) * scale)`` and ``scaled + progress * background.expand(shape)``,
-    computed in place in pooled buffers where possible (same elementwise operations, same order)."""
+          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(1 - progress) * noise``, ``progress * background`` and their blend: the bits of the plain
+    formula ``(1 - progress) * (randn(shape) * scale)`` and ``scaled + progress * background.expand(shape)``,
+    computed in place in pooled buffers where possible.
+
+    One pass instead of three for the scaling when ``scale`` is a power of two: ``normal_(0, s)``
+    with ``s = scale * (1 - progress)`` has the bits of ``randn() * scale * (1 - progress)`` (for
+    float32 and at least 16 elements torch computes ``n * s + 0`` from the very ``n`` ``randn``
+    returns, in float32; multiplying by a power of two is exact and ``float32(s)`` is ``scale *
+    float32(1 - progress)``). Checked bit for bit in ``tests/test_foundation.py``."""
     # normal tensors even when drawn under torch.inference_mode (export.run_scene): the cache
     # outlives the call, and a later caller without inference mode patches the scratch copy
     with torch.inference_mode(False):
+        term = None if background is None else progress * background
+        numel = math.prod(shape)
         if device.type != "cpu" or dtype != torch.float32:  # the general path, as written
             noise = torch.randn(shape, generator=generator, dtype=torch.float32) * scale
             noise = noise.to(device=device, dtype=dtype)
             scaled = (1.0 - progress) * noise
-            base = None if background is None else scaled + progress * background.expand(shape)
-            return scaled, base
+            blend = None if term is None else scaled + term.expand(shape)
+            return scaled, term, blend
         with _NOISE_LOCK:
-            scaled, base = _pooled(shape, dtype), None if background is None else _pooled(shape, dtype)
+            scaled, blend = _pooled(shape, dtype), None if term is None else _pooled(shape, dtype)
         if scaled is None:
             scaled = torch.empty(shape, dtype=dtype)
-        torch.randn(shape, generator=generator, dtype=torch.float32, out=scaled)
-        scaled.mul_(scale).mul_(1.0 - progress)
-        if background is None:
-            return scaled, None
-        if base is None:
-            base = torch.empty(shape, dtype=dtype)
-        torch.add(scaled, (progress * background).expand(shape), out=base)
-        return scaled, base
+        if numel >= 16 and _is_power_of_two(scale) and 0.0 <= progress < 1.0:
+            scaled.normal_(0.0, scale * (1.0 - progress), generator=generator)
+        else:
+            torch.randn(shape, generator=generator, dtype=torch.float32, out=scaled)
+            scaled.mul_(scale).mul_(1.0 - progress)
+        if term is None:
+            return scaled, None, None
+        if blend is None:
+            blend = torch.empty(shape, dtype=dtype)
+        torch.add(scaled, term.expand(shape), out=blend)
+        return scaled, term, blend
 
 
 def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, progress: float,
@@ -136,8 +159,8 @@ def _noise_entry(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     if hit is not None:
         generator.set_state(hit.state)
         return hit
-    scaled, base = _draw(tuple(shape), dtype, device, progress, generator, scale, background)
-    hit = _NoiseEntry(generator.get_state(), scaled, base)
+    scaled, term, blend = _draw(tuple(shape), dtype, device, progress, generator, scale, background)
+    hit = _NoiseEntry(generator.get_state(), scaled, term, blend)
     hit.users = 1
     with _NOISE_LOCK:
         if _entry_bytes(hit) > _NOISE_ENTRY_MAX_BYTES:
@@ -193,7 +216,7 @@ def blend_sparse(
     background = torch.as_tensor(background, dtype=values.dtype, device=values.device)
     entry = _noise_entry(tuple(shape), values.dtype, values.device, progress, generator, scale, background)
     try:
-        out = entry.base.clone()
+        out = entry.fresh_blend()
         out.view(-1)[index] = _blend_at(entry, index, values, progress)
     finally:
         _done(entry)
@@ -254,14 +277,9 @@ def blended_heads(
             entries.append(entry)
             if entry.lock.acquire(blocking=False):
                 locks.append(entry.lock)
-                if entry.scratch is None:
-                    with _NOISE_LOCK:
-                        buffer = _pooled(tuple(entry.base.shape), entry.base.dtype) if entry.base.is_cpu else None
-                    with torch.inference_mode(False):  # a normal tensor, as the entry's others
-                        entry.scratch = entry.base.clone() if buffer is None else buffer.copy_(entry.base)
                 head = entry.scratch
-            else:
-                head = entry.base.clone()
+            else:  # another thread is patching the scratch copy: a private blend
+                head = entry.fresh_blend()
             out.heads.append(head)
             out.write(len(out.heads) - 1, index, _blend_at(entry, index, values, progress))
         yield out

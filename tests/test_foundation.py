@@ -116,6 +116,26 @@ def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
         assert torch.equal(again, want[0])
 
 
+@pytest.mark.parametrize("numel", [1, 15, 16, 17, 1000, 4099])
+def test_a_draw_has_the_bits_of_the_plain_formula_for_any_size_scale_and_progress(numel):
+    """The draw scales the noise in one pass where it can (normal_ with std = scale * (1 - progress)):
+    bit for bit the formula's (1 - progress) * (randn * scale), on either side of torch's 16-element
+    vector path, for a power-of-two scale or not, at progress 0, 1 and in between."""
+    from losscore.predictions import _draw
+
+    background = torch.tensor([0.0, -6.0, 1.5])
+    shape = (numel, 3)
+    for scale in (2.0, 0.5, 3.0):
+        for progress in (0.0, 1e-9, 0.1, 1 / 3, 0.7, 0.999999, 1.0):
+            plain = torch.Generator().manual_seed(numel)
+            want = (1.0 - progress) * (torch.randn(shape, generator=plain) * scale)
+            gen = torch.Generator().manual_seed(numel)
+            scaled, term, blend = _draw(shape, torch.float32, torch.device("cpu"), progress, gen, scale, background)
+            assert torch.equal(scaled.view(torch.int32), want.view(torch.int32)), (scale, progress)
+            assert torch.equal(blend.view(torch.int32), (want + progress * background.expand(shape)).view(torch.int32))
+            assert torch.equal(gen.get_state(), plain.get_state())
+
+
 def test_blended_heads_equal_blend_sparse_and_restore_the_scratch_copy():
     import threading
 
@@ -187,7 +207,7 @@ def test_noise_cache_is_bounded_in_bytes(monkeypatch):
     from losscore import predictions as scene_module
 
     monkeypatch.setattr(scene_module, "_NOISE_CACHE", scene_module.OrderedDict())
-    monkeypatch.setattr(scene_module, "_NOISE_CACHE_BYTES", 3 * 3 * 4 * 1000)  # three (1000,)-float entries with a base
+    monkeypatch.setattr(scene_module, "_NOISE_CACHE_BYTES", 3 * 2 * 4 * 1000)  # three (1000,)-float entries with a blend
     background = torch.zeros(1)
     for seed in range(5):
         scene_module.blend_sparse((1000,), background, torch.tensor([0]), torch.tensor([1.0]), 0.5,
