@@ -222,7 +222,8 @@ class ResultOut(_Open):
     levels: list[LevelOut]
     rule_names: list[str]
     boxes: list[dict[str, Any]]
-    positives: list[dict[str, Any]]
+    positives: list[dict[str, Any]] | dict[str, Any] = Field(
+        description="one object per positive (default), or with ?layout=columns {layout, count, columns}")
     counts: dict[str, Any]
     maps: dict[str, MapOut]
     losses: dict[str, FloatOut]

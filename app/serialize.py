@@ -101,7 +101,7 @@ class Prepared(NamedTuple):
 
 def prepare_explain(scene: Scene, maps: Iterable[str] | None, stage_data: int | None, stages: bool,
                     columns: Iterable[str] | None, checks: bool, inline_bytes: int, max_bytes: int,
-                    target: int | None = None, lang: str = "en") -> Prepared:
+                    target: int | None = None, lang: str = "en", layout: str = "rows") -> Prepared:
     """Compute an explain response: bytes when its estimate is at most ``inline_bytes``, a document
     to stream up to ``max_bytes``, else :class:`TooLarge`."""
     computed = run(scene, record=stages)
@@ -111,10 +111,10 @@ def prepare_explain(scene: Scene, maps: Iterable[str] | None, stage_data: int | 
     if estimate <= inline_bytes:
         return Prepared(dumps(export.result_to_dict(computed, maps=maps, stage_data=stage_data, stages=stages,
                                                     columns=columns, checks=checks, arrays=True, target=target,
-                                                    lang=lang)), None, estimate)
+                                                    lang=lang, layout=layout)), None, estimate)
     with export.lazy_data():
         doc = export.result_to_dict(computed, maps=maps, stage_data=stage_data, stages=stages, columns=columns,
-                                    checks=checks, arrays=True, target=target, lang=lang)
+                                    checks=checks, arrays=True, target=target, lang=lang, layout=layout)
     return Prepared(None, doc, estimate)
 
 

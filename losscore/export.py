@@ -199,11 +199,26 @@ def _rows(table: Mapping[str, torch.Tensor], arrays: bool) -> list[dict[str, Any
     return [dict(zip(keys, row)) for row in zip(*columns.values())]
 
 
-def _positive_rows(result: SceneResult, spec: SchemeSpec, only: Iterable[str] | None, arrays: bool
-                   ) -> list[dict[str, Any]]:
+def _positive_rows(result: SceneResult, spec: SchemeSpec, only: Iterable[str] | None, arrays: bool,
+                   layout: str = "rows") -> list[dict[str, Any]] | dict[str, Any]:
+    """The positives table: a list of row dicts (``layout="rows"``), or ``{"layout": "columns",
+    "count": P, "columns": {name: P values}}`` (a (P, k) column as P lists of k; ``rule`` as an
+    index into ``rule_names``): the same table in a fifth of the bytes, which the page asks for
+    while a box is dragged (a crowded focal scene has thousands of rows)."""
+    if layout not in ("rows", "columns"):
+        raise ValueError(f"layout: expected 'rows' or 'columns', got {layout!r}")
     wanted = None if only is None else set(only)
-    columns = {name: _column_rows(tensor, arrays) for name, tensor in result.positives.items()
-               if wanted is None or name in wanted}
+    chosen = {name: tensor for name, tensor in result.positives.items() if wanted is None or name in wanted}
+    if layout == "columns":
+        count = next(iter(result.positives.values())).shape[0] if result.positives else 0
+        columns = {}
+        for name, tensor in chosen.items():
+            if tensor.dim() <= 1:
+                columns[name] = flat_values(numpy_flat(tensor), arrays=arrays)
+            else:
+                columns[name] = _column_rows(tensor, arrays)  # P lists of k values
+        return {"layout": "columns", "count": int(count), "columns": columns}
+    columns = {name: _column_rows(tensor, arrays) for name, tensor in chosen.items()}
     if "rule" in columns:
         names = spec.rule_names
         columns["rule"] = [names[i] if isinstance(i, int) and 0 <= i < len(names) else i for i in columns["rule"]]
@@ -497,6 +512,7 @@ def result_to_dict(
     arrays: bool = False,
     lang: str = "en",
     target: int | None = None,
+    layout: str = "rows",
 ) -> dict[str, Any]:
     """The ``POST /api/v1/explain`` response for a run.
 
@@ -507,7 +523,8 @@ def result_to_dict(
     when it has at most this many elements (``None``: always). ``arrays``: see :mod:`losscore.wire`.
     ``lang``: the language of every text (notes, checks, stage titles; see :mod:`losscore.text`).
     ``target``: a box index: its declared heat layers (``box.*``, among ``maps``) and, unless
-    ``checks`` asks for none, its box panel (:func:`target_to_dict`).
+    ``checks`` asks for none, its box panel (:func:`target_to_dict`). ``layout``: the positives as
+    row dicts (``"rows"``) or as columns (``"columns"``, see :func:`_positive_rows`).
     """
     result, scene = run.result, run.scene
     spec = registry.get_scheme(scene.scheme)
@@ -532,7 +549,7 @@ def result_to_dict(
         ],
         "rule_names": list(spec.rule_names),
         "boxes": [_box_dict(b) for b in scene.boxes],
-        "positives": _positive_rows(result, spec, columns, arrays),
+        "positives": _positive_rows(result, spec, columns, arrays, layout),
         "counts": _counts(result, spec),
         "maps": {name: {"levels": [encode_map(t) for t in levels]}
                  for name, levels in [*((n, result.maps[n]) for n in wanted), *box_maps.items()]},

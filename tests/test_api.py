@@ -320,12 +320,32 @@ def test_drag_request_is_the_full_answer_narrowed(client, scheme):
     assert light["losses"] == full["losses"] and light["maps"] == full["maps"]
 
 
+@pytest.mark.parametrize("scheme", REAL_SCHEMES)
+def test_the_columns_layout_is_the_same_table_as_the_rows(client, scheme):
+    """?layout=columns (the page's drag answers) sends the positives as columns, rule as an index into
+    rule_names: rebuilt row by row, it is the rows layout's table; the rest of the answer is unchanged."""
+    params = {"columns": "all", "checks": "all"}
+    rows = client.post("/api/v1/explain", params=params, json=real_body(scheme)).json()
+    cols = client.post("/api/v1/explain", params={**params, "layout": "columns"}, json=real_body(scheme)).json()
+    table, names = cols["positives"], cols["rule_names"]
+    assert table["layout"] == "columns" and table["count"] == len(rows["positives"]) > 0
+    assert set(table["columns"]) == set(rows["positives"][0])
+    rebuilt = [{name: names[values[i]] if name == "rule" else values[i] for name, values in table["columns"].items()}
+               for i in range(table["count"])]
+    assert rebuilt == rows["positives"]
+    for doc in (rows, cols):
+        doc.pop("positives"), doc.pop("compute_ms")
+    assert cols == rows
+
+
 # -- the web layer's own 422 messages, in the reader's language --------------------------------
 WEB_422 = [  # (request, loc, English fragment, Chinese fragment)
     (("post", "/api/v1/explain?maps=nope", real_body("yolox")), ["query", "maps"], "unknown map(s) ['nope'] for scheme 'yolox'",
      "方案 'yolox' 没有图层 ['nope']"),
     (("post", "/api/v1/explain?columns=nope", real_body("yolox")), ["query", "columns"], "unknown column(s) ['nope']",
      "没有列 ['nope']"),
+    (("post", "/api/v1/explain?layout=cols", real_body("yolov5")), ["query", "layout"],
+     "layout must be rows or columns, got 'cols'", "layout 只能是 rows 或 columns，收到的是 'cols'"),
     (("post", "/api/v1/explain?checks=box", real_body("yolov5")), ["query", "checks"], "'box' is not box:N or cell:L:gi:gj",
      "'box' 不是 box:N 或 cell:L:gi:gj"),
     (("post", "/api/v1/explain?maps=box.cost", real_body("yolox")), ["query", "maps"], "name it with ?target=N",

@@ -115,8 +115,13 @@ async def explain(
                                         "tables and histogram the scheme declares) and its box.* maps")] = None,
     lang: Annotated[str, Query(pattern="^(en|zh)$", description="language of every text (notes, checks, "
                                                                 "stages): en or zh")] = "en",
+    layout: Annotated[str, Query(max_length=100, description="positives as a list of row objects "
+                                 "(rows, the default) or as {layout, count, columns: {name: values}} with rule as an "
+                                 "index into rule_names (columns: what the page asks for while a box is dragged)")] = "rows",
 ) -> Response:
     spec = _spec(body.scheme)
+    if layout not in ("rows", "columns"):
+        raise SceneError(T("layout must be rows or columns, got {got}", got=repr(layout[:40])), ["query", "layout"])
     wanted = parse_maps(spec, maps)
     wanted_columns = parse_columns(spec, columns)
     try:
@@ -139,7 +144,7 @@ async def explain(
     try:
         prepared = await lanes.run(scene, serialize.prepare_explain, scene, wanted, stage_data, stages,
                                    wanted_columns, checks, settings.stream_bytes, settings.max_response_bytes,
-                                   target, lang)
+                                   target, lang, layout)
     except serialize.TooLarge as exc:
         raise HTTPException(413, T("this explain response would be about {mb} MB, above the limit of {limit} bytes "
                                    "(LOSSLAB_MAX_RESPONSE_BYTES): ask for less stage data (stage_data, stages) or fewer "

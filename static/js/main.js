@@ -117,7 +117,8 @@ function onResult(result, job) {
   probe.renders.push({ seq: job.seq, kind: job.meta.dragging ? 'light' : 'full', sent: job.sentAt, received: job.receivedAt,
                        drawn: performance.now(), compute_ms: result.compute_ms });
   if (job.meta.pointerTime !== null && job.meta.pointerTime !== undefined) {
-    requestAnimationFrame(() => probe.frames.push({ seq: job.seq, pointer: job.meta.pointerTime, frame: performance.now() }));
+    const kind = job.meta.dragging ? 'light' : 'full';
+    requestAnimationFrame(() => probe.frames.push({ seq: job.seq, kind, pointer: job.meta.pointerTime, frame: performance.now() }));
   }
   probe.renderedSeq = job.seq;
   clearTimeout(app.slowTimer);
@@ -366,8 +367,12 @@ function pickStage(name) {
 
 function renderHeatLegend() {
   const root = $('heat-legend');
-  root.replaceChildren();
   const range = gridView.heatRange;
+  // rebuilt only when what it says changes (a drag redraws ~20 times a second)
+  const key = range ? [range.name, fmt(range.lo), fmt(range.hi), range.scale, range.reduce, range.doc, app.state.lang].join('|') : '';
+  if (root.dataset.key === key && root.childNodes.length) return;
+  root.dataset.key = key;
+  root.replaceChildren();
   if (!range) return;
   const canvas = el('canvas', { cls: 'legendbar' });
   paintLegend(canvas);

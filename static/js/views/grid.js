@@ -20,6 +20,12 @@ function svgEl(tag, attrs = {}, parent = null) {
   return node;
 }
 
+/** setAttribute only when the value differs: re-setting a pattern's attributes, even to the same value,
+ * invalidates every element painted with it (the whole grid), which then repaints on every update. */
+function setAttr(node, name, value) {
+  if (node.getAttribute(name) !== String(value)) node.setAttribute(name, value);
+}
+
 function setRect(node, r) {
   node.setAttribute('x', r.x); node.setAttribute('y', r.y);
   node.setAttribute('width', r.w); node.setAttribute('height', r.h);
@@ -48,8 +54,12 @@ export class GridView {
     const defs = svgEl('defs', {}, this.svg);
     this.pattern = svgEl('pattern', { id: `${id}-cells`, patternUnits: 'userSpaceOnUse', width: 8, height: 8 }, defs);
     this.patternPath = svgEl('path', { class: 'gridline', fill: 'none' }, this.pattern);
-    this.bg = svgEl('image', { class: 'bg', preserveAspectRatio: 'none', visibility: 'hidden' }, this.svg);
-    this.heat = svgEl('image', { class: 'heat', preserveAspectRatio: 'none', visibility: 'hidden', 'data-testid': `${id}-heat` }, this.svg);
+    // The background picture and the heat layer live in a second SVG under this one, with the same
+    // viewBox, on a compositor layer of its own: a drag replaces the heat image on every update, and
+    // in one layer with thousands of positive cells that repainted the whole grid each time.
+    this.under = svgEl('svg', { class: 'gridview under', preserveAspectRatio: 'none', 'aria-hidden': 'true' });
+    this.bg = svgEl('image', { class: 'bg', preserveAspectRatio: 'none', visibility: 'hidden' }, this.under);
+    this.heat = svgEl('image', { class: 'heat', preserveAspectRatio: 'none', visibility: 'hidden', 'data-testid': `${id}-heat` }, this.under);
     this.gridRect = svgEl('rect', { fill: `url(#${id}-cells)`, class: 'gridrect', 'data-testid': `${id}-grid` }, this.svg);
     this.cellLayer = svgEl('g', { class: 'cells' }, this.svg);
     this.cellNodes = new Map(); // key -> the positive cell's nodes (see renderResult)
@@ -59,7 +69,7 @@ export class GridView {
     this.glowLayer = svgEl('g', { class: 'glow' }, this.svg);
     this.hoverRect = svgEl('rect', { class: 'hovercell', visibility: 'hidden' }, this.svg);
     this.canvas = document.createElement('canvas');
-    wrap.append(this.svg);
+    wrap.append(this.under, this.svg);
     this.boxEls = [];
     this.heatRange = null;
     if (options.editable) this.bindEditing();
@@ -76,7 +86,7 @@ export class GridView {
 
   setView(view) {
     this.view = view;
-    this.svg.setAttribute('viewBox', `${view.x0} ${view.y0} ${view.w} ${view.h}`);
+    for (const svg of [this.under, this.svg]) svg.setAttribute('viewBox', `${view.x0} ${view.y0} ${view.w} ${view.h}`);
     this.wrap.style.aspectRatio = `${view.w} / ${view.h}`;
     const width = this.screenWidth();
     this.svg.style.setProperty('--u', String(geo.screenSize(1, view, width)));
@@ -281,8 +291,15 @@ export class GridView {
     this.hoverRect.setAttribute('visibility', 'visible');
   }
 
-  /** Glow the cells [{level, anchor, gi, gj}] of the shown level (linked highlighting). */
+  /**
+   * Glow the cells [{level, anchor, gi, gj}] of the shown level (linked highlighting). Idempotent and
+   * cheap when nothing it depends on changed (every redraw of a drag calls it with the same cells:
+   * a stage's thousands of cells would otherwise be rebuilt per update).
+   */
   highlight(cells, { testid = 'glow-cell' } = {}) {
+    const key = [cells ?? null, this.level?.name, this.level?.stride, this.levelIndex, this.anchorFilter, this.anchorCount, testid];
+    if (this.glowKey && key.every((v, i) => v === this.glowKey[i])) return;
+    this.glowKey = key;
     this.glowLayer.replaceChildren();
     if (!this.level || !cells) return;
     const L = this.levelIndex;
@@ -369,9 +386,9 @@ export class GridView {
     const count = level.anchors ? level.anchors.length : 1;
     this.anchorCount = count;
     const s = level.stride;
-    this.gridRect.setAttribute('visibility', 'visible');
-    this.pattern.setAttribute('width', s); this.pattern.setAttribute('height', s);
-    this.patternPath.setAttribute('d', `M ${s} 0 L 0 0 0 ${s}`);
+    setAttr(this.gridRect, 'visibility', 'visible');
+    setAttr(this.pattern, 'width', s); setAttr(this.pattern, 'height', s);
+    setAttr(this.patternPath, 'd', `M ${s} 0 L 0 0 0 ${s}`);
     this.gridRect.dataset.seq = String(seq ?? '');
     this.gridRect.dataset.level = level.name;
     const roomy = geo.roomyCell(s, this.view, this.screenWidth());
