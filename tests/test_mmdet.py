@@ -184,3 +184,24 @@ def test_focal_scene_trace_bit_identity():
     names = traced.trace.names()
     assert names[:2] == ["assign.centre_in_box", "focal.p_t"]
     assert {"focal.alpha_factor", "focal.modulating", "focal.focal_weight", "focal.reduction"} <= set(names)
+
+
+def test_a_one_hot_built_in_the_logits_dtype_equals_f_one_hot_and_fails_as_it_does():
+    """FocalLoss.evaluate builds the one-hot of integer labels directly in the logits' dtype: the
+    values of F.one_hot(labels, C + 1)[:, :C].type_as(pred), and F.one_hot's errors."""
+    labels = torch.tensor([0, 3, 2, 3, 1, 0])
+    for dtype in (torch.float32, torch.float64):
+        direct = labels_to_one_hot(labels, 3, dtype=dtype)
+        assert direct.dtype == dtype and torch.equal(direct, labels_to_one_hot(labels, 3).to(dtype))
+    assert labels_to_one_hot(torch.zeros(0, dtype=torch.long), 3, dtype=torch.float32).shape == (0, 3)
+    for bad in (torch.tensor([0, 4]), torch.tensor([-1, 0])):
+        with pytest.raises(RuntimeError) as direct_error:
+            labels_to_one_hot(bad, 3, dtype=torch.float32)
+        with pytest.raises(RuntimeError) as upstream_error:
+            labels_to_one_hot(bad, 3)
+        assert str(direct_error.value).split(".")[0] in str(upstream_error.value)
+    pred = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    via_labels = FocalLoss(reduction="sum").evaluate(pred, labels)
+    via_one_hot = FocalLoss(reduction="sum").evaluate(pred, labels_to_one_hot(labels, 3))
+    assert torch.equal(via_labels.loss, via_one_hot.loss)
+    assert all(torch.equal(a, b) for a, b in zip(via_labels.terms, via_one_hot.terms))

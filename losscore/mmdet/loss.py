@@ -66,10 +66,27 @@ class FocalTerms(NamedTuple):
     loss: Tensor
 
 
-def labels_to_one_hot(labels: Tensor, num_classes: int) -> Tensor:
+def labels_to_one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype | None = None) -> Tensor:
     """Integer labels ``(N,)`` in ``[0, C]`` to one-hot ``(N, C)`` int64; label ``C`` (background)
-    becomes an all-zero row (``F.one_hot(labels, C + 1)[:, :C]``)."""
-    return F.one_hot(labels, num_classes=num_classes + 1)[:, :num_classes]
+    becomes an all-zero row (``F.one_hot(labels, C + 1)[:, :C]``).
+
+    ``dtype``: build the one-hot directly in this dtype, the values of ``F.one_hot(...)[:, :C].to(dtype)``
+    without the int64 ``(N, C + 1)`` tensor and its copy (what :meth:`FocalLoss.evaluate` does with
+    integer labels; the same checks and errors as ``F.one_hot``)."""
+    if dtype is None:
+        return F.one_hot(labels, num_classes=num_classes + 1)[:, :num_classes]
+    if labels.dtype != torch.int64:
+        raise RuntimeError("one_hot is only applicable to index tensor of type LongTensor.")
+    out = torch.zeros((*labels.shape, num_classes), dtype=dtype, device=labels.device)
+    if labels.numel():
+        if bool(labels.min() < 0):
+            raise RuntimeError("Class values must be non-negative.")
+        if bool(labels.max() > num_classes):
+            raise RuntimeError("Class values must be smaller than num_classes.")
+        flat = labels.reshape(-1)
+        rows = (flat < num_classes).nonzero().squeeze(1)
+        out.view(-1, num_classes)[rows, flat[rows]] = 1
+    return out
 
 
 def focal_terms(pred: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: float = 0.25,
@@ -85,8 +102,9 @@ def focal_terms(pred: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: floa
     """
     target = target.type_as(pred)
     prob = pred if activated else pred.sigmoid()
-    one_minus_p_t = (1 - prob) * target + prob * (1 - target)
-    alpha_factor = alpha * target + (1 - alpha) * (1 - target)
+    background = 1 - target  # upstream writes (1 - target) twice: the same values, computed once
+    one_minus_p_t = (1 - prob) * target + prob * background
+    alpha_factor = alpha * target + (1 - alpha) * background
     modulating = one_minus_p_t.pow(gamma)
     focal_weight = alpha_factor * modulating
     if activated:
@@ -276,7 +294,7 @@ class FocalLoss(nn.Module):
             raise ValueError(f"reduction_override: expected None, 'none', 'mean' or 'sum', got {reduction_override!r}")
         reduction = reduction_override if reduction_override else self.reduction
         if pred.dim() != target.dim():  # integer labels (N,): one-hot, background column dropped
-            target = labels_to_one_hot(target, pred.size(1))
+            target = labels_to_one_hot(target, pred.size(1), dtype=pred.dtype)
         terms = focal_terms(pred, target, gamma=self.gamma, alpha=self.alpha, activated=self.activated)
         shaped_weight = None if weight is None else _shape_weight(weight, terms.loss)
         reduced = weight_reduce_loss(terms.loss, shaped_weight, reduction, avg_factor)
