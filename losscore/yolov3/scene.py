@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import bbox_iou, xywh2xyxy
-from ..predictions import blend_logits
+from ..predictions import blended_heads
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, StageCell, scene_levels, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
@@ -118,28 +118,40 @@ PHASES = (
 )
 
 
-def _level_logits(targets_rows: Tensor, anchors: Tensor, H: int, W: int, nc: int,
-                  positive_rows: Tensor | None, device: torch.device) -> Tensor:
-    """Logits ``(1, A, H, W, 5 + nc)`` of a perfect head: decodes exactly to the targets."""
+def _perfect_background(nc: int, device: torch.device) -> Tensor:
+    """``(5 + nc,)``: the perfect head's value of every channel away from the positive slots
+    (box channels 0, objectness and every class ``-PERFECT_LOGIT``)."""
+    return torch.tensor([0.0] * 4 + [-PERFECT_LOGIT] * (1 + nc), dtype=torch.float32, device=device)
+
+
+def _level_writes(targets_rows: Tensor, anchors: Tensor, H: int, W: int, nc: int,
+                  positive_rows: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The perfect head of one level ``(1, A, H, W, 5 + nc)`` (it decodes exactly to the targets) as
+    :func:`_perfect_background` plus writes: ``(flat index, value)`` of the elements that differ."""
     A = anchors.size(0)
-    perfect = torch.zeros((1, A, H, W, 5 + nc), dtype=torch.float32, device=device)
-    perfect[..., 4:] = -PERFECT_LOGIT
+    D = 5 + nc
     dummy_boxes = torch.zeros((1, A, H, W, 4), device=device)
     dummy_cls = torch.zeros((1, 1, 1, 1, nc), device=device).expand(1, A, H, W, nc)  # only read at slots
     built = legacy_build_targets(dummy_boxes, dummy_cls, targets_rows, anchors, positive_rows=positive_rows)
     mask = built.obj_mask
-    perfect[..., 0][mask] = torch.logit(built.tx[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS))
-    perfect[..., 1][mask] = torch.logit(built.ty[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS))
-    perfect[..., 2][mask] = built.tw[mask]
-    perfect[..., 3][mask] = built.th[mask]
-    perfect[..., 4][mask] = PERFECT_LOGIT
-    perfect[..., 5:][mask] = torch.where(built.tcls[mask] > 0, PERFECT_LOGIT, -PERFECT_LOGIT)
-    return perfect
+    slots = mask.flatten().nonzero().flatten()  # (P,) flat (1, A, H, W) slot indices
+    box = torch.stack((torch.logit(built.tx[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS)),
+                       torch.logit(built.ty[mask].clamp(_FRACTION_EPS, 1 - _FRACTION_EPS)),
+                       built.tw[mask], built.th[mask],
+                       torch.full_like(built.tw[mask], PERFECT_LOGIT)), 1)  # (P, 5): x, y, w, h, objectness
+    box_index = slots.view(-1, 1) * D + torch.arange(5, device=device).view(1, 5)
+    slot_of, cls = (built.tcls[mask] > 0).nonzero(as_tuple=True)  # the classes written +PERFECT_LOGIT
+    cls_index = slots[slot_of] * D + 5 + cls
+    index = torch.cat((box_index.flatten(), cls_index))
+    values = torch.cat((box.flatten(), torch.full((cls_index.numel(),), PERFECT_LOGIT, device=device)))
+    return index, values
 
 
 def _apply_pins(logits: Tensor, scene: Scene, level: int, stride: int, anchors_px: Tensor,
-                notes: list) -> None:
-    _, A, H, W, _ = logits.shape
+                notes: list, write=None) -> None:
+    """Write each pin of ``level`` into its slot's raw x, y, w, h; ``write(index, values)`` (flat
+    indices into ``logits``, e.g. :meth:`BlendedHeads.write`) instead of setting them in place."""
+    _, A, H, W, D = logits.shape
     for pin in scene.pins:
         if pin.level != level:
             continue
@@ -151,6 +163,13 @@ def _apply_pins(logits: Tensor, scene: Scene, level: int, stride: int, anchors_p
         frac_x = min(max(frac_x, _FRACTION_EPS), 1 - _FRACTION_EPS)
         frac_y = min(max(frac_y, _FRACTION_EPS), 1 - _FRACTION_EPS)
         anchor_w, anchor_h = float(anchors_px[pin.anchor, 0]), float(anchors_px[pin.anchor, 1])
+        if write is not None:
+            first = ((pin.anchor * H + pin.gj) * W + pin.gi) * D
+            raw = (math.log(frac_x / (1 - frac_x)), math.log(frac_y / (1 - frac_y)), math.log(pin.w / anchor_w),
+                   math.log(pin.h / anchor_h))
+            write(torch.arange(first, first + 4, device=logits.device),
+                  torch.tensor(raw, dtype=logits.dtype, device=logits.device))
+            continue
         logits[0, pin.anchor, pin.gj, pin.gi, 0] = math.log(frac_x / (1 - frac_x))
         logits[0, pin.anchor, pin.gj, pin.gi, 1] = math.log(frac_y / (1 - frac_y))
         logits[0, pin.anchor, pin.gj, pin.gi, 2] = math.log(pin.w / anchor_w)
@@ -223,111 +242,120 @@ def explain_yolov3(scene: Scene, trace: Trace | None = None) -> SceneResult:
     columns: dict[str, list[Tensor]] = {}
     maps: dict[str, list[Tensor]] = {m.name: [] for m in MAPS}
     losses: dict[str, Tensor] = {}
-    for level, stride in enumerate(strides):
-        name = level_names[level]
+    shapes, writes = [], []
+    for level, stride in enumerate(strides):  # the perfect head of every level, as writes over its background
         H, W = scene.height // stride, scene.width // stride
-        anchors_px = anchors_all_px[level]  # (A, 2)
-        anchors = anchors_px / stride  # (A, 2) grid units
-        levels.append(LevelInfo(name, stride, (H, W), anchors_px))
         positive_rows = None if owner_level is None else owner_level == level
-        perfect = _level_logits(targets, anchors, H, W, nc, positive_rows, device)
-        logits = blend_logits(perfect, scene.progress, generator)
-        _apply_pins(logits, scene, level, stride, anchors_px, notes)
-        if trace is not None:
-            with trace.level(name):
-                result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh,
-                                         obj_scale=obj_scale, noobj_scale=noobj_scale,
-                                         lambda_scale=lambda_scale, positive_rows=positive_rows, trace=trace)
-        else:
-            result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh, obj_scale=obj_scale,
-                                     noobj_scale=noobj_scale, lambda_scale=lambda_scale,
-                                     positive_rows=positive_rows)
-        built, decoded = result.targets, result.decoded
-        for term in _TERMS:
-            losses[f"{term}.{name}"] = result.terms[term].detach()
-        losses[f"total.{name}"] = result.total.detach()
-        if owner_level is None and N and bool(torch.isnan(result.total)):
-            notes.append(T("{level}: a loss term is nan (an empty mean), as upstream.", level=name))
-        elif owner_level is not None and N and not bool(positive_rows.any()):
-            # Darknet sums its deltas, so a level that owns no target adds nothing to the
-            # positive terms; the port's means over an empty selection would be nan.
-            for term in _TERMS:
-                losses[f"{term}.{name}"] = torch.nan_to_num(losses[f"{term}.{name}"], nan=0.0)
-            conf = obj_scale * losses[f"conf_obj.{name}"] + noobj_scale * losses[f"conf_noobj.{name}"]
-            losses[f"conf.{name}"] = conf
-            losses[f"total.{name}"] = sum(losses[f"{term}.{name}"] for term in ("x", "y", "w", "h", "cls")) + conf
-            notes.append(T("{level}: no target's best anchor is on this level; darknet sums its deltas, so the "
-                           "positive terms add 0 here (the port's means over no positives would be nan).", level=name))
-
-        if N:
-            box_cells[:, level, 0], box_cells[:, level, 1] = built.gi.cpu(), built.gj.cpu()
-            check_parts.append((level, name, anchors_px.cpu(), built.wh_iou.cpu(), built.best_anchor.cpu(),
-                                built.gi.cpu(), built.gj.cpu()))
-
-        # -- per-positive rows (one per target row positive here) --------------------------------
-        rows = torch.arange(N, device=device) if positive_rows is None else positive_rows.nonzero().flatten()
-        anchor_idx, gj, gi = built.best_anchor[rows], built.gj[rows], built.gi[rows]
-        slot = (torch.zeros_like(rows), anchor_idx, gj, gi)
-        labels = targets[rows, 1].long()
-        P = rows.numel()
-        grid_gain = torch.tensor([W, H, W, H], dtype=torch.float32, device=device)
-        target_boxes = targets[rows, 2:6] * grid_gain  # (P, 4) grid units
-        with torch.no_grad():
-            prob_cls = decoded.cls[slot]  # (P, C)
-            tcls = built.tcls[slot]
-            bce_cls = F.binary_cross_entropy(prob_cls, tcls, reduction="none").sum(-1)
-            other = prob_cls.clone()
-            other[torch.arange(P, device=device), labels] = -1.0
-            col = {
-                "gt": rows, "level": torch.full_like(rows, level), "anchor": anchor_idx, "gi": gi, "gj": gj,
-                "rule": torch.full_like(rows, 0 if owner_level is None else 1),
-                "wh_iou": built.wh_iou[:, rows].t(),
-                "best_iou": (built.wh_iou[:, rows].max(0).values if owner_level is None
-                             else best_iou_all[rows]),
-                "tx": built.tx[slot], "ty": built.ty[slot], "tw": built.tw[slot], "th": built.th[slot],
-                "pred_box_px": xywh2xyxy(decoded.pred_boxes[slot] * stride),
-                "target_box_px": xywh2xyxy(target_boxes * stride),
-                "iou": built.iou_scores[slot],
-                "coord_scale": built.coord_scale[slot],
-                "two_minus_wh": 2 - targets[rows, 4] * targets[rows, 5],
-                "sq_x": built.coord_scale[slot] * (decoded.x[slot] - built.tx[slot]) ** 2,
-                "sq_y": built.coord_scale[slot] * (decoded.y[slot] - built.ty[slot]) ** 2,
-                "sq_w": built.coord_scale[slot] * (decoded.w[slot] - built.tw[slot]) ** 2,
-                "sq_h": built.coord_scale[slot] * (decoded.h[slot] - built.th[slot]) ** 2,
-                "bce_obj": F.binary_cross_entropy(decoded.conf[slot], torch.ones_like(decoded.conf[slot]),
-                                                  reduction="none"),
-                "bce_cls": bce_cls,
-                "grad_x": result.gradients["x"][slot], "grad_y": result.gradients["y"][slot],
-                "grad_w": result.gradients["w"][slot], "grad_h": result.gradients["h"][slot],
-                "grad_obj": result.gradients["obj"][slot],
-                "grad_cls_target": prob_cls[torch.arange(P, device=device), labels] - 1,
-                "grad_cls_max_other": (other.max(-1).values.clamp_min(0) if nc > 1
-                                       else torch.zeros(P, device=device)),
-            }
-        for key, value in col.items():
-            columns.setdefault(key, []).append(value.detach())
-
-        # -- maps (A, H, W) -----------------------------------------------------------------------
-        with torch.no_grad():
-            obj_mask, noobj_mask = built.obj_mask[0], built.noobj_mask[0]
-            maps["obj_mask"].append(obj_mask.float())
-            maps["noobj_mask"].append(noobj_mask.float())
-            maps["ignored"].append(((~obj_mask) & (~noobj_mask)).float())
-            flat = (torch.arange(A, device=device).view(A, 1) * (H * W)
-                    + (built.gj * W + built.gi).view(1, N)).flatten()  # (A*N,)
-            maps["max_wh_iou"].append(_scatter_max(built.wh_iou.flatten(), flat, A * H * W).view(A, H, W)
-                                      if N else torch.zeros((A, H, W), device=device))
-            if N:
-                pred = decoded.pred_boxes[0].reshape(A * H * W, 1, 4)
-                truth = (targets[:, 2:6] * grid_gain).view(1, N, 4)
-                pred_iou = bbox_iou(pred, truth).squeeze(-1).amax(-1).view(A, H, W)
+        shapes.append((1, A, H, W, 5 + nc))
+        writes.append(_level_writes(targets, anchors_all_px[level] / stride, H, W, nc, positive_rows, device))
+    # the heads are reused buffers, valid inside this block only: everything that reads them runs here
+    # (blended_heads: the bits of blend_logits of the dense perfect head)
+    with blended_heads(shapes, _perfect_background(nc, device), writes, scene.progress, generator) as heads:
+        for level, stride in enumerate(strides):
+            name = level_names[level]
+            H, W = scene.height // stride, scene.width // stride
+            anchors_px = anchors_all_px[level]  # (A, 2)
+            anchors = anchors_px / stride  # (A, 2) grid units
+            levels.append(LevelInfo(name, stride, (H, W), anchors_px))
+            positive_rows = None if owner_level is None else owner_level == level
+            logits = heads[level]
+            _apply_pins(logits, scene, level, stride, anchors_px, notes,
+                        write=lambda index, values, level=level: heads.write(level, index, values))
+            if trace is not None:
+                with trace.level(name):
+                    result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh,
+                                             obj_scale=obj_scale, noobj_scale=noobj_scale,
+                                             lambda_scale=lambda_scale, positive_rows=positive_rows, trace=trace)
             else:
-                pred_iou = torch.zeros((A, H, W), device=device)
-            maps["pred_iou_max"].append(pred_iou)
-            counted = obj_mask | noobj_mask
-            obj_bce = F.binary_cross_entropy(decoded.conf[0], built.tconf[0], reduction="none")
-            maps["obj_bce"].append(torch.where(counted, obj_bce, torch.zeros_like(obj_bce)))
-            maps["grad_obj"].append(result.gradients["obj"][0])
+                result = yolo_layer_loss(logits, targets, anchors, ignore_thres=ignore_thresh, obj_scale=obj_scale,
+                                         noobj_scale=noobj_scale, lambda_scale=lambda_scale,
+                                         positive_rows=positive_rows)
+            built, decoded = result.targets, result.decoded
+            for term in _TERMS:
+                losses[f"{term}.{name}"] = result.terms[term].detach()
+            losses[f"total.{name}"] = result.total.detach()
+            if owner_level is None and N and bool(torch.isnan(result.total)):
+                notes.append(T("{level}: a loss term is nan (an empty mean), as upstream.", level=name))
+            elif owner_level is not None and N and not bool(positive_rows.any()):
+                # Darknet sums its deltas, so a level that owns no target adds nothing to the
+                # positive terms; the port's means over an empty selection would be nan.
+                for term in _TERMS:
+                    losses[f"{term}.{name}"] = torch.nan_to_num(losses[f"{term}.{name}"], nan=0.0)
+                conf = obj_scale * losses[f"conf_obj.{name}"] + noobj_scale * losses[f"conf_noobj.{name}"]
+                losses[f"conf.{name}"] = conf
+                losses[f"total.{name}"] = sum(losses[f"{term}.{name}"] for term in ("x", "y", "w", "h", "cls")) + conf
+                notes.append(T("{level}: no target's best anchor is on this level; darknet sums its deltas, so the "
+                               "positive terms add 0 here (the port's means over no positives would be nan).", level=name))
+
+            if N:
+                box_cells[:, level, 0], box_cells[:, level, 1] = built.gi.cpu(), built.gj.cpu()
+                check_parts.append((level, name, anchors_px.cpu(), built.wh_iou.cpu(), built.best_anchor.cpu(),
+                                    built.gi.cpu(), built.gj.cpu()))
+
+            # -- per-positive rows (one per target row positive here) --------------------------------
+            rows = torch.arange(N, device=device) if positive_rows is None else positive_rows.nonzero().flatten()
+            anchor_idx, gj, gi = built.best_anchor[rows], built.gj[rows], built.gi[rows]
+            slot = (torch.zeros_like(rows), anchor_idx, gj, gi)
+            labels = targets[rows, 1].long()
+            P = rows.numel()
+            grid_gain = torch.tensor([W, H, W, H], dtype=torch.float32, device=device)
+            target_boxes = targets[rows, 2:6] * grid_gain  # (P, 4) grid units
+            with torch.no_grad():
+                prob_cls = decoded.cls[slot]  # (P, C)
+                tcls = built.tcls[slot]
+                bce_cls = F.binary_cross_entropy(prob_cls, tcls, reduction="none").sum(-1)
+                other = prob_cls.clone()
+                other[torch.arange(P, device=device), labels] = -1.0
+                col = {
+                    "gt": rows, "level": torch.full_like(rows, level), "anchor": anchor_idx, "gi": gi, "gj": gj,
+                    "rule": torch.full_like(rows, 0 if owner_level is None else 1),
+                    "wh_iou": built.wh_iou[:, rows].t(),
+                    "best_iou": (built.wh_iou[:, rows].max(0).values if owner_level is None
+                                 else best_iou_all[rows]),
+                    "tx": built.tx[slot], "ty": built.ty[slot], "tw": built.tw[slot], "th": built.th[slot],
+                    "pred_box_px": xywh2xyxy(decoded.pred_boxes[slot] * stride),
+                    "target_box_px": xywh2xyxy(target_boxes * stride),
+                    "iou": built.iou_scores[slot],
+                    "coord_scale": built.coord_scale[slot],
+                    "two_minus_wh": 2 - targets[rows, 4] * targets[rows, 5],
+                    "sq_x": built.coord_scale[slot] * (decoded.x[slot] - built.tx[slot]) ** 2,
+                    "sq_y": built.coord_scale[slot] * (decoded.y[slot] - built.ty[slot]) ** 2,
+                    "sq_w": built.coord_scale[slot] * (decoded.w[slot] - built.tw[slot]) ** 2,
+                    "sq_h": built.coord_scale[slot] * (decoded.h[slot] - built.th[slot]) ** 2,
+                    "bce_obj": F.binary_cross_entropy(decoded.conf[slot], torch.ones_like(decoded.conf[slot]),
+                                                      reduction="none"),
+                    "bce_cls": bce_cls,
+                    "grad_x": result.gradients["x"][slot], "grad_y": result.gradients["y"][slot],
+                    "grad_w": result.gradients["w"][slot], "grad_h": result.gradients["h"][slot],
+                    "grad_obj": result.gradients["obj"][slot],
+                    "grad_cls_target": prob_cls[torch.arange(P, device=device), labels] - 1,
+                    "grad_cls_max_other": (other.max(-1).values.clamp_min(0) if nc > 1
+                                           else torch.zeros(P, device=device)),
+                }
+            for key, value in col.items():
+                columns.setdefault(key, []).append(value.detach())
+
+            # -- maps (A, H, W) -----------------------------------------------------------------------
+            with torch.no_grad():
+                obj_mask, noobj_mask = built.obj_mask[0], built.noobj_mask[0]
+                maps["obj_mask"].append(obj_mask.float())
+                maps["noobj_mask"].append(noobj_mask.float())
+                maps["ignored"].append(((~obj_mask) & (~noobj_mask)).float())
+                flat = (torch.arange(A, device=device).view(A, 1) * (H * W)
+                        + (built.gj * W + built.gi).view(1, N)).flatten()  # (A*N,)
+                maps["max_wh_iou"].append(_scatter_max(built.wh_iou.flatten(), flat, A * H * W).view(A, H, W)
+                                          if N else torch.zeros((A, H, W), device=device))
+                if N:
+                    pred = decoded.pred_boxes[0].reshape(A * H * W, 1, 4)
+                    truth = (targets[:, 2:6] * grid_gain).view(1, N, 4)
+                    pred_iou = bbox_iou(pred, truth).squeeze(-1).amax(-1).view(A, H, W)
+                else:
+                    pred_iou = torch.zeros((A, H, W), device=device)
+                maps["pred_iou_max"].append(pred_iou)
+                counted = obj_mask | noobj_mask
+                obj_bce = F.binary_cross_entropy(decoded.conf[0], built.tconf[0], reduction="none")
+                maps["obj_bce"].append(torch.where(counted, obj_bce, torch.zeros_like(obj_bce)))
+                maps["grad_obj"].append(result.gradients["obj"][0])
 
     positives = {key: torch.cat(parts) for key, parts in columns.items()}
     for term in _TERMS + ("total",):
