@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..predictions import blend_logits
+from ..predictions import blended_heads
 from ..scene import (ColumnSpec, FocalSpec, InspectorSpec, LevelInfo, StageCell, LossComposition, LossPart, LossSpec, LossTerm, LossTermSpec,
                      MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec, boxes_to_targets,
                      resolve_device)
@@ -100,21 +100,23 @@ def explain_focal(scene: Scene, trace: Trace | None = None) -> SceneResult:
                               device=device).view(-1, 4)
     box_classes = torch.tensor([b.cls for b in scene.boxes], dtype=torch.long, device=device)
 
-    levels, labels_parts, gt_parts, logits_parts, cells = [], [], [], [], []
+    levels, labels_parts, gt_parts, shapes, writes, cells = [], [], [], [], [], []
     for stride, name in zip(FOCAL_STRIDES, _FOCAL_LEVELS):
         H, W = scene.height // stride, scene.width // stride
         levels.append(LevelInfo(name, stride, (H, W), None))
         gj, gi = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
         centres = torch.stack(((gi.flatten() + 0.5) * stride, (gj.flatten() + 0.5) * stride), 1).float()  # (H*W, 2)
         labels, gt = centre_in_box_labels(centres, boxes_xyxy, box_classes, nc)
-        perfect = torch.full((H * W, nc), -_FOCAL_LOGIT, device=device)
+        # the perfect head (H*W, C): -_FOCAL_LOGIT everywhere, +_FOCAL_LOGIT at each positive's class
         rows = (labels < nc).nonzero().flatten()
-        perfect[rows, labels[rows]] = _FOCAL_LOGIT
-        logits_parts.append(blend_logits(perfect, scene.progress, generator))
+        shapes.append((H * W, nc))
+        writes.append((rows * nc + labels[rows], torch.full((rows.numel(),), _FOCAL_LOGIT, device=device)))
         labels_parts.append(labels)
         gt_parts.append(gt)
         cells.append((gi.flatten(), gj.flatten(), H, W))
-    logits = torch.cat(logits_parts)  # (S, C), S = sum of H*W over the levels
+    background = torch.full((nc,), -_FOCAL_LOGIT, device=device)
+    with blended_heads(shapes, background, writes, scene.progress, generator) as heads:  # blend_logits' bits
+        logits = torch.cat(heads.heads)  # (S, C), S = sum of H*W over the levels: a copy, outliving the block
     labels = torch.cat(labels_parts)  # (S,)
     num_pos = int((labels < nc).sum())
     if scene.pins:
