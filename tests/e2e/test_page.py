@@ -88,6 +88,24 @@ def test_draw_then_drag_shows_what_the_api_computes(lab):
     assert lab.errors == []
 
 
+def test_a_drag_draws_the_cells_of_its_columns_answer(lab):
+    """While a box is dragged the page asks for the positives as columns (?layout=columns, a fifth of the
+    bytes of a crowded focal scene's rows) and draws exactly the cells the API names for that scene."""
+    open_free(lab, "scheme=focal&sel=0&view=0,0,640,640&boxes=0,100,150,260,330;1,230,280,420,400")
+    lab.mouse.move(*to_screen(lab, 180, 240))
+    lab.mouse.down()
+    lab.mouse.move(*to_screen(lab, 204, 262), steps=5)
+    lab.wait_for_function("() => window.__losslab.renderedSeq === window.__losslab.submittedSeq")
+    assert lab.evaluate("() => window.__losslab.renders.at(-1).kind") == "light"  # still dragging
+    assert lab.evaluate("() => performance.getEntriesByType('resource').some(e => e.name.includes('layout=columns'))")
+    result = api_post(lab.base, "/api/v1/explain?columns=grid", scene_of(lab))
+    want = {(p["gt"], p["level"], p["anchor"], p["gi"], p["gj"], p["rule"]) for p in result["positives"] if p["level"] == 0}
+    assert len(want) > 100 and grid_cells(lab) == want
+    lab.mouse.up()
+    wait_settled(lab)
+    assert lab.errors == []
+
+
 def test_learners_box_gives_19_and_anchor_t_control_changes_positives(lab):
     open_free(lab, f"scheme=yolov5&boxes={LEARNERS_BOX}")
     assert lab.get_by_test_id("positive-count").inner_text() == "19"  # LEARNERS.md: P3 4, P4 9, P5 6
