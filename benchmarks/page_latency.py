@@ -133,6 +133,24 @@ def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str) -> d
             "compute": statistics.median(probe["compute"])}
 
 
+def machine_speed() -> str:
+    """A fixed CPU yardstick printed with the figures: this shared VM's speed drifts by a third within an
+    hour, and every figure above moves with it (torch.randn of 2.1M floats, one thread: ~7.8 ms quiet)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = torch.empty(2_142_000)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(12):
+        start = time.perf_counter()
+        torch.randn(out.shape, generator=generator, out=out)
+        times.append((time.perf_counter() - start) * 1e3)
+    torch.set_num_threads(threads)
+    return f"machine yardstick: torch.randn(2.1M) {statistics.median(times):.1f} ms (1 thread; ~7.8 ms on this VM when quiet)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.page_latency")
     parser.add_argument("--moves", type=int, default=150)
@@ -153,7 +171,7 @@ def main() -> None:
     if not url:
         url, process = start_server()
     try:
-        print(f"== page latency ({url})")
+        print(f"== page latency ({url}); {machine_speed()}")
         import json
         with urllib.request.urlopen(f"{url}/api/v1/schemes") as response:
             schemes = [s["name"] for s in json.loads(response.read())["schemes"] if s.get("kind", "grid") == "grid"]
@@ -164,7 +182,7 @@ def main() -> None:
                 if got is not None:
                     runs.setdefault(scheme, []).append(got)
         if args.repeat > 1:
-            print(f"== medians of {args.repeat} runs (targets: p95 <= 100 ms, >= 20 updates/s)")
+            print(f"== medians of {args.repeat} runs (targets: p95 <= 100 ms, >= 20 updates/s); {machine_speed()}")
             print(f"  {'scheme':>8} {'p50 ms':>8} {'p95 ms':>8} {'updates/s':>10} {'compute ms':>11}   updates/s per run")
             for scheme, got in runs.items():
                 med = {k: statistics.median(g[k] for g in got) for k in ("p50", "p95", "rate", "compute")}
