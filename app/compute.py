@@ -26,6 +26,7 @@ import anyio.to_thread
 from losscore import registry
 from losscore.scene import Scene
 
+from .memory import release_memory
 from .settings import Settings
 
 log = logging.getLogger("losslab")
@@ -52,6 +53,15 @@ def head_elements(scene: Scene) -> int:
         return 0  # an invalid scene: validation refuses it at once, in whichever lane
 
 
+def _then_release(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, then the freed memory back to the system (app.memory): the worker keeps its
+    pages between light requests (malloc tuning), not the hundreds of MB a heavy one used."""
+    try:
+        return fn(*args)
+    finally:
+        release_memory()
+
+
 class Lanes:
     """The compute lanes and stream slots of one worker (``app.state.lanes``)."""
 
@@ -73,7 +83,7 @@ class Lanes:
 
     async def run_heavy(self, fn: Callable[..., T], *args: Any) -> T:
         # a request that goes away while queued is dropped from the queue (wrap_future cancels it)
-        return await asyncio.wrap_future(self._heavy.submit(fn, *args))
+        return await asyncio.wrap_future(self._heavy.submit(_then_release, fn, *args))
 
     async def run(self, scene: Scene, fn: Callable[..., T], *args: Any, heavy: bool = False) -> T:
         """``fn(*args)`` in the scene's lane (the heavy one when ``heavy`` or the scene is heavy)."""

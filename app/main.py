@@ -23,6 +23,7 @@ from .compute import Lanes
 from .dependencies import require_json_body
 from .errors import (BodyLimitMiddleware, CatchAllMiddleware, HeadMiddleware, SecurityHeadersMiddleware,
                      install_error_handlers)
+from .memory import tune_malloc
 from .routers import api, content, health, pages
 from .server import watch_parent
 from .settings import Settings, get_settings
@@ -57,6 +58,7 @@ def warm_up() -> dict[str, str]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     torch.set_num_threads(settings.torch_threads)
+    tune_malloc(settings.malloc_mmap_threshold, settings.malloc_trim_threshold)  # before any tensor of the warm-up
     app.state.lanes = lanes = Lanes(settings)
     app.state.compute_limiter = lanes.light
     watch_parent()  # a worker of `losslab serve --workers N` exits when its supervisor dies

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024)  # 1 MiB; larger bodies get 413
     torch_threads: int = Field(1, ge=1, le=256)  # intra-op threads per worker (1 is fastest for these small ops)
     compute_slots: int = Field(1, ge=1, le=64)  # computations running at once per worker
+    # glibc malloc (app/memory.py): allocations up to malloc_mmap_threshold bytes come from the heap,
+    # and free memory at its top goes back to the system only above malloc_trim_threshold, so a
+    # worker reuses its pages between requests (half of a drag update's compute was page faults).
+    # 0 for either leaves malloc as it is.
+    malloc_mmap_threshold: int = Field(32 * 2**20, ge=0, le=32 * 2**20)
+    malloc_trim_threshold: int = Field(128 * 2**20, ge=0, le=2**31 - 1)
     warmup: bool = True  # run every scheme once at start-up
     # -- serving limits (losslab serve; app/server.py): per worker process ----------------------
     max_connections: int = Field(256, ge=1)  # more get an immediate 503 and are closed

@@ -52,7 +52,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str) -> dict | None:
+def minor_faults(pid: int | None) -> int | None:
+    """The process's minor page faults so far (Linux ``/proc``), None when unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str, server_pid: int | None = None) -> dict | None:
     import json
     from urllib.parse import quote
 
@@ -73,6 +81,7 @@ def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str) -> d
         scene = page.get_by_test_id("scene").bounding_box()
         box = page.get_by_test_id("gt-box").first.locator("rect.gt").bounding_box()
         page.evaluate("() => { const p = window.__losslab; p.frames = []; p.renders = []; }")
+        faults_before = minor_faults(server_pid)
         x0, y0 = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         span_x = scene["x"] + scene["width"] * 0.8 - x0
         span_y = scene["y"] + scene["height"] * 0.2 - y0
@@ -104,6 +113,7 @@ def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str) -> d
         page.wait_for_function("() => window.__losslab.renderedSeq === window.__losslab.submittedSeq")
         page.wait_for_timeout(300)
         probe = page.evaluate("() => ({frames: window.__losslab.frames, renders: window.__losslab.renders})")
+        faults_after = minor_faults(server_pid)
         browser.close()
     # the drag's own updates (light answers); the answer to the release (stages, every map, the
     # stepper's data) is reported on its own line
@@ -129,6 +139,9 @@ def run(url: str, scheme: str, moves: int, interval_ms: float, driver: str) -> d
     print(f"  where the time goes (medians): server compute {statistics.median(probe['compute']):6.1f} ms, "
           f"request round trip incl. compute + JSON {statistics.median(probe['trip']):6.1f} ms, "
           f"page redraw {statistics.median(probe['render']):5.1f} ms")
+    if faults_before is not None and faults_after is not None:  # app/memory.py: ~0 once the worker's heap is warm
+        print(f"  server page faults per request during the drag: "
+              f"{(faults_after - faults_before) / max(1, len(light) + len(release)):.0f}")
     return {"p50": statistics.median(latencies), "p95": percentile(latencies, 0.95), "rate": (len(times) - 1) / window_s,
             "compute": statistics.median(probe["compute"])}
 
@@ -178,7 +191,8 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         for _ in range(max(1, args.repeat)):
             for scheme in args.scheme or schemes:
-                got = run(url, scheme, args.moves, args.interval_ms, args.driver)
+                got = run(url, scheme, args.moves, args.interval_ms, args.driver,
+                          server_pid=process.pid if process is not None else None)
                 if got is not None:
                     runs.setdefault(scheme, []).append(got)
         if args.repeat > 1:
