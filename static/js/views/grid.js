@@ -68,8 +68,11 @@ export class GridView {
     this.overLayer = svgEl('g', { class: 'over' }, this.svg);
     this.glowLayer = svgEl('g', { class: 'glow' }, this.svg);
     this.hoverRect = svgEl('rect', { class: 'hovercell', visibility: 'hidden' }, this.svg);
+    // The box being dragged is lifted into a third SVG above this one, also on a layer of its own: it
+    // moves with every pointer event (60 Hz), and in this SVG each move repainted the thousands of cells.
+    this.lifted = svgEl('svg', { class: 'gridview lifted', preserveAspectRatio: 'none', 'aria-hidden': 'true' });
     this.canvas = document.createElement('canvas');
-    wrap.append(this.under, this.svg);
+    wrap.append(this.under, this.svg, this.lifted);
     this.boxEls = [];
     this.heatRange = null;
     if (options.editable) this.bindEditing();
@@ -86,12 +89,14 @@ export class GridView {
 
   setView(view) {
     this.view = view;
-    for (const svg of [this.under, this.svg]) svg.setAttribute('viewBox', `${view.x0} ${view.y0} ${view.w} ${view.h}`);
+    for (const svg of [this.under, this.svg, this.lifted]) svg.setAttribute('viewBox', `${view.x0} ${view.y0} ${view.w} ${view.h}`);
     this.wrap.style.aspectRatio = `${view.w} / ${view.h}`;
     const width = this.screenWidth();
-    this.svg.style.setProperty('--u', String(geo.screenSize(1, view, width)));
-    this.svg.style.setProperty('--label', `${geo.screenSize(12, view, width)}px`);
-    this.svg.style.setProperty('--small', `${geo.screenSize(10, view, width)}px`);
+    for (const svg of [this.svg, this.lifted]) {
+      svg.style.setProperty('--u', String(geo.screenSize(1, view, width)));
+      svg.style.setProperty('--label', `${geo.screenSize(12, view, width)}px`);
+      svg.style.setProperty('--small', `${geo.screenSize(10, view, width)}px`);
+    }
     if (this.boxes.length) this.renderBoxes(this.boxes, this.selected);
     if (this.result && this.queryOptions) this.renderQueries(this.result, this.queryOptions);
     else if (this.result && this.lastOptions) this.renderResult(this.result, this.lastOptions);
@@ -149,6 +154,26 @@ export class GridView {
         hd.setAttribute('visibility', i === selected && this.options.editable ? 'visible' : 'hidden');
       }
     });
+  }
+
+  /** During a drag, box `index` is drawn in the lifted SVG (see the constructor); drop() puts it back. */
+  lift(index) {
+    const node = this.boxEls[index];
+    if (!node || node.g.parentNode === this.lifted) return;
+    this.drop();
+    this.liftedIndex = index;
+    this.liftedFocus = document.activeElement === node.g; // moving a node blurs it: drop() focuses it again
+    this.lifted.appendChild(node.g);
+  }
+
+  drop() {
+    const index = this.liftedIndex;
+    this.liftedIndex = null;
+    const node = index === null || index === undefined ? null : this.boxEls[index];
+    if (!node || node.g.parentNode !== this.lifted) return;
+    const next = this.boxEls.slice(index + 1).find((n) => n.g.parentNode === this.boxLayer);
+    this.boxLayer.insertBefore(node.g, next ? next.g : null); // back in its place: boxes are drawn in index order
+    if (this.liftedFocus) node.g.focus({ preventScroll: true });
   }
 
   makeBoxEl() {
@@ -218,6 +243,7 @@ export class GridView {
       this.boxes[d.index] = b;
       d.moved = true;
       this.renderBoxes(this.boxes, d.index, d.index);
+      this.lift(d.index);
       if (geo.bigEnough(b, MIN_BOX_PX)) {
         this.options.onBoxes?.(this.boxes.filter((x) => x === b || geo.bigEnough(x, MIN_BOX_PX)), { dragging: true, pointerTime: e.timeStamp });
       }
@@ -226,6 +252,7 @@ export class GridView {
       const d = this.drag;
       if (!d) return;
       this.drag = null;
+      this.drop();
       if (svg.hasPointerCapture?.(e.pointerId)) svg.releasePointerCapture(e.pointerId);
       if (d.moved) this.suppressClick = true;
       if (d.mode === 'pan') return;
