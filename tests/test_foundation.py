@@ -116,6 +116,21 @@ def test_blend_logits_cache_is_bit_identical_and_keeps_the_generator_in_step():
         assert torch.equal(again, want[0])
 
 
+@pytest.mark.parametrize("N", [1, 2, 20, 256])
+def test_the_smallest_owner_of_each_cell_is_the_int64_minimum(N):
+    """The perfect heads' cell owner (ultralytics and YOLOX scenes), taken in int16: the same integers."""
+    from losscore.predictions import smallest_owner
+
+    generator = torch.Generator().manual_seed(N)
+    inside = torch.rand(N, 37, 23, generator=generator) > 0.8  # (N, H, W)
+    inside[:, 0, :5] = False  # cells that no box holds
+    rank_of_box = torch.randperm(N, generator=generator)
+    got = smallest_owner(inside, rank_of_box)
+    want = torch.where(inside, rank_of_box[:, None, None], N).amin(0)
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+    assert bool((got == N).any()) and bool((got < N).any())
+
+
 @pytest.mark.parametrize("numel", [1, 15, 16, 17, 1000, 4099])
 def test_a_draw_has_the_bits_of_the_plain_formula_for_any_size_scale_and_progress(numel):
     """The draw scales the noise in one pass where it can (normal_ with std = scale * (1 - progress)):

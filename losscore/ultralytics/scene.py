@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..finite import non_finite_places
-from ..predictions import BlendedHeads, blended_heads
+from ..predictions import BlendedHeads, blended_heads, smallest_owner
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, Pin, RuleSpec, Scene, SceneResult, SchemeSpec,
                      SplitSpec, StageCell, boxes_to_targets, resolve_device)
@@ -369,7 +369,7 @@ def perfect_writes(scene: Scene, reg_max: int, enlarge: bool, device: torch.devi
         in_x = ((ax - region[:, :1]) > eps) & ((region[:, 2:3] - ax) > eps)  # (N, W)
         in_y = ((ay - region[:, 1:2]) > eps) & ((region[:, 3:4] - ay) > eps)  # (N, H)
         inside = in_y[:, :, None] & in_x[:, None, :]  # (N, H, W)
-        best = torch.where(inside, rank_of_box[:, None, None], N).amin(0)  # (H, W)
+        best = smallest_owner(inside, rank_of_box)  # (H, W)
         gy, gx = (best < N).nonzero(as_tuple=True)  # (K,) covered cells
         owner = by_rank[best[gy, gx]]  # (K,) the smallest box holding the cell
         box, cx, cy = boxes[owner], ax[gx], ay[gy]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..finite import non_finite_places
-from ..predictions import BlendedHeads, blended_heads
+from ..predictions import BlendedHeads, blended_heads, smallest_owner
 from ..scene import (Check, ColumnSpec, InspectorSpec, LevelInfo, LossComposition, LossPart, LossSpec, LossTerm,
                      LossTermSpec, MapSpec, ParamSpec, PhaseSpec, RuleSpec, Scene, SceneResult, SchemeSpec,
                      StageCell, resolve_device)
@@ -175,7 +175,7 @@ def perfect_writes(scene: Scene, device: torch.device) -> tuple[Tensor, list[tup
         square_x = (cx > centre[:, :1] - half) & (cx < centre[:, :1] + half)
         square_y = (cy > centre[:, 1:] - half) & (cy < centre[:, 1:] + half)
         inside = (box_y[:, :, None] & box_x[:, None, :]) | (square_y[:, :, None] & square_x[:, None, :])  # (N, H, W)
-        best = torch.where(inside, rank_of_box[:, None, None], N).amin(0)  # (H, W)
+        best = smallest_owner(inside, rank_of_box)  # (H, W)
         gy, gx = (best < N).nonzero(as_tuple=True)
         box = by_rank[best[gy, gx]]  # (K,) the smallest box holding the cell
         raw = torch.stack((centre[box, 0] / stride - gx, centre[box, 1] / stride - gy,
